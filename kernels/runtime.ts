@@ -1,0 +1,776 @@
+/**
+ * The GPU runtime: one WebGPU device, its buffer pool, its pipeline cache and
+ * one open command encoder that batches every dispatch of a step into a single
+ * submit.
+ *
+ * Invariants (each one bites if broken):
+ * - Flush before read-back: a read copies into a staging buffer inside the
+ *   open encoder, then submits; `read` does both.
+ * - Flush before host write into a buffer the open encoder uses: `write` does
+ *   it; raw `queue.writeBuffer` would run before pending dispatches.
+ * - A released buffer is free for host uploads only after the submit that used
+ *   it (see `pool.ts`).
+ * - Every dispatch has its own uniform slot (see `uniforms.ts`).
+ * - Errors are collected through error scopes opened per submit and pipeline;
+ *   `sync()` (and every read) throws the first one with the kernels involved.
+ */
+import {
+  DeviceLostError,
+  GpuError,
+  GpuLimitError,
+  NoAdapterError,
+  ShaderCompileError,
+} from "./errors.ts";
+import type { Kernel, Workgroups } from "./kernel.ts";
+import { type CachedPipeline, PipelineCache } from "./pipelines.ts";
+import { BufferPool, fmtBytes } from "./pool.ts";
+import { type BufferView, type DType, DTYPE_BYTES, GpuTensor, numel } from "./tensor.ts";
+import { UniformArena } from "./uniforms.ts";
+
+/** The limits bloom asks for and relies on. */
+export interface GpuLimits {
+  maxStorageBufferBindingSize: number;
+  maxBufferSize: number;
+  maxStorageBuffersPerShaderStage: number;
+  maxComputeWorkgroupStorageSize: number;
+  maxComputeInvocationsPerWorkgroup: number;
+  maxComputeWorkgroupSizeX: number;
+  maxComputeWorkgroupSizeY: number;
+  maxComputeWorkgroupSizeZ: number;
+  maxComputeWorkgroupsPerDimension: number;
+  minStorageBufferOffsetAlignment: number;
+  minUniformBufferOffsetAlignment: number;
+}
+
+const REQUESTED_LIMITS: readonly (keyof GpuLimits)[] = [
+  "maxStorageBufferBindingSize",
+  "maxBufferSize",
+  "maxStorageBuffersPerShaderStage",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxComputeWorkgroupSizeY",
+  "maxComputeWorkgroupSizeZ",
+  "maxComputeWorkgroupsPerDimension",
+];
+
+/** What the adapter says about itself. */
+export interface AdapterDescription {
+  /** Human-readable name: "llvmpipe (LLVM 15.0.6, 256 bits)", "NVIDIA H200", … */
+  name: string;
+  vendor: string;
+  architecture: string;
+  /** True for software adapters (llvmpipe, SwiftShader, WARP). */
+  isFallback: boolean;
+}
+
+/** Optional features bloom can use when the adapter has them. */
+export interface GpuFeatures {
+  timestamp: boolean;
+  f16: boolean;
+  subgroups: boolean;
+}
+
+/** Options of `Gpu.create`. */
+export interface GpuOptions {
+  powerPreference?: GPUPowerPreference;
+  /** Ask for the software adapter even where a GPU exists. */
+  forceFallbackAdapter?: boolean;
+  /** Free pool bytes kept between submits (default 1 GiB). */
+  maxFreePoolBytes?: number;
+}
+
+/** Counters of encoder use, for tests and the step report. */
+export interface SubmitStats {
+  submits: number;
+  dispatches: number;
+  /** Dispatches in the open (not yet submitted) encoder. */
+  openDispatches: number;
+}
+
+/** One dispatch kept by a capture, to be replayed without re-encoding state. */
+interface RecordedDispatch {
+  pipeline: GPUComputePipeline;
+  bindGroup: GPUBindGroup;
+  workgroups: [number, number, number];
+  name: string;
+}
+
+/**
+ * A fixed sequence of dispatches recorded once (`Gpu.capture`) and replayed
+ * with one submit (`Gpu.replay`). It owns the uniform slots of its dispatches;
+ * every buffer they bind must stay allocated (and unshared) while it lives.
+ */
+export class Recording {
+  readonly dispatches: RecordedDispatch[] = [];
+  readonly uniforms: UniformArena;
+  /** Every buffer bound by a recorded dispatch. */
+  readonly buffers: Set<GPUBuffer> = new Set();
+  constructor(device: GPUDevice) {
+    this.uniforms = new UniformArena(device);
+  }
+  /** Frees the recording's uniform buffers. */
+  destroy(): void {
+    this.uniforms.destroy();
+  }
+}
+
+/** Timing of a block of GPU work. */
+export interface Timing {
+  /** GPU time from timestamp queries, or null where the adapter has none. */
+  gpuMs: number | null;
+  /** Wall time from the first dispatch to the end of the work. */
+  wallMs: number;
+}
+
+const MAX_TIMED_PASSES = 512;
+
+/** One WebGPU device and everything bloom does with it. */
+export class Gpu {
+  readonly device: GPUDevice;
+  readonly adapter: AdapterDescription;
+  readonly limits: GpuLimits;
+  readonly features: GpuFeatures;
+  readonly pool: BufferPool;
+  readonly pipelines: PipelineCache;
+
+  #encoder: GPUCommandEncoder | null = null;
+  #pass: GPUComputePassEncoder | null = null;
+  #kernelsInEncoder: string[] = [];
+  #uniforms: UniformArena;
+  #transientUniforms: UniformArena;
+  #capture: Recording | null = null;
+  #scopeChecks: Promise<GpuError | null>[] = [];
+  #uncaptured: GpuError[] = [];
+  #lost: GPUDeviceLostInfo | null = null;
+  #destroyed = false;
+  #stats: SubmitStats = { submits: 0, dispatches: 0, openDispatches: 0 };
+  #staging = new Map<number, GPUBuffer[]>();
+  #timing: { set: GPUQuerySet; passes: number } | null = null;
+
+  private constructor(
+    device: GPUDevice,
+    adapter: AdapterDescription,
+    limits: GpuLimits,
+    features: GpuFeatures,
+    opts: GpuOptions,
+  ) {
+    this.device = device;
+    this.adapter = adapter;
+    this.limits = limits;
+    this.features = features;
+    this.pool = new BufferPool(device, limits.maxBufferSize, opts.maxFreePoolBytes ?? 2 ** 30);
+    this.pipelines = new PipelineCache(device);
+    this.#transientUniforms = new UniformArena(device, limits.minUniformBufferOffsetAlignment);
+    this.#uniforms = this.#transientUniforms;
+    device.addEventListener("uncapturederror", (ev) => {
+      const e = (ev as GPUUncapturedErrorEvent).error;
+      this.#uncaptured.push(new GpuError(`uncaptured GPU error: ${e.message.trim()}`));
+    });
+    device.lost.then((info) => {
+      this.#lost = info;
+    });
+  }
+
+  /**
+   * Opens the best adapter with its real limits, stepping the large ones down
+   * if the device refuses them. Throws `NoAdapterError` with install advice
+   * where WebGPU finds no adapter.
+   */
+  static async create(opts: GpuOptions = {}): Promise<Gpu> {
+    if (typeof navigator === "undefined" || !("gpu" in navigator)) {
+      throw new NoAdapterError("this runtime has no navigator.gpu; use Deno 2 or later");
+    }
+    // Mesa's EGL probe complains without it; harmless to provide.
+    if (!Deno.env.get("XDG_RUNTIME_DIR")) {
+      try {
+        Deno.env.set("XDG_RUNTIME_DIR", Deno.makeTempDirSync({ prefix: "bloom-xdg-" }));
+      } catch { /* no permission: only a warning is lost */ }
+    }
+    const adapter = await navigator.gpu.requestAdapter({
+      powerPreference: opts.powerPreference ?? "high-performance",
+      forceFallbackAdapter: opts.forceFallbackAdapter ?? false,
+    });
+    if (!adapter) throw new NoAdapterError();
+    const info = adapter.info;
+    const description: AdapterDescription = {
+      name: info.description || info.device || info.vendor || "unknown adapter",
+      vendor: info.vendor,
+      architecture: info.architecture,
+      isFallback: Boolean(
+        (info as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
+          (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter,
+      ),
+    };
+    const features: GpuFeatures = {
+      timestamp: adapter.features.has("timestamp-query"),
+      f16: adapter.features.has("shader-f16"),
+      subgroups: adapter.features.has("subgroups"),
+    };
+    const requiredFeatures: GPUFeatureName[] = [];
+    if (features.timestamp) requiredFeatures.push("timestamp-query");
+    if (features.f16) requiredFeatures.push("shader-f16");
+
+    const wanted: Record<string, number> = {};
+    for (const k of REQUESTED_LIMITS) wanted[k] = adapter.limits[k];
+    let device: GPUDevice | null = null;
+    let lastError: unknown = null;
+    // Step large limits down by halves; some drivers advertise more than they grant.
+    for (let attempt = 0; attempt < 6 && !device; attempt++) {
+      try {
+        device = await adapter.requestDevice({ requiredLimits: wanted, requiredFeatures });
+      } catch (e) {
+        lastError = e;
+        for (const k of ["maxStorageBufferBindingSize", "maxBufferSize"]) {
+          wanted[k] = Math.max(128 * 2 ** 20, Math.floor(wanted[k] / 2 / 4) * 4);
+        }
+      }
+    }
+    if (!device) {
+      try {
+        device = await adapter.requestDevice({ requiredFeatures });
+      } catch (e) {
+        throw new GpuError(
+          `the adapter '${description.name}' refused to open a device: ${e}; ` +
+            `(last limit request failed with: ${lastError})`,
+        );
+      }
+    }
+    const l = device.limits;
+    const limits: GpuLimits = {
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxBufferSize: l.maxBufferSize,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
+      maxComputeWorkgroupSizeZ: l.maxComputeWorkgroupSizeZ,
+      maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      minStorageBufferOffsetAlignment: l.minStorageBufferOffsetAlignment,
+      minUniformBufferOffsetAlignment: l.minUniformBufferOffsetAlignment,
+    };
+    return new Gpu(device, description, limits, features, opts);
+  }
+
+  /** One line for logs and benchmark headers. */
+  describe(): string {
+    return `${this.adapter.name}${this.adapter.isFallback ? " (software fallback)" : ""}, ` +
+      `binding ≤ ${fmtBytes(this.limits.maxStorageBufferBindingSize)}, ` +
+      `buffer ≤ ${fmtBytes(this.limits.maxBufferSize)}, ` +
+      `workgroup storage ${fmtBytes(this.limits.maxComputeWorkgroupStorageSize)}, ` +
+      `timestamps ${this.features.timestamp ? "yes" : "no"}`;
+  }
+
+  // ---------------------------------------------------------------- tensors
+
+  /** A new tensor whose first write is a kernel's (may reuse a buffer freed in this submit). */
+  empty(shape: readonly number[], dtype: DType = "f32", label = ""): GpuTensor {
+    this.#alive();
+    const bytes = numel(shape) * DTYPE_BYTES[dtype];
+    const buf = this.pool.acquire(bytes, "gpu-write", label);
+    return new GpuTensor(buf, shape, dtype, 0, true);
+  }
+
+  /** A new tensor filled with zeros (cleared in the open encoder, so in order). */
+  zeros(shape: readonly number[], dtype: DType = "f32", label = ""): GpuTensor {
+    const t = this.empty(shape, dtype, label);
+    if (t.size > 0) {
+      this.#endPass();
+      this.#enc().clearBuffer(t.buffer, 0, Math.ceil(t.size / 4) * 4);
+    }
+    return t;
+  }
+
+  /** Uploads typed data as a new tensor of `shape` (defaults to 1-D). */
+  tensor(
+    data: Float32Array | Uint32Array | Int32Array,
+    shape: readonly number[] = [data.length],
+    label = "",
+  ): GpuTensor {
+    this.#alive();
+    const dtype: DType = data instanceof Float32Array
+      ? "f32"
+      : data instanceof Uint32Array
+      ? "u32"
+      : "i32";
+    if (numel(shape) !== data.length) {
+      throw new RangeError(`data of length ${data.length} does not fit shape [${shape}]`);
+    }
+    const buf = this.pool.acquire(data.byteLength, "host", label);
+    if (data.byteLength > 0) {
+      this.device.queue.writeBuffer(
+        buf,
+        0,
+        data.buffer as ArrayBuffer,
+        data.byteOffset,
+        data.byteLength,
+      );
+    }
+    return new GpuTensor(buf, shape, dtype, 0, true);
+  }
+
+  /**
+   * Uploads bytes (images, masks) as a u32 tensor of ceil(n/4) words, little
+   * endian: byte i is `(w[i >> 2] >> (8 * (i & 3))) & 255` in WGSL.
+   */
+  uploadBytes(data: Uint8Array, label = ""): GpuTensor {
+    const words = Math.ceil(data.byteLength / 4);
+    const padded = new Uint32Array(words);
+    new Uint8Array(padded.buffer).set(data);
+    return this.tensor(padded, [words], label);
+  }
+
+  /**
+   * Writes host data into an existing tensor. Flushes first when the open
+   * encoder has work, because the write would otherwise overtake it.
+   */
+  write(t: BufferView, data: ArrayBufferView, byteOffset = 0): void {
+    this.#alive();
+    if (byteOffset + data.byteLength > t.size) {
+      throw new RangeError(
+        `write of ${data.byteLength} B at ${byteOffset} overflows a ${t.size} B tensor`,
+      );
+    }
+    if (data.byteLength % 4 !== 0) throw new RangeError("writes must be a multiple of 4 bytes");
+    if (this.#stats.openDispatches > 0 || this.#encoder) this.flush();
+    this.device.queue.writeBuffer(
+      t.buffer,
+      t.offset + byteOffset,
+      data.buffer as ArrayBuffer,
+      data.byteOffset,
+      data.byteLength,
+    );
+  }
+
+  /** Returns a pooled tensor's buffer to the pool (no-op for views). */
+  release(...ts: (GpuTensor | null | undefined)[]): void {
+    for (const t of ts) {
+      if (!t || !t.pooled) continue;
+      t.markReleased();
+      if (this.#capture) this.#capture.buffers.add(t.buffer);
+      this.pool.release(t.buffer);
+    }
+  }
+
+  /** Copies `bytes` from one buffer range to another, in encoder order. */
+  copy(src: BufferView, dst: BufferView, bytes: number = Math.min(src.size, dst.size)): void {
+    this.#alive();
+    if (bytes > src.size || bytes > dst.size) {
+      throw new RangeError(`copy of ${bytes} B exceeds a ${src.size} B / ${dst.size} B range`);
+    }
+    if (bytes === 0) return;
+    this.#endPass();
+    this.#enc().copyBufferToBuffer(src.buffer, src.offset, dst.buffer, dst.offset, bytes);
+  }
+
+  // --------------------------------------------------------------- dispatch
+
+  /**
+   * Records one dispatch of `k` into the open encoder. `buffers` bind to
+   * `@binding(0..)`, `params` (if the kernel has a uniform block) to the next
+   * binding. Nothing runs until `flush` (or a read).
+   */
+  dispatch(
+    k: Kernel,
+    buffers: readonly BufferView[],
+    workgroups: Workgroups,
+    params?: Uint8Array,
+  ): void {
+    this.#alive();
+    const wg: [number, number, number] = [workgroups[0], workgroups[1] ?? 1, workgroups[2] ?? 1];
+    this.#validate(k, buffers, wg, params);
+    if (wg[0] * wg[1] * wg[2] === 0) return;
+    const p: CachedPipeline = this.pipelines.get(k);
+    const entries: GPUBindGroupEntry[] = buffers.map((b, binding) => ({
+      binding,
+      resource: { buffer: b.buffer, offset: b.offset, size: Math.ceil(b.size / 4) * 4 },
+    }));
+    if (k.uniformBytes > 0) {
+      const slot = this.#uniforms.slot(params!);
+      entries.push({ binding: buffers.length, resource: slot });
+    }
+    const bindGroup = this.device.createBindGroup({ layout: p.layout, entries, label: k.name });
+    const pass = this.#passEncoder();
+    pass.setPipeline(p.pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(wg[0], wg[1], wg[2]);
+    this.#kernelsInEncoder.push(k.name);
+    this.#stats.dispatches++;
+    this.#stats.openDispatches++;
+    if (this.#capture) {
+      this.#capture.dispatches.push({
+        pipeline: p.pipeline,
+        bindGroup,
+        workgroups: wg,
+        name: k.name,
+      });
+      for (const b of buffers) this.#capture.buffers.add(b.buffer);
+    }
+  }
+
+  #validate(
+    k: Kernel,
+    buffers: readonly BufferView[],
+    wg: [number, number, number],
+    params?: Uint8Array,
+  ): void {
+    const where = `kernel '${k.name}'`;
+    if (buffers.length !== k.bindings.length) {
+      throw new GpuError(`${where} takes ${k.bindings.length} buffers, got ${buffers.length}`);
+    }
+    if (k.uniformBytes > 0 && (!params || params.byteLength < k.uniformBytes)) {
+      throw new GpuError(
+        `${where} needs a ${k.uniformBytes} B uniform block, got ${params?.byteLength ?? "none"}`,
+      );
+    }
+    if (buffers.length > this.limits.maxStorageBuffersPerShaderStage) {
+      throw new GpuLimitError(
+        `${where} binds ${buffers.length} storage buffers; this adapter allows ` +
+          `${this.limits.maxStorageBuffersPerShaderStage} (maxStorageBuffersPerShaderStage)`,
+      );
+    }
+    for (const [axis, n] of wg.entries()) {
+      if (!Number.isInteger(n) || n < 0 || n > this.limits.maxComputeWorkgroupsPerDimension) {
+        throw new GpuLimitError(
+          `${where}: ${n} workgroups along ${
+            "xyz"[axis]
+          } exceeds maxComputeWorkgroupsPerDimension ` +
+            `(${this.limits.maxComputeWorkgroupsPerDimension}); spread them with grid()`,
+        );
+      }
+    }
+    const max = this.limits.maxStorageBufferBindingSize;
+    const align = this.limits.minStorageBufferOffsetAlignment;
+    for (let i = 0; i < buffers.length; i++) {
+      const b = buffers[i];
+      const bound = Math.ceil(b.size / 4) * 4;
+      if (bound <= 0) {
+        throw new GpuError(`${where} binding ${i} is empty; skip the dispatch for empty tensors`);
+      }
+      if (bound > max) {
+        throw new GpuLimitError(
+          `${where} binding ${i} is ${fmtBytes(bound)}, over this adapter's ` +
+            `maxStorageBufferBindingSize of ${fmtBytes(max)}; split the tensor ` +
+            `(fewer rows per dispatch) or use a smaller batch`,
+        );
+      }
+      if (b.offset % align !== 0) {
+        throw new GpuLimitError(
+          `${where} binding ${i} starts at byte ${b.offset}, not a multiple of ` +
+            `minStorageBufferOffsetAlignment (${align})`,
+        );
+      }
+      if (b.offset + bound > b.buffer.size) {
+        throw new GpuLimitError(
+          `${where} binding ${i} (bytes ${b.offset}..${b.offset + bound}) runs past the end of ` +
+            `buffer '${b.buffer.label}' (${b.buffer.size} B)`,
+        );
+      }
+      for (let j = 0; j < i; j++) {
+        const o = buffers[j];
+        if (o.buffer !== b.buffer) continue;
+        const overlap = b.offset < o.offset + o.size && o.offset < b.offset + b.size;
+        if (overlap && (k.bindings[i] === "read_write" || k.bindings[j] === "read_write")) {
+          throw new GpuError(
+            `${where} binds overlapping ranges of one buffer at bindings ${j} and ${i} with a ` +
+              `write; bind it once as read_write instead`,
+          );
+        }
+      }
+    }
+  }
+
+  #enc(): GPUCommandEncoder {
+    if (!this.#encoder) {
+      // Scopes opened per encoder catch what its commands and the submit raise.
+      this.device.pushErrorScope("out-of-memory");
+      this.device.pushErrorScope("validation");
+      this.#encoder = this.device.createCommandEncoder();
+    }
+    return this.#encoder;
+  }
+
+  #passEncoder(): GPUComputePassEncoder {
+    if (!this.#pass) {
+      const desc: GPUComputePassDescriptor = {};
+      const t = this.#timing;
+      if (t && t.passes < MAX_TIMED_PASSES) {
+        desc.timestampWrites = {
+          querySet: t.set,
+          beginningOfPassWriteIndex: 2 * t.passes,
+          endOfPassWriteIndex: 2 * t.passes + 1,
+        };
+        t.passes++;
+      }
+      this.#pass = this.#enc().beginComputePass(desc);
+    }
+    return this.#pass;
+  }
+
+  #endPass(): void {
+    if (this.#pass) {
+      this.#pass.end();
+      this.#pass = null;
+    }
+  }
+
+  /** Submits the open encoder (no-op when nothing is recorded). */
+  flush(): void {
+    this.#alive();
+    if (!this.#encoder) return;
+    this.#endPass();
+    this.#uniforms.upload(this.device.queue);
+    this.device.queue.submit([this.#encoder.finish()]);
+    this.#encoder = null;
+    const kernels = this.#kernelsInEncoder;
+    this.#kernelsInEncoder = [];
+    const submit = ++this.#stats.submits;
+    this.#stats.openDispatches = 0;
+    const validation = this.device.popErrorScope();
+    const oom = this.device.popErrorScope();
+    this.#scopeChecks.push(
+      Promise.all([validation, oom]).then(([v, o]) => {
+        const e = v ?? o;
+        if (!e) return null;
+        const kind = v ? "validation" : "out-of-memory";
+        return new GpuError(
+          `GPU ${kind} error in submit #${submit} (${summarise(kernels)}): ${e.message.trim()}`,
+        );
+      }),
+    );
+    if (this.#uniforms === this.#transientUniforms) this.#uniforms.reset();
+    this.pool.onSubmit();
+  }
+
+  /**
+   * Submits pending work, waits for the GPU, and throws the first error any
+   * submit, pipeline or uncaptured event reported since the last sync.
+   */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    await this.#throwPending();
+  }
+
+  async #throwPending(): Promise<void> {
+    try {
+      await this.pipelines.check();
+    } catch (e) {
+      this.#scopeChecks = [];
+      throw e;
+    }
+    const checks = this.#scopeChecks.splice(0);
+    const errs = (await Promise.all(checks)).filter((e): e is GpuError => e !== null);
+    if (errs.length) throw errs[0];
+    if (this.#uncaptured.length) throw this.#uncaptured.splice(0)[0];
+    this.#alive();
+  }
+
+  /** Compiles `k` now and throws a `ShaderCompileError` with source lines on failure. */
+  async compile(k: Kernel): Promise<void> {
+    this.#alive();
+    const p = this.pipelines.get(k);
+    const err = await p.ready;
+    if (err) {
+      await this.pipelines.check().catch(() => {});
+      throw err;
+    }
+  }
+
+  // ---------------------------------------------------------------- readback
+
+  /** Reads a tensor back to the host (flushes; throws pending GPU errors). */
+  async read(t: GpuTensor): Promise<Float32Array | Uint32Array | Int32Array> {
+    const bytes = await this.readBytes(t);
+    const n = t.numel;
+    if (t.dtype === "u32") return new Uint32Array(bytes.buffer, 0, n);
+    if (t.dtype === "i32") return new Int32Array(bytes.buffer, 0, n);
+    return new Float32Array(bytes.buffer, 0, n);
+  }
+
+  /** Reads an f32 tensor back to the host. */
+  async readF32(t: GpuTensor): Promise<Float32Array> {
+    if (t.dtype !== "f32") throw new TypeError(`readF32 on a ${t.dtype} tensor`);
+    return await this.read(t) as Float32Array;
+  }
+
+  /** Reads several tensors with one submit. */
+  async readMany(ts: readonly GpuTensor[]): Promise<(Float32Array | Uint32Array | Int32Array)[]> {
+    return await Promise.all(ts.map((t) => this.read(t)));
+  }
+
+  /** Reads a raw buffer range back to the host. */
+  async readBytes(v: BufferView): Promise<Uint8Array> {
+    this.#alive();
+    const size = Math.ceil(v.size / 4) * 4;
+    if (size === 0) return new Uint8Array(0);
+    const stagingSize = Math.max(256, 2 ** Math.ceil(Math.log2(size)));
+    const staging = this.#staging.get(stagingSize)?.pop() ??
+      this.device.createBuffer({
+        size: stagingSize,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+        label: "staging",
+      });
+    this.#endPass();
+    this.#enc().copyBufferToBuffer(v.buffer, v.offset, staging, 0, size);
+    this.flush();
+    try {
+      await staging.mapAsync(GPUMapMode.READ, 0, size);
+    } catch (e) {
+      await this.#throwPending();
+      throw new GpuError(`read-back of ${size} B failed: ${e}`);
+    }
+    const out = new Uint8Array(size);
+    out.set(new Uint8Array(staging.getMappedRange(0, size)));
+    staging.unmap();
+    const list = this.#staging.get(stagingSize);
+    if (list) list.push(staging);
+    else this.#staging.set(stagingSize, [staging]);
+    await this.#throwPending();
+    return v.size === size ? out : out.subarray(0, v.size);
+  }
+
+  // ------------------------------------------------------------------ timing
+
+  /**
+   * Times the GPU work `fn` records: GPU time from timestamp queries where the
+   * adapter has them (summed over compute passes), and wall time always.
+   */
+  async time(fn: () => void | Promise<void>): Promise<Timing> {
+    await this.sync();
+    let set: GPUQuerySet | null = null;
+    if (this.features.timestamp) {
+      set = this.device.createQuerySet({ type: "timestamp", count: 2 * MAX_TIMED_PASSES });
+      this.#timing = { set, passes: 0 };
+    }
+    const t0 = performance.now();
+    try {
+      await fn();
+      this.flush();
+      await this.device.queue.onSubmittedWorkDone();
+    } finally {
+      this.#endPass();
+    }
+    const wallMs = performance.now() - t0;
+    const timing = this.#timing;
+    this.#timing = null;
+    await this.#throwPending();
+    if (!set || !timing || timing.passes === 0) {
+      set?.destroy();
+      return { gpuMs: set ? 0 : null, wallMs };
+    }
+    const n = timing.passes * 2;
+    const resolve = this.device.createBuffer({
+      size: n * 8,
+      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+    });
+    const enc = this.device.createCommandEncoder();
+    enc.resolveQuerySet(set, 0, n, resolve, 0);
+    const staging = this.device.createBuffer({
+      size: n * 8,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    enc.copyBufferToBuffer(resolve, 0, staging, 0, n * 8);
+    this.device.queue.submit([enc.finish()]);
+    await staging.mapAsync(GPUMapMode.READ);
+    const ticks = new BigUint64Array(staging.getMappedRange().slice(0));
+    staging.unmap();
+    staging.destroy();
+    resolve.destroy();
+    set.destroy();
+    let ns = 0;
+    for (let i = 0; i < timing.passes; i++) {
+      const d = Number(ticks[2 * i + 1] - ticks[2 * i]);
+      if (d > 0) ns += d;
+    }
+    // A truncated timing (too many passes) under-reports: fall back to wall time then.
+    const gpuMs = timing.passes >= MAX_TIMED_PASSES ? null : ns / 1e6;
+    return { gpuMs, wallMs };
+  }
+
+  // --------------------------------------------------------- capture/replay
+
+  /**
+   * Runs `fn` (which dispatches as usual) and records its dispatches, so that
+   * `replay` can re-run them with one submit and no bind-group or uniform
+   * work. Inputs that change between replays must be written with `write`
+   * into tensors the recording binds; their shapes must not change.
+   */
+  async capture<T>(fn: () => T | Promise<T>): Promise<{ recording: Recording; result: T }> {
+    this.flush();
+    const rec = new Recording(this.device);
+    this.#capture = rec;
+    this.#uniforms = rec.uniforms;
+    try {
+      const result = await fn();
+      this.flush();
+      return { recording: rec, result };
+    } finally {
+      this.#capture = null;
+      this.#uniforms = this.#transientUniforms;
+    }
+  }
+
+  /** Re-runs a recording's dispatches in one compute pass and one submit. */
+  replay(rec: Recording): void {
+    this.#alive();
+    const pass = this.#passEncoder();
+    for (const d of rec.dispatches) {
+      pass.setPipeline(d.pipeline);
+      pass.setBindGroup(0, d.bindGroup);
+      pass.dispatchWorkgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+      this.#kernelsInEncoder.push(d.name);
+    }
+    this.#stats.dispatches += rec.dispatches.length;
+    this.#stats.openDispatches += rec.dispatches.length;
+    this.flush();
+  }
+
+  // ------------------------------------------------------------------- state
+
+  /** Counters of submits and dispatches. */
+  stats(): SubmitStats {
+    return { ...this.#stats };
+  }
+
+  #alive(): void {
+    if (this.#destroyed) throw new GpuError("this Gpu was destroyed");
+    if (this.#lost) {
+      throw new DeviceLostError(
+        `the GPU device was lost (${this.#lost.reason}): ${this.#lost.message || "no detail"}; ` +
+          "create a new Gpu to continue",
+      );
+    }
+  }
+
+  /** Frees every buffer and the device. */
+  destroy(): void {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    this.pool.destroy();
+    this.#transientUniforms.destroy();
+    for (const l of this.#staging.values()) for (const b of l) b.destroy();
+    this.device.destroy();
+  }
+}
+
+function summarise(kernels: string[]): string {
+  const counts = new Map<string, number>();
+  for (const k of kernels) counts.set(k, (counts.get(k) ?? 0) + 1);
+  const parts = [...counts].map(([k, n]) => (n > 1 ? `${k}×${n}` : k));
+  return parts.length ? `kernels: ${parts.slice(0, 12).join(", ")}` : "no kernels";
+}
+
+let shared: Promise<Gpu> | null = null;
+
+/** A process-wide Gpu, created on first use (tests, CLI and benchmarks share it). */
+export function getGpu(opts?: GpuOptions): Promise<Gpu> {
+  shared ??= Gpu.create(opts).catch((e) => {
+    shared = null;
+    throw e;
+  });
+  return shared;
+}
+
+export { ShaderCompileError };
