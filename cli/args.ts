@@ -54,7 +54,12 @@ export function parseFlags(
   // deno-lint-ignore no-explicit-any
   const options: Record<string, any> = { help: { type: "boolean", short: "h" } };
   for (const [name, f] of Object.entries(flags)) {
-    options[name] = { type: f.type, short: f.short, multiple: f.multiple, default: f.default };
+    // node:util rejects keys present with an undefined value.
+    const o: Record<string, unknown> = { type: f.type };
+    if (f.short !== undefined) o.short = f.short;
+    if (f.multiple !== undefined) o.multiple = f.multiple;
+    if (f.default !== undefined) o.default = f.default;
+    options[name] = o;
   }
   let parsed;
   try {
@@ -64,7 +69,7 @@ export function parseFlags(
     throw new UsageError(`${msg}\n\n${usage(command, summary, flags)}`);
   }
   if (parsed.values.help) return "help";
-  return { values: parsed.values, positionals: parsed.positionals };
+  return { values: parsed.values as Parsed["values"], positionals: parsed.positionals };
 }
 
 /** Reads a numeric flag, with a clear error naming it when it is not a number in range. */

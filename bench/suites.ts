@@ -1,0 +1,4 @@
+/** Every benchmark suite, in run order. Add a suite by importing it here. */
+import type { BenchSuite } from "./harness.ts";
+
+export const suites: BenchSuite[] = [];
