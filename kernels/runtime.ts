@@ -275,11 +275,16 @@ export class Gpu {
   /** A new tensor filled with zeros (cleared in the open encoder, so in order). */
   zeros(shape: readonly number[], dtype: DType = "f32", label = ""): GpuTensor {
     const t = this.empty(shape, dtype, label);
-    if (t.size > 0) {
-      this.#endPass();
-      this.#enc().clearBuffer(t.buffer, 0, Math.ceil(t.size / 4) * 4);
-    }
+    this.clear(t);
     return t;
+  }
+
+  /** Zeroes a tensor or buffer range in encoder order. */
+  clear(t: BufferView): void {
+    this.#alive();
+    if (t.size === 0) return;
+    this.#endPass();
+    this.#enc().clearBuffer(t.buffer, t.offset, Math.ceil(t.size / 4) * 4);
   }
 
   /** Uploads typed data as a new tensor of `shape` (defaults to 1-D). */
