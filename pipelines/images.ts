@@ -1,0 +1,257 @@
+/**
+ * Cell-image decoding and resizing, shared by the ingest (which encodes the
+ * result into shards) and the loader (which hands raw RGB to the model).
+ *
+ * Every image takes the same road: decode (sharp/libvips; BMP through
+ * `ingest/bmp.ts`), optional crop, alpha composited on white, any colour
+ * space (grey, palette, CMYK, 16-bit) to 8-bit sRGB, then a square resize
+ * to `size`×`size` with Lanczos-3 that does not keep the aspect ratio — the
+ * reference's `Resize((224, 224))` on a PIL image (RECIPE.md §2).
+ *
+ * Invariants:
+ * - No EXIF auto-rotation: PIL does not apply it either, and cells have no
+ *   up.
+ * - Shrink-on-load is off, so a large JPEG gets the same Lanczos filter as a
+ *   small one (libjpeg's DCT downscaling would be a different filter).
+ * - A decoder warning (a truncated JPEG, a bad PNG chunk) is an error: a half-
+ *   grey cell is worse than a missing one.
+ */
+import sharp from "sharp";
+import { BmpError, bmpSize, decodeBmp, isBmp } from "./ingest/bmp.ts";
+
+/** Why an image was refused; `reason` is what errors.jsonl records. */
+export class ImageError extends Error {
+  override name = "ImageError";
+}
+
+/** What the decoder learnt about the source. */
+export interface ImageInfo {
+  /** Original width and height, before any crop or resize. */
+  width: number;
+  height: number;
+  /** "jpeg", "png", "tiff", "bmp", … */
+  format: string;
+  /** Source colour space: "srgb", "b-w", "cmyk", "rgb16", "grey16", … */
+  space: string;
+  channels: number;
+  /** Bits per sample of the source (8 or 16 for the common cases). */
+  bits: number;
+  isPalette: boolean;
+}
+
+/** A pixel rectangle in source coordinates. */
+export interface Region {
+  left: number;
+  top: number;
+  width: number;
+  height: number;
+}
+
+/** How to turn a source image into a cell image. */
+export interface CellOptions {
+  /** Output side in pixels (square). */
+  size: number;
+  /** Crop this region first (voc boxes); clamped to the image. */
+  crop?: Region;
+  /** Refuse sources (or crops) whose shorter side is below this (default 1). */
+  minSize?: number;
+}
+
+/** Output encoding of an ingested cell. */
+export interface EncodeOptions extends CellOptions {
+  format: "png" | "jpg";
+  /** JPEG quality 1–100 (ignored for PNG). */
+  quality?: number;
+}
+
+/** An encoded cell image plus what was learnt about its source. */
+export interface EncodedCell {
+  data: Uint8Array;
+  info: ImageInfo;
+  /** The region actually cropped (after clamping), if any. */
+  crop?: Region;
+}
+
+/** Raw RGB pixels [size, size, 3] of a cell plus its source info. */
+export interface RgbCell {
+  pixels: Uint8Array;
+  info: ImageInfo;
+  crop?: Region;
+}
+
+const BITS: Record<string, number> = {
+  uchar: 8,
+  char: 8,
+  ushort: 16,
+  short: 16,
+  uint: 32,
+  int: 32,
+  float: 32,
+  double: 64,
+};
+
+/** Describes an error thrown by sharp/libvips in the words errors.jsonl uses. */
+function describeSharpError(e: unknown): string {
+  const msg = e instanceof Error ? e.message : String(e);
+  if (/unsupported image format/i.test(msg)) return "not an image (unrecognised format)";
+  if (/empty/i.test(msg)) return "empty file (0 bytes)";
+  return `corrupt or truncated image: ${msg.replace(/\s+/g, " ").trim()}`;
+}
+
+/**
+ * Opens an image: a sharp pipeline on its pixels plus header facts. BMP is
+ * decoded here and handed to sharp as raw pixels.
+ */
+async function open(bytes: Uint8Array): Promise<{ img: sharp.Sharp; info: ImageInfo }> {
+  if (bytes.length === 0) throw new ImageError("empty file (0 bytes)");
+  if (isBmp(bytes)) {
+    let bmp;
+    try {
+      bmpSize(bytes); // header errors first, with their own message
+      bmp = decodeBmp(bytes);
+    } catch (e) {
+      if (e instanceof BmpError) throw new ImageError(`corrupt or unsupported BMP: ${e.message}`);
+      throw e;
+    }
+    const img = sharp(bmp.data, {
+      raw: { width: bmp.width, height: bmp.height, channels: bmp.channels },
+    });
+    return {
+      img,
+      info: {
+        width: bmp.width,
+        height: bmp.height,
+        format: "bmp",
+        space: "srgb",
+        channels: bmp.channels,
+        bits: 8,
+        isPalette: false,
+      },
+    };
+  }
+  const img = sharp(bytes, { failOn: "warning", sequentialRead: true });
+  let m: sharp.Metadata;
+  try {
+    m = await img.metadata();
+  } catch (e) {
+    throw new ImageError(describeSharpError(e));
+  }
+  if (!m.width || !m.height || !m.format) throw new ImageError("not an image (no dimensions)");
+  return {
+    img,
+    info: {
+      width: m.width,
+      height: m.height,
+      format: m.format,
+      space: m.space ?? "unknown",
+      channels: m.channels ?? 0,
+      bits: BITS[m.depth ?? "uchar"] ?? 8,
+      isPalette: Boolean(m.isPalette),
+    },
+  };
+}
+
+/** Header facts of an image without decoding its pixels (BMP: header only too). */
+export async function probeImage(bytes: Uint8Array): Promise<ImageInfo> {
+  return (await open(bytes)).info;
+}
+
+/** Clamps `r` to the image; throws when nothing of it is inside. */
+export function clampRegion(r: Region, width: number, height: number): Region {
+  const left = Math.max(0, Math.floor(r.left));
+  const top = Math.max(0, Math.floor(r.top));
+  const right = Math.min(width, Math.ceil(r.left + r.width));
+  const bottom = Math.min(height, Math.ceil(r.top + r.height));
+  if (right <= left || bottom <= top) {
+    throw new ImageError(
+      `crop ${r.width}x${r.height}+${r.left}+${r.top} lies outside the ${width}x${height} image`,
+    );
+  }
+  return { left, top, width: right - left, height: bottom - top };
+}
+
+/** The shared part of both roads: crop, size check, flatten, sRGB, resize. */
+async function cellPipeline(
+  bytes: Uint8Array,
+  opts: CellOptions,
+): Promise<{ img: sharp.Sharp; info: ImageInfo; crop?: Region }> {
+  if (!Number.isInteger(opts.size) || opts.size < 1) {
+    throw new RangeError(`cell size must be a positive integer, got ${opts.size}`);
+  }
+  const { img, info } = await open(bytes);
+  const crop = opts.crop ? clampRegion(opts.crop, info.width, info.height) : undefined;
+  const w = crop?.width ?? info.width;
+  const h = crop?.height ?? info.height;
+  const minSize = opts.minSize ?? 1;
+  if (Math.min(w, h) < minSize) {
+    const what = crop ? "crop" : "image";
+    throw new ImageError(`${what} is ${w}x${h} px, smaller than --min-size ${minSize}`);
+  }
+  if (crop) img.extract(crop);
+  img
+    .flatten({ background: { r: 255, g: 255, b: 255 } })
+    .resize(opts.size, opts.size, { fit: "fill", kernel: "lanczos3", fastShrinkOnLoad: false })
+    .toColourspace("srgb")
+    .removeAlpha();
+  return { img, info, crop };
+}
+
+/** Decodes, crops, converts and resizes an image, then encodes it as PNG or JPEG. */
+export async function encodeCell(bytes: Uint8Array, opts: EncodeOptions): Promise<EncodedCell> {
+  const { img, info, crop } = await cellPipeline(bytes, opts);
+  if (opts.format === "jpg") img.jpeg({ quality: opts.quality ?? 95, chromaSubsampling: "4:4:4" });
+  else img.png();
+  try {
+    const data = await img.toBuffer();
+    return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), info, crop };
+  } catch (e) {
+    throw new ImageError(describeSharpError(e));
+  }
+}
+
+/** Decodes, crops, converts and resizes an image to raw RGB [size, size, 3]. */
+export async function decodeCell(bytes: Uint8Array, opts: CellOptions): Promise<RgbCell> {
+  const { img, info, crop } = await cellPipeline(bytes, opts);
+  try {
+    const { data, info: out } = await img.raw().toBuffer({ resolveWithObject: true });
+    if (out.channels !== 3 || out.width !== opts.size || out.height !== opts.size) {
+      throw new ImageError(
+        `decoder returned ${out.width}x${out.height}x${out.channels}, expected ` +
+          `${opts.size}x${opts.size}x3`,
+      );
+    }
+    return {
+      pixels: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+      info,
+      crop,
+    };
+  } catch (e) {
+    if (e instanceof ImageError) throw e;
+    throw new ImageError(describeSharpError(e));
+  }
+}
+
+/** Reads a file and describes read failures (missing, a directory, no permission) plainly. */
+export async function readImageFile(path: string): Promise<Uint8Array> {
+  try {
+    return await Deno.readFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new ImageError("unreadable: file not found");
+    if (e instanceof Deno.errors.PermissionDenied) {
+      throw new ImageError("unreadable: permission denied");
+    }
+    if (e instanceof Deno.errors.IsADirectory) throw new ImageError("unreadable: is a directory");
+    throw new ImageError(`unreadable: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
+/**
+ * Sets how many libvips threads one image may use. Ingest and loader run many
+ * images at once (one per worker), so one thread per image avoids
+ * oversubscribing the cores; returns the previous value.
+ */
+export function setImageThreads(n: number): number {
+  const prev = sharp.concurrency();
+  sharp.concurrency(n);
+  return prev;
+}

@@ -1,0 +1,412 @@
+/**
+ * `runIngest`: enumerate → plan → decode in parallel → write shards in plan
+ * order → errors.jsonl → manifest.json. The CLI (`cli/ingest.ts`) is a thin
+ * shell over it; tests and the benchmark call it directly.
+ *
+ * Invariants:
+ * - Memory is bounded by the decode window (`2 × workers + 2` images), not by
+ *   the dataset: only paths and labels are enumerated up front.
+ * - Shard bytes depend on the plan only, never on which decode finished
+ *   first (the ordered map is the reorder buffer).
+ * - A finished shard is never rewritten by a rerun with the same plan; a
+ *   partial one (`.tar.tmp`) always is.
+ * - Bad inputs are recorded, never thrown; only unusable options, an
+ *   unusable input root or an I/O failure of the output stop the run.
+ */
+import { join, resolve } from "node:path";
+import { encodeCell, ImageError, readImageFile, setImageThreads } from "../images.ts";
+import { Progress, type ProgressOptions } from "../progress.ts";
+import { enumerate, isLayout, type Layout, LAYOUTS } from "./layouts.ts";
+import { buildManifest, type Manifest, writeOutputs } from "./manifest.ts";
+import { orderedMap } from "./ordered.ts";
+import {
+  assignSplits,
+  type OutputParams,
+  type PlannedSample,
+  type PlannedShard,
+  planShards,
+  SHARD_NAME,
+} from "./plan.ts";
+import type { InputError, SampleSource } from "./sample.ts";
+import { type SampleFiles, ShardWriter } from "./shard_writer.ts";
+import {
+  loadFinished,
+  recordedShards,
+  removeShard,
+  saveRecord,
+  type ShardRecord,
+} from "./state.ts";
+import { boxWithMargin } from "./voc.ts";
+
+/** Everything `deno task ingest` takes. */
+export interface IngestOptions {
+  input: string;
+  layout: Layout;
+  out: string;
+  /** Output side (default 224). */
+  size?: number;
+  format?: "png" | "jpg";
+  /** JPEG quality (default 95). */
+  quality?: number;
+  /** Samples per shard (default 1000). */
+  shardSize?: number;
+  /** Train fraction for a stratified train/test split. */
+  split?: number;
+  /** Seed of the split and of the sample order (default 42). */
+  seed?: number;
+  /** Images decoded in parallel (default: the number of cores). */
+  workers?: number;
+  /** Wanted classes, in class-index order (voc default: WBC). */
+  classes?: string[];
+  /** Smallest accepted side of a source image or crop (default 16). */
+  minSize?: number;
+  /** VOC crop margin as a fraction of the box size (default 0.1). */
+  margin?: number;
+}
+
+/** What a run did. */
+export interface IngestSummary {
+  outDir: string;
+  /** Candidate inputs (samples planned plus inputs refused before planning). */
+  inputs: number;
+  samples: number;
+  errors: number;
+  shardsWritten: number;
+  shardsSkipped: number;
+  /** Images decoded and written in this run (skipped shards excluded). */
+  processed: number;
+  seconds: number;
+  /** processed / seconds. */
+  rate: number;
+  manifest: Manifest;
+}
+
+/** Callbacks for the CLI and tests. */
+export interface IngestHooks {
+  /** Progress display options; `false` for none. */
+  progress?: ProgressOptions | false;
+  /** Called after each shard is finished and recorded. */
+  onShard?: (rec: ShardRecord) => void;
+}
+
+/** A bad option value; `flag` names the command-line flag. */
+export class IngestOptionError extends Error {
+  override name = "IngestOptionError";
+  constructor(readonly flag: string, message: string) {
+    super(`--${flag} ${message}`);
+  }
+}
+
+type Resolved = Required<Omit<IngestOptions, "split" | "classes">> & {
+  split?: number;
+  classes?: string[];
+};
+
+function checkInt(flag: string, v: number, min: number, max: number): void {
+  if (!Number.isInteger(v) || v < min || v > max) {
+    throw new IngestOptionError(flag, `must be an integer in [${min}, ${max}], got ${v}`);
+  }
+}
+
+/** Fills defaults and checks every option, naming the flag and the fix. */
+export function resolveOptions(o: IngestOptions): Resolved {
+  if (!o.input) throw new IngestOptionError("input", "is required: the dataset root or file");
+  if (!o.out) throw new IngestOptionError("out", "is required: the output directory");
+  if (!isLayout(o.layout)) {
+    throw new IngestOptionError("layout", `must be one of ${LAYOUTS.join("|")}, got '${o.layout}'`);
+  }
+  const r: Resolved = {
+    input: o.input,
+    layout: o.layout,
+    out: o.out,
+    size: o.size ?? 224,
+    format: o.format ?? "png",
+    quality: o.quality ?? 95,
+    shardSize: o.shardSize ?? 1000,
+    split: o.split,
+    seed: o.seed ?? 42,
+    workers: o.workers ?? navigator.hardwareConcurrency ?? 1,
+    classes: o.classes,
+    minSize: o.minSize ?? 16,
+    margin: o.margin ?? 0.1,
+  };
+  checkInt("size", r.size, 1, 4096);
+  if (r.format !== "png" && r.format !== "jpg") {
+    throw new IngestOptionError("format", `must be png or jpg, got '${r.format}'`);
+  }
+  checkInt("quality", r.quality, 1, 100);
+  checkInt("shard-size", r.shardSize, 1, 1e9);
+  checkInt("seed", r.seed, 0, 0xffffffff);
+  checkInt("workers", r.workers, 1, 1024);
+  checkInt("min-size", r.minSize, 1, 1e6);
+  if (r.split !== undefined && !(r.split > 0 && r.split < 1)) {
+    throw new IngestOptionError(
+      "split",
+      `must be a train fraction in (0, 1) such as 0.8, got ${r.split}`,
+    );
+  }
+  if (!(Number.isFinite(r.margin) && r.margin >= 0 && r.margin <= 2)) {
+    throw new IngestOptionError(
+      "margin",
+      `must be a fraction in [0, 2] such as 0.1, got ${r.margin}`,
+    );
+  }
+  if (r.classes) {
+    const c = r.classes.map((s) => s.trim());
+    if (c.length === 0 || c.some((s) => s === "")) {
+      throw new IngestOptionError("classes", "must be a comma-separated list of non-empty names");
+    }
+    if (new Set(c).size !== c.length) {
+      throw new IngestOptionError("classes", `lists a class twice: ${c.join(",")}`);
+    }
+    r.classes = c;
+  }
+  return r;
+}
+
+/** Stats every sample's file; missing, empty and non-file inputs become errors. */
+async function statSamples(
+  samples: SampleSource[],
+  classes: string[],
+  errors: InputError[],
+): Promise<PlannedSample[]> {
+  const planned: PlannedSample[] = [];
+  const stats = orderedMap(samples, async (s) => {
+    try {
+      return { s, st: await Deno.stat(s.path), why: null };
+    } catch (e) {
+      const why = e instanceof Deno.errors.NotFound
+        ? "unreadable: file not found"
+        : e instanceof Deno.errors.PermissionDenied
+        ? "unreadable: permission denied"
+        : `unreadable: ${(e as Error).message}`;
+      return { s, st: null, why };
+    }
+  }, { concurrency: 16 });
+  for await (const { s, st, why } of stats) {
+    if (!st) errors.push({ path: s.path, reason: why! });
+    else if (st.isDirectory) errors.push({ path: s.path, reason: "unreadable: is a directory" });
+    else if (st.size === 0) errors.push({ path: s.path, reason: "empty file (0 bytes)" });
+    else {
+      planned.push({
+        ...s,
+        cls: s.label === null ? -1 : classes.indexOf(s.label),
+        split: "",
+        bytes: st.size,
+        mtime: st.mtime?.getTime() ?? 0,
+      });
+    }
+  }
+  return planned;
+}
+
+/** The outcome of decoding one planned sample. */
+type Decoded =
+  | { ok: true; sample: PlannedSample; files: SampleFiles }
+  | { ok: false; sample: PlannedSample; reason: string };
+
+const enc = new TextEncoder();
+
+async function decodeSample(s: PlannedSample, r: Resolved): Promise<Decoded> {
+  try {
+    const bytes = await readImageFile(s.path);
+    const crop = s.box ? boxWithMargin(s.box, r.margin) : undefined;
+    const cell = await encodeCell(bytes, {
+      size: r.size,
+      format: r.format,
+      quality: r.quality,
+      minSize: r.minSize,
+      crop,
+    });
+    const meta: Record<string, unknown> = {
+      key: s.key,
+      source: s.rel,
+      label: s.label,
+      class_index: s.cls >= 0 ? s.cls : null,
+      split: s.split,
+      width: cell.info.width,
+      height: cell.info.height,
+      source_format: cell.info.format,
+      source_space: cell.info.space,
+      source_bits: cell.info.bits,
+      format: r.format,
+      quality: r.format === "jpg" ? r.quality : null,
+      size: r.size,
+    };
+    if (s.patient !== undefined) meta.patient = s.patient;
+    if (s.sourceSplit !== undefined) meta.source_split = s.sourceSplit;
+    if (s.box) {
+      meta.box = s.box;
+      meta.box_index = s.boxIndex;
+      meta.crop = cell.crop;
+    }
+    const files: SampleFiles = [[r.format, cell.data]];
+    if (s.cls >= 0) files.push(["cls", enc.encode(String(s.cls))]);
+    files.push(["json", enc.encode(JSON.stringify(meta))]);
+    return { ok: true, sample: s, files };
+  } catch (e) {
+    const reason = e instanceof ImageError
+      ? e.message
+      : `unexpected decoder error: ${e instanceof Error ? e.message : String(e)}`;
+    return { ok: false, sample: s, reason };
+  }
+}
+
+/** Removes leftovers that the new plan does not own: partial files, stale shards. */
+async function tidyOutput(outDir: string, plan: PlannedShard[]): Promise<void> {
+  await Deno.remove(join(outDir, "manifest.json")).catch(() => {});
+  const planned = new Set(plan.map((s) => s.name));
+  for await (const e of Deno.readDir(outDir)) {
+    if (e.isFile && e.name.endsWith(".tar.tmp") && SHARD_NAME.test(e.name.slice(0, -4))) {
+      await Deno.remove(join(outDir, e.name));
+    }
+  }
+  for (const name of await recordedShards(outDir)) {
+    if (!planned.has(name)) await removeShard(outDir, name);
+  }
+}
+
+/**
+ * Runs an ingest. Throws `IngestOptionError` for bad options, `LayoutError`
+ * for an unusable input root, and I/O errors of the output directory; bad
+ * inputs only ever end up in errors.jsonl.
+ */
+export async function runIngest(
+  options: IngestOptions,
+  hooks: IngestHooks = {},
+): Promise<IngestSummary> {
+  const r = resolveOptions(options);
+  const t0 = performance.now();
+  const outDir = resolve(r.out);
+  const en = await enumerate(r.layout, r.input, { classes: r.classes });
+  const errors = en.errors;
+  const inputs = en.samples.length + en.errors.length;
+  const planned = await statSamples(en.samples, en.classes, errors);
+  const params: OutputParams = {
+    size: r.size,
+    format: r.format,
+    quality: r.format === "jpg" ? r.quality : 0,
+    minSize: r.minSize,
+    margin: r.layout === "voc" ? r.margin : 0,
+    classes: en.classes,
+  };
+  if (planned.length > 0) {
+    try {
+      assignSplits(planned, { trainSize: r.split, seed: r.seed });
+    } catch (e) {
+      if (e instanceof RangeError) {
+        throw new IngestOptionError("split", `cannot split: ${e.message}`);
+      }
+      throw e;
+    }
+  }
+  const plan = planShards(planned, r.shardSize, r.seed, params);
+
+  await Deno.mkdir(outDir, { recursive: true });
+  await tidyOutput(outDir, plan);
+  const records = new Map<string, ShardRecord>();
+  const todo: PlannedShard[] = [];
+  for (const shard of plan) {
+    const rec = await loadFinished(outDir, shard.name, shard.planHash);
+    if (rec) records.set(shard.name, rec);
+    else todo.push(shard);
+  }
+
+  const total = planned.length;
+  const progress = hooks.progress === false
+    ? new Progress(total, { silent: true })
+    : new Progress(total, { unit: "images", label: "ingest", ...hooks.progress });
+  const skippedSamples = plan.filter((s) => records.has(s.name))
+    .reduce((n, s) => n + s.samples.length, 0);
+  if (skippedSamples > 0) progress.tick(skippedSamples, `resumed ${records.size} shards`);
+
+  const prevThreads = setImageThreads(r.workers > 1 ? 1 : 0);
+  const tRun = performance.now();
+  let processed = 0;
+  try {
+    const items = todo.flatMap((shard) => shard.samples.map((sample) => ({ shard, sample })));
+    const decoded = orderedMap(
+      items,
+      async ({ shard, sample }) => ({ shard, d: await decodeSample(sample, r) }),
+      { concurrency: r.workers, window: 2 * r.workers + 2 },
+    );
+    let writer: ShardWriter | null = null;
+    let current: PlannedShard | null = null;
+    let seen = 0;
+    let rec: ShardRecord | null = null;
+    try {
+      for await (const { shard, d } of decoded) {
+        if (shard !== current) {
+          current = shard;
+          seen = 0;
+          writer = await ShardWriter.create(outDir, shard.name);
+          rec = {
+            name: shard.name,
+            split: shard.split,
+            planHash: shard.planHash,
+            samples: 0,
+            bytes: 0,
+            sha256: "",
+            keys: [],
+            cls: [],
+            errors: [],
+          };
+        }
+        seen++;
+        processed++;
+        if (d.ok) {
+          await writer!.add(d.sample.key, d.files);
+          rec!.keys.push(d.sample.key);
+          rec!.cls.push(d.sample.cls);
+        } else {
+          rec!.errors.push({ path: d.sample.path, reason: d.reason });
+        }
+        progress.tick(1);
+        if (seen === shard.samples.length) {
+          if (writer!.samples > 0) Object.assign(rec!, await writer!.close());
+          else await writer!.abort(); // every sample failed: no empty shard file
+          await saveRecord(outDir, rec!);
+          records.set(shard.name, rec!);
+          hooks.onShard?.(rec!);
+          writer = null;
+        }
+      }
+    } finally {
+      await writer?.abort();
+    }
+  } finally {
+    setImageThreads(prevThreads);
+  }
+  const runSeconds = (performance.now() - tRun) / 1000;
+
+  const ordered = plan.map((s) => records.get(s.name)!);
+  for (const rec of ordered) errors.push(...rec.errors);
+  const manifest = buildManifest(ordered, en.classes, {
+    layout: r.layout,
+    input: r.input,
+    size: r.size,
+    format: r.format,
+    quality: r.format === "jpg" ? r.quality : null,
+    shardSize: r.shardSize,
+    split: r.split ?? null,
+    seed: r.seed,
+    classes: en.classes,
+    minSize: r.minSize,
+    margin: r.layout === "voc" ? r.margin : null,
+    workers: r.workers,
+  }, errors.length);
+  await writeOutputs(outDir, manifest, errors);
+  progress.done(`${manifest.samples} written, ${errors.length} errors`);
+  return {
+    outDir,
+    inputs,
+    samples: manifest.samples,
+    errors: errors.length,
+    shardsWritten: todo.length,
+    shardsSkipped: plan.length - todo.length,
+    processed,
+    seconds: (performance.now() - t0) / 1000,
+    rate: runSeconds > 0 ? processed / runSeconds : 0,
+    manifest,
+  };
+}

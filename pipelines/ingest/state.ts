@@ -1,0 +1,83 @@
+/**
+ * Resume bookkeeping: one small JSON record per finished shard in
+ * `DIR/.ingest/NAME.json`, written (tmp + rename) after the shard itself is
+ * renamed into place. A shard counts as done on a rerun only when its record
+ * exists, names the same plan hash, and the shard file has the recorded size;
+ * anything else is redone.
+ */
+import { join } from "node:path";
+import type { InputError } from "./sample.ts";
+import type { ShardInfo } from "./shard_writer.ts";
+
+/** The state folder inside the output directory. */
+export const STATE_DIR = ".ingest";
+
+/** What is remembered about a finished shard. */
+export interface ShardRecord extends ShardInfo {
+  split: string;
+  planHash: string;
+  /** Keys written, in shard order. */
+  keys: string[];
+  /** Class index of each written key (-1: unlabelled), for the manifest's counts. */
+  cls: number[];
+  /** Planned samples that failed, with why. */
+  errors: InputError[];
+}
+
+/** Writes `text` to `path` atomically (tmp + rename). */
+export async function writeAtomic(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp`;
+  await Deno.writeTextFile(tmp, text);
+  await Deno.rename(tmp, path);
+}
+
+/** Saves a finished shard's record. */
+export async function saveRecord(outDir: string, rec: ShardRecord): Promise<void> {
+  await Deno.mkdir(join(outDir, STATE_DIR), { recursive: true });
+  await writeAtomic(join(outDir, STATE_DIR, `${rec.name}.json`), JSON.stringify(rec));
+}
+
+/**
+ * The record of shard `name` if it is finished for `planHash`: the record
+ * exists and parses, the hash matches, and the shard file (none for a shard
+ * whose samples all failed) has the recorded size. Otherwise null.
+ */
+export async function loadFinished(
+  outDir: string,
+  name: string,
+  planHash: string,
+): Promise<ShardRecord | null> {
+  let rec: ShardRecord;
+  try {
+    rec = JSON.parse(await Deno.readTextFile(join(outDir, STATE_DIR, `${name}.json`)));
+  } catch {
+    return null;
+  }
+  if (rec.planHash !== planHash || rec.name !== name) return null;
+  if (rec.samples === 0) return rec;
+  try {
+    const st = await Deno.stat(join(outDir, name));
+    return st.isFile && st.size === rec.bytes ? rec : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Names of shards that have a record (made by an earlier run of the ingest). */
+export async function recordedShards(outDir: string): Promise<string[]> {
+  const out: string[] = [];
+  try {
+    for await (const e of Deno.readDir(join(outDir, STATE_DIR))) {
+      if (e.isFile && e.name.endsWith(".tar.json")) out.push(e.name.slice(0, -".json".length));
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return out;
+}
+
+/** Removes a shard and its record (stale shards of an earlier, different plan). */
+export async function removeShard(outDir: string, name: string): Promise<void> {
+  await Deno.remove(join(outDir, name)).catch(() => {});
+  await Deno.remove(join(outDir, STATE_DIR, `${name}.json`)).catch(() => {});
+}

@@ -1,0 +1,147 @@
+/**
+ * A progress display for long pipelines (ingest, embed, train): count/total,
+ * rate and ETA. On a terminal it redraws one line in place; elsewhere (CI
+ * logs, pipes) it prints a plain line every `intervalMs`, so logs stay
+ * readable.
+ */
+
+/** Where the display writes, and whether that is a terminal. */
+export interface ProgressSink {
+  write(text: string): void;
+  isTerminal: boolean;
+}
+
+/** Options of a `Progress`. */
+export interface ProgressOptions {
+  /** What is counted: "images", "batches". */
+  unit?: string;
+  /** A short label in front of the line: "ingest". */
+  label?: string;
+  /** Default: stderr, a terminal when stderr is one. */
+  sink?: ProgressSink;
+  /** Minimum time between printed lines when not a terminal (default 10 s). */
+  intervalMs?: number;
+  /** Minimum time between redraws on a terminal (default 100 ms). */
+  redrawMs?: number;
+  /** Clock in milliseconds (tests pass a fake one). */
+  now?: () => number;
+  /** Print nothing (tests, --quiet). */
+  silent?: boolean;
+}
+
+/** stderr as a sink; writes synchronously so lines never interleave. */
+export function stderrSink(): ProgressSink {
+  const enc = new TextEncoder();
+  return {
+    write: (text) => {
+      const b = enc.encode(text);
+      let at = 0;
+      while (at < b.length) at += Deno.stderr.writeSync(b.subarray(at));
+    },
+    isTerminal: Deno.stderr.isTerminal(),
+  };
+}
+
+/** Formats seconds as "42s", "3m05s" or "2h07m". */
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return "?";
+  const s = Math.round(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+/**
+ * Counts work done against a known (or unknown, `total` 0) amount. The rate
+ * is taken over the whole run so far (steady and honest for pipelines whose
+ * items cost about the same); the ETA is what is left at that rate.
+ */
+export class Progress {
+  readonly total: number;
+  #count = 0;
+  #extra = "";
+  #opts: Required<Omit<ProgressOptions, "sink">> & { sink: ProgressSink | null };
+  #start: number;
+  #lastDraw = -Infinity;
+  #drawnOnTty = false;
+
+  constructor(total: number, opts: ProgressOptions = {}) {
+    this.total = total;
+    const silent = opts.silent ?? false;
+    this.#opts = {
+      unit: opts.unit ?? "items",
+      label: opts.label ?? "",
+      sink: silent ? null : opts.sink ?? stderrSink(),
+      intervalMs: opts.intervalMs ?? 10_000,
+      redrawMs: opts.redrawMs ?? 100,
+      now: opts.now ?? (() => performance.now()),
+      silent,
+    };
+    this.#start = this.#opts.now();
+  }
+
+  /** Items done so far. */
+  get count(): number {
+    return this.#count;
+  }
+
+  /** Items per second since the start. */
+  rate(): number {
+    const s = (this.#opts.now() - this.#start) / 1000;
+    return s > 0 ? this.#count / s : 0;
+  }
+
+  /** Seconds left at the current rate, or NaN when unknown. */
+  eta(): number {
+    const r = this.rate();
+    if (this.total <= 0 || r <= 0) return NaN;
+    return Math.max(0, this.total - this.#count) / r;
+  }
+
+  /** The status line as printed (without terminal control codes). */
+  line(): string {
+    const { unit, label } = this.#opts;
+    const parts: string[] = [];
+    if (label) parts.push(`${label}:`);
+    if (this.total > 0) {
+      const pct = ((100 * this.#count) / this.total).toFixed(1);
+      parts.push(`${this.#count}/${this.total} ${unit} (${pct}%)`);
+    } else {
+      parts.push(`${this.#count} ${unit}`);
+    }
+    parts.push(`${this.rate().toFixed(1)} ${unit}/s`);
+    if (this.total > 0) parts.push(`ETA ${formatDuration(this.eta())}`);
+    if (this.#extra) parts.push(this.#extra);
+    return parts.join("  ");
+  }
+
+  /** Adds `n` finished items; `extra` is a short note shown at the end of the line. */
+  tick(n = 1, extra?: string): void {
+    this.#count += n;
+    if (extra !== undefined) this.#extra = extra;
+    this.#maybeDraw(false);
+  }
+
+  /** Prints the final line (and ends the terminal line). */
+  done(extra?: string): void {
+    if (extra !== undefined) this.#extra = extra;
+    this.#maybeDraw(true);
+    if (this.#opts.sink?.isTerminal && this.#drawnOnTty) this.#opts.sink.write("\n");
+    this.#drawnOnTty = false;
+  }
+
+  #maybeDraw(force: boolean): void {
+    const sink = this.#opts.sink;
+    if (!sink) return;
+    const t = this.#opts.now();
+    const gap = sink.isTerminal ? this.#opts.redrawMs : this.#opts.intervalMs;
+    if (!force && t - this.#lastDraw < gap) return;
+    this.#lastDraw = t;
+    if (sink.isTerminal) {
+      sink.write(`\r${this.line()}\x1b[K`);
+      this.#drawnOnTty = true;
+    } else {
+      sink.write(`${this.line()}\n`);
+    }
+  }
+}
