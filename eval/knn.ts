@@ -1,0 +1,326 @@
+/**
+ * k-nearest-neighbour classification with scikit-learn's
+ * `KNeighborsClassifier(n_neighbors=k)` semantics (Euclidean, uniform votes,
+ * brute force, as scikit-learn picks for more than 15 features).
+ *
+ * Neighbour choice on equal distances: scikit-learn scans training rows in
+ * index order and keeps a fixed-size max-heap per query, replacing the root
+ * only on a strictly smaller distance (`sklearn.utils._heap.heap_push`).
+ * `NeighborHeaps` reproduces that heap exactly, so the neighbour *set* is
+ * scikit-learn's even on exact ties (for k = 1: the lowest training index
+ * among the nearest). Returned neighbours are ordered by (distance, index);
+ * scikit-learn's final sort is not stable, so its order among equal
+ * distances may differ, which uniform votes do not see. Distances are
+ * compared as ‖y‖² − 2x·y in float64, scikit-learn's key; values that tie
+ * in exact arithmetic but not after rounding can still go either way.
+ *
+ * Vote ties go to the smallest class index (`scipy.stats.mode`), i.e. the
+ * first class in sorted label order.
+ *
+ * The search is one replaceable function (`NeighborSearch`): the CPU one
+ * here, a GPU one later, both feeding their distance blocks to `NeighborHeaps`.
+ */
+import { encodeLabels, type Label } from "./labels.ts";
+import { type Matrix, sameCols, toFloat64 } from "./matrix.ts";
+
+/** The k nearest training rows of each query, nearest first. */
+export interface Neighbors {
+  k: number;
+  /** [queries, k] training row indices. */
+  indices: Int32Array;
+  /** [queries, k] Euclidean distances. */
+  distances: Float64Array;
+}
+
+/**
+ * Finds, for every query row, the k nearest training rows for each k in
+ * `ks` (one scan serves several k, each with its own heap).
+ */
+export type NeighborSearch = (
+  train: Matrix,
+  queries: Matrix,
+  ks: readonly number[],
+) => Neighbors[] | Promise<Neighbors[]>;
+
+/**
+ * Fixed-size max-heaps, one per query, fed candidate (key, index) pairs in
+ * increasing index order. Keys are squared-distance keys (smaller is nearer).
+ */
+export class NeighborHeaps {
+  readonly k: number;
+  readonly keys: Float64Array;
+  readonly indices: Int32Array;
+
+  constructor(queries: number, k: number) {
+    this.k = k;
+    this.keys = new Float64Array(queries * k).fill(Infinity);
+    this.indices = new Int32Array(queries * k).fill(-1);
+  }
+
+  /**
+   * Offers candidate `index` with `key` to query `q`'s heap: kept only when
+   * strictly below the current worst (so earlier rows win exact ties), then
+   * sifted down exactly as scikit-learn's `heap_push`.
+   */
+  push(q: number, key: number, index: number): void {
+    const k = this.k;
+    const keys = this.keys;
+    const idx = this.indices;
+    const o = q * k;
+    if (!(key < keys[o])) return;
+    let cur = 0;
+    for (;;) {
+      const left = 2 * cur + 1;
+      const right = left + 1;
+      let swap: number;
+      if (left >= k) break;
+      if (right >= k) {
+        if (keys[o + left] > key) swap = left;
+        else break;
+      } else if (keys[o + left] >= keys[o + right]) {
+        if (key < keys[o + left]) swap = left;
+        else break;
+      } else {
+        if (key < keys[o + right]) swap = right;
+        else break;
+      }
+      keys[o + cur] = keys[o + swap];
+      idx[o + cur] = idx[o + swap];
+      cur = swap;
+    }
+    keys[o + cur] = key;
+    idx[o + cur] = index;
+  }
+
+  /**
+   * The heaps as sorted neighbour lists. `queryNormSq[q]` (‖x‖²) turns keys
+   * into distances: sqrt(max(key + ‖x‖², 0)), as scikit-learn does.
+   */
+  finish(queryNormSq: Float64Array): Neighbors {
+    const k = this.k;
+    const n = queryNormSq.length;
+    const indices = new Int32Array(n * k);
+    const distances = new Float64Array(n * k);
+    const order = Array.from({ length: k }, (_, i) => i);
+    for (let q = 0; q < n; q++) {
+      const o = q * k;
+      order.sort((a, b) =>
+        this.keys[o + a] - this.keys[o + b] || this.indices[o + a] - this.indices[o + b]
+      );
+      for (let r = 0; r < k; r++) {
+        indices[o + r] = this.indices[o + order[r]];
+        distances[o + r] = Math.sqrt(Math.max(this.keys[o + order[r]] + queryNormSq[q], 0));
+      }
+    }
+    return { k, indices, distances };
+  }
+}
+
+/** Squared L2 norm of each row, in float64. */
+export function rowNormsSq(x: Float64Array, rows: number, cols: number): Float64Array {
+  const out = new Float64Array(rows);
+  for (let i = 0; i < rows; i++) {
+    let s = 0;
+    const o = i * cols;
+    for (let j = 0; j < cols; j++) s += x[o + j] * x[o + j];
+    out[i] = s;
+  }
+  return out;
+}
+
+/**
+ * `out[i*ldo + j] = a_i · b_j` for rows i of `a` in [a0, a1) and rows j of
+ * `b` in [b0, b1), written at out[(i−a0)·ldo + (j−b0)]. 4×4 register tiles
+ * (16 accumulators) so each loaded value is used four times.
+ */
+export function dotBlock(
+  a: Float64Array,
+  a0: number,
+  a1: number,
+  b: Float64Array,
+  b0: number,
+  b1: number,
+  d: number,
+  out: Float64Array,
+  ldo: number,
+): void {
+  let i = a0;
+  for (; i + 4 <= a1; i += 4) {
+    const p0 = i * d, p1 = p0 + d, p2 = p1 + d, p3 = p2 + d;
+    const r0 = (i - a0) * ldo, r1 = r0 + ldo, r2 = r1 + ldo, r3 = r2 + ldo;
+    let j = b0;
+    for (; j + 4 <= b1; j += 4) {
+      const q0 = j * d, q1 = q0 + d, q2 = q1 + d, q3 = q2 + d;
+      let c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
+      let c20 = 0, c21 = 0, c22 = 0, c23 = 0, c30 = 0, c31 = 0, c32 = 0, c33 = 0;
+      for (let t = 0; t < d; t++) {
+        const x0 = a[p0 + t], x1 = a[p1 + t], x2 = a[p2 + t], x3 = a[p3 + t];
+        const y0 = b[q0 + t], y1 = b[q1 + t], y2 = b[q2 + t], y3 = b[q3 + t];
+        c00 += x0 * y0, c01 += x0 * y1, c02 += x0 * y2, c03 += x0 * y3;
+        c10 += x1 * y0, c11 += x1 * y1, c12 += x1 * y2, c13 += x1 * y3;
+        c20 += x2 * y0, c21 += x2 * y1, c22 += x2 * y2, c23 += x2 * y3;
+        c30 += x3 * y0, c31 += x3 * y1, c32 += x3 * y2, c33 += x3 * y3;
+      }
+      const c = j - b0;
+      out[r0 + c] = c00, out[r0 + c + 1] = c01, out[r0 + c + 2] = c02, out[r0 + c + 3] = c03;
+      out[r1 + c] = c10, out[r1 + c + 1] = c11, out[r1 + c + 2] = c12, out[r1 + c + 3] = c13;
+      out[r2 + c] = c20, out[r2 + c + 1] = c21, out[r2 + c + 2] = c22, out[r2 + c + 3] = c23;
+      out[r3 + c] = c30, out[r3 + c + 1] = c31, out[r3 + c + 2] = c32, out[r3 + c + 3] = c33;
+    }
+    for (; j < b1; j++) {
+      const q = j * d;
+      let c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+      for (let t = 0; t < d; t++) {
+        const y = b[q + t];
+        c0 += a[p0 + t] * y, c1 += a[p1 + t] * y, c2 += a[p2 + t] * y, c3 += a[p3 + t] * y;
+      }
+      const c = j - b0;
+      out[r0 + c] = c0, out[r1 + c] = c1, out[r2 + c] = c2, out[r3 + c] = c3;
+    }
+  }
+  for (; i < a1; i++) {
+    const p = i * d;
+    const r = (i - a0) * ldo;
+    for (let j = b0; j < b1; j++) {
+      const q = j * d;
+      let s = 0;
+      for (let t = 0; t < d; t++) s += a[p + t] * b[q + t];
+      out[r + j - b0] = s;
+    }
+  }
+}
+
+/** Block sizes of the CPU search (rows of queries × rows of training data per step). */
+const QUERY_BLOCK = 64;
+const TRAIN_BLOCK = 128;
+
+/**
+ * Brute-force CPU search in float64: blocks of ‖y‖² − 2x·y fed, in training
+ * index order, to one `NeighborHeaps` per k. Cost: queries × train × dim
+ * multiply-adds (10k × 10k × 1024 is ~10^11, about a minute on one core).
+ */
+export function bruteForceNeighbors(
+  train: Matrix,
+  queries: Matrix,
+  ks: readonly number[],
+): Neighbors[] {
+  sameCols(train, queries, "kNeighbors");
+  checkKs(ks, train.rows, "kNeighbors");
+  const d = train.cols;
+  const x = toFloat64(queries);
+  const y = toFloat64(train);
+  const yNorm = rowNormsSq(y, train.rows, d);
+  const heaps = ks.map((k) => new NeighborHeaps(queries.rows, k));
+  const block = new Float64Array(QUERY_BLOCK * TRAIN_BLOCK);
+  for (let q0 = 0; q0 < queries.rows; q0 += QUERY_BLOCK) {
+    const q1 = Math.min(q0 + QUERY_BLOCK, queries.rows);
+    for (let t0 = 0; t0 < train.rows; t0 += TRAIN_BLOCK) {
+      const t1 = Math.min(t0 + TRAIN_BLOCK, train.rows);
+      dotBlock(x, q0, q1, y, t0, t1, d, block, TRAIN_BLOCK);
+      for (let q = q0; q < q1; q++) {
+        const r = (q - q0) * TRAIN_BLOCK;
+        for (let t = t0; t < t1; t++) {
+          const key = yNorm[t] - 2 * block[r + t - t0];
+          for (const h of heaps) h.push(q, key, t);
+        }
+      }
+    }
+  }
+  const xNorm = rowNormsSq(x, queries.rows, d);
+  return heaps.map((h) => h.finish(xNorm));
+}
+
+/** The default `NeighborSearch`: `bruteForceNeighbors` on the CPU. */
+export const cpuNeighborSearch: NeighborSearch = bruteForceNeighbors;
+
+function checkKs(ks: readonly number[], nTrain: number, op: string): void {
+  if (ks.length === 0) throw new RangeError(`${op}: no k given`);
+  for (const k of ks) {
+    if (!Number.isInteger(k) || k < 1) throw new RangeError(`${op}: k=${k} must be an integer ≥ 1`);
+    if (k > nTrain) {
+      throw new RangeError(
+        `${op}: k=${k} exceeds the ${nTrain} training samples; use k ≤ ${nTrain}`,
+      );
+    }
+  }
+}
+
+/** Options of `KNeighborsClassifier`. */
+export interface KnnOptions {
+  /** The neighbour search; the CPU float64 search by default. */
+  search?: NeighborSearch;
+}
+
+/**
+ * A fitted kNN classifier: the training matrix and its encoded labels. One
+ * search serves several k (`predictMany`), as the protocol's k ∈ {1, 20}.
+ */
+export class KNeighborsClassifier {
+  readonly classes: Label[];
+  readonly #codes: Int32Array;
+  readonly #train: Matrix;
+  readonly #search: NeighborSearch;
+
+  /** Fits (stores) `train` with one label per row. */
+  constructor(train: Matrix, labels: readonly Label[], opts: KnnOptions = {}) {
+    if (labels.length !== train.rows) {
+      throw new RangeError(
+        `KNeighborsClassifier: ${labels.length} labels for ${train.rows} training rows`,
+      );
+    }
+    const enc = encodeLabels(labels, undefined, "KNeighborsClassifier: labels");
+    this.classes = enc.classes;
+    this.#codes = enc.codes;
+    this.#train = train;
+    this.#search = opts.search ?? cpuNeighborSearch;
+  }
+
+  /** The k nearest training rows of each query, for each k in `ks`. */
+  async kneighbors(queries: Matrix, ks: readonly number[]): Promise<Neighbors[]> {
+    sameCols(this.#train, queries, "KNeighborsClassifier");
+    checkKs(ks, this.#train.rows, "KNeighborsClassifier");
+    return await this.#search(this.#train, queries, ks);
+  }
+
+  /**
+   * Uniform-vote class probabilities [queries, classes] from neighbours
+   * (`predict_proba`): the share of the k neighbours in each class.
+   */
+  voteProba(nb: Neighbors): Float64Array {
+    const c = this.classes.length;
+    const n = nb.indices.length / nb.k;
+    const out = new Float64Array(n * c);
+    for (let q = 0; q < n; q++) {
+      for (let r = 0; r < nb.k; r++) out[q * c + this.#codes[nb.indices[q * nb.k + r]]] += 1;
+      for (let j = 0; j < c; j++) out[q * c + j] /= nb.k;
+    }
+    return out;
+  }
+
+  /** Majority vote per query; ties go to the smallest class index. Returns class indices. */
+  vote(nb: Neighbors): Int32Array {
+    const c = this.classes.length;
+    const n = nb.indices.length / nb.k;
+    const out = new Int32Array(n);
+    const counts = new Int32Array(c);
+    for (let q = 0; q < n; q++) {
+      counts.fill(0);
+      for (let r = 0; r < nb.k; r++) counts[this.#codes[nb.indices[q * nb.k + r]]]++;
+      let best = 0;
+      for (let j = 1; j < c; j++) if (counts[j] > counts[best]) best = j;
+      out[q] = best;
+    }
+    return out;
+  }
+
+  /** Predicted labels for each k in `ks`, from one search. */
+  async predictMany(queries: Matrix, ks: readonly number[]): Promise<Label[][]> {
+    const nbs = await this.kneighbors(queries, ks);
+    return nbs.map((nb) => Array.from(this.vote(nb), (i) => this.classes[i]));
+  }
+
+  /** Predicted labels with k neighbours. */
+  async predict(queries: Matrix, k: number): Promise<Label[]> {
+    return (await this.predictMany(queries, [k]))[0];
+  }
+}
