@@ -1,0 +1,211 @@
+/**
+ * Seek-based file access for the format readers, and atomic streaming output
+ * for the writers. Checkpoints reach 4.5 GB, more than one ArrayBuffer should
+ * hold, so readers never load a whole file: they read ranges by seeking.
+ *
+ * Invariant: every read is checked against the file size before its buffer
+ * is allocated, so a corrupt length field can never make us allocate more
+ * than the file holds.
+ */
+import { CorruptFileError, ioError } from "./errors.ts";
+
+/** A read-only file read by byte ranges. Concurrent reads are serialised (seek + read is not atomic). */
+export class RandomAccessFile {
+  readonly path: string;
+  /** File size in bytes at open time. */
+  readonly size: number;
+  #file: Deno.FsFile;
+  #queue: Promise<unknown> = Promise.resolve();
+  #closed = false;
+  /** Largest single read so far, in bytes (the fuzz test checks it never exceeds `size`). */
+  largestRead = 0;
+
+  private constructor(path: string, file: Deno.FsFile, size: number) {
+    this.path = path;
+    this.#file = file;
+    this.size = size;
+  }
+
+  /** Opens `path` for reading; a missing or unreadable file is a CheckpointError naming it. */
+  static async open(path: string): Promise<RandomAccessFile> {
+    let file: Deno.FsFile;
+    try {
+      file = await Deno.open(path, { read: true });
+    } catch (e) {
+      throw ioError(path, "open the file", e);
+    }
+    try {
+      const st = await file.stat();
+      if (!st.isFile) throw new Error("not a regular file");
+      return new RandomAccessFile(path, file, st.size);
+    } catch (e) {
+      file.close();
+      throw ioError(path, "read the file's size", e);
+    }
+  }
+
+  /**
+   * Reads `length` bytes at `offset`. `what` names the part being read (a zip
+   * entry, a tensor) for the error when the range lies outside the file.
+   */
+  readAt(offset: number, length: number, what: string): Promise<Uint8Array> {
+    this.checkRange(offset, length, what);
+    const run = this.#queue.then(() => this.#read(offset, length, what));
+    // Keep the queue alive after a failed read; the caller sees the failure.
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * Throws CorruptFileError unless [offset, offset+length) lies inside the
+   * file. Callers use it to validate a range before they rely on it.
+   */
+  checkRange(offset: number, length: number, what: string): void {
+    if (
+      !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 ||
+      length < 0 || offset + length > this.size
+    ) {
+      throw new CorruptFileError("range lies outside the file (truncated or corrupt file)", {
+        file: this.path,
+        key: what,
+        expected: `bytes ${offset}..${offset + length} within the file`,
+        found: `a file of ${this.size} bytes`,
+      });
+    }
+  }
+
+  async #read(offset: number, length: number, what: string): Promise<Uint8Array> {
+    if (this.#closed) {
+      throw new CorruptFileError("read after the file was closed", { file: this.path, key: what });
+    }
+    const buf = new Uint8Array(length);
+    if (length > this.largestRead) this.largestRead = length;
+    try {
+      await this.#file.seek(offset, Deno.SeekMode.Start);
+      let got = 0;
+      while (got < length) {
+        const n = await this.#file.read(buf.subarray(got));
+        if (n === null) break;
+        got += n;
+      }
+      if (got < length) {
+        throw new CorruptFileError("the file ended early (it changed while open?)", {
+          file: this.path,
+          key: what,
+          expected: `${length} bytes at ${offset}`,
+          found: `${got}`,
+        });
+      }
+    } catch (e) {
+      if (e instanceof CorruptFileError) throw e;
+      throw ioError(this.path, `read ${what}`, e);
+    }
+    return buf;
+  }
+
+  /** Whether `close` has been called. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Closes the file (idempotent). Reads still queued fail with a CheckpointError. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#file.close();
+  }
+}
+
+/**
+ * Output written to `PATH.tmp` and renamed over `PATH` by `commit`, so a
+ * crash or error never leaves a half-written checkpoint under the real name.
+ */
+export class AtomicFile {
+  readonly path: string;
+  readonly tmpPath: string;
+  #file: Deno.FsFile;
+  /** Bytes written so far (the offset of the next write). */
+  position = 0;
+  #done = false;
+
+  private constructor(path: string, file: Deno.FsFile) {
+    this.path = path;
+    this.tmpPath = `${path}.tmp`;
+    this.#file = file;
+  }
+
+  /** Creates (truncates) `PATH.tmp`. */
+  static async create(path: string): Promise<AtomicFile> {
+    try {
+      const f = await Deno.open(`${path}.tmp`, { write: true, create: true, truncate: true });
+      return new AtomicFile(path, f);
+    } catch (e) {
+      throw ioError(path, `create ${path}.tmp`, e);
+    }
+  }
+
+  /** Appends all of `bytes`. */
+  async write(bytes: Uint8Array): Promise<void> {
+    try {
+      let done = 0;
+      while (done < bytes.length) done += await this.#file.write(bytes.subarray(done));
+    } catch (e) {
+      throw ioError(this.path, `write ${this.tmpPath}`, e);
+    }
+    this.position += bytes.length;
+  }
+
+  /** Overwrites bytes at `offset` (for headers patched at the end), then returns to the end. */
+  async writeAt(offset: number, bytes: Uint8Array): Promise<void> {
+    try {
+      await this.#file.seek(offset, Deno.SeekMode.Start);
+      let done = 0;
+      while (done < bytes.length) done += await this.#file.write(bytes.subarray(done));
+      await this.#file.seek(0, Deno.SeekMode.End);
+    } catch (e) {
+      throw ioError(this.path, `write ${this.tmpPath}`, e);
+    }
+  }
+
+  /** Flushes, closes and renames `PATH.tmp` to `PATH`. */
+  async commit(): Promise<void> {
+    if (this.#done) return;
+    this.#done = true;
+    try {
+      await this.#file.syncData();
+      this.#file.close();
+      await Deno.rename(this.tmpPath, this.path);
+    } catch (e) {
+      await Deno.remove(this.tmpPath).catch(() => {});
+      throw ioError(this.path, `rename ${this.tmpPath} to ${this.path}`, e);
+    }
+  }
+
+  /** Closes and deletes `PATH.tmp`, leaving any existing `PATH` untouched (idempotent). */
+  async abort(): Promise<void> {
+    if (this.#done) return;
+    this.#done = true;
+    try {
+      this.#file.close();
+    } catch { /* already closed */ }
+    await Deno.remove(this.tmpPath).catch(() => {});
+  }
+}
+
+/**
+ * Runs `body` on a fresh AtomicFile for `path`, committing on success and
+ * removing the temporary file on any error (which is rethrown).
+ */
+export async function writeAtomically(
+  path: string,
+  body: (out: AtomicFile) => Promise<void>,
+): Promise<void> {
+  const out = await AtomicFile.create(path);
+  try {
+    await body(out);
+  } catch (e) {
+    await out.abort();
+    throw e;
+  }
+  await out.commit();
+}
