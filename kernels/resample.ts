@@ -2,8 +2,10 @@
  * Bicubic resampling of position-embedding grids, matching PyTorch's
  * `F.interpolate(x, mode="bicubic", align_corners=False)` without antialias:
  * - cubic convolution with A = −0.75 (Keys), 4 taps per axis;
- * - source coordinate `real = scale·(dst + 0.5) − 0.5` in f32, `idx = min(floor(real), in − 1)`,
- *   `t = clamp(real − idx, 0, 1)`; taps `idx − 1 … idx + 2` clamped to the border;
+ * - source coordinate `real = scale·(dst + 0.5) − 0.5`, `idx = min(floor(real), in − 1)`,
+ *   `t = clamp(real − idx, 0, 1)`; taps `idx − 1 … idx + 2` clamped to the border. `scale` is f32
+ *   and the position float64: that is what PyTorch 1.13's CPU kernel was measured to do (its weights,
+ *   read back through one-hot inputs, fit this to 5e-7 and an all-f32 position to only 1.4e-6);
  * - `scale = in / out` when only the output size is given, but `1 / scale_factor` when a scale
  *   factor is given (recompute_scale_factor unset): DINOv2 hub's `interpolate_pos_encoding` passes
  *   `scale_factor = ((w0 + 0.1)/37, (h0 + 0.1)/37)`, output size `floor(37·sf)`, so its scale is
@@ -11,14 +13,19 @@
  *   matters for non-square inputs); `scaleFactorOptions` takes them in (H, W) order as given.
  *
  * Grids are channel-last, `[H, W, C]`: a pos_embed `[1, 1 + H·W, C]` without its CLS row is one
- * such grid with no copy.
+ * such grid with no copy (`view(C, [H, W, C])`, whose byte offset 4·C must be a multiple of
+ * minStorageBufferOffsetAlignment: true for C = 384, 768, 1024, 1536).
+ *
+ * Taps and weights are computed once per (in, out, scale) on the host (`cubicTaps`, float64, rounded
+ * to f32 once) and kept on the GPU for the life of the device: a few hundred bytes per axis, and a
+ * recorded step that replays the resampling finds them unchanged.
  *
  * The operator is separable, `Y = Ry X Rxᵀ` per channel, so the backward is `Ryᵀ dY Rx`: two
  * gather passes (x axis, then y axis) that loop over the output positions of each axis and add the
  * weights whose (clamped) tap lands on the input position. Cost O(in·out) per axis and element:
  * fine for position grids (tens per side), not meant for images.
  */
-import { FLAT_WORKGROUP_INDEX, grid, kernel, Params } from "./kernel.ts";
+import { FLAT_WORKGROUP_INDEX, grid, kernel, u32Params } from "./kernel.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
 
@@ -76,35 +83,45 @@ function checkOpts(op: string, inH: number, inW: number, opts: ResampleOptions) 
   };
 }
 
-/** WGSL: source index and fraction of an output position, and the four cubic weights. */
-const CUBIC_WGSL = `
-const A = ${A};
-fn cc1(x: f32) -> f32 { return ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0; }
-fn cc2(x: f32) -> f32 { return ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A; }
-fn cubicWeights(t: f32) -> vec4f {
-  return vec4f(cc2(t + 1.0), cc1(t), cc1(1.0 - t), cc2(2.0 - t));
+/** Words per output position in a tap table: 4 indices, then 4 f32 weights (bit patterns). */
+const TAP_WORDS = 8;
+
+/** Tap tables on the GPU, per device, by "in:out:scale"; never released (see the file comment). */
+const tapCache = new WeakMap<Gpu, Map<string, GpuTensor>>();
+
+/** The GPU tap table of one axis: `[out · 8]` u32 (`TAP_WORDS` per output position). */
+function tapTable(gpu: Gpu, inSize: number, outSize: number, scale: number): GpuTensor {
+  let byKey = tapCache.get(gpu);
+  if (!byKey) tapCache.set(gpu, byKey = new Map());
+  const key = `${inSize}:${outSize}:${scale}`;
+  let t = byKey.get(key);
+  if (!t) {
+    const { index, weight } = cubicTaps(inSize, outSize, scale);
+    const words = new Uint32Array(outSize * TAP_WORDS);
+    const w32 = new Float32Array(words.buffer);
+    for (let o = 0; o < outSize; o++) {
+      for (let j = 0; j < 4; j++) {
+        words[o * TAP_WORDS + j] = index[o * 4 + j];
+        w32[o * TAP_WORDS + 4 + j] = weight[o * 4 + j];
+      }
+    }
+    t = gpu.tensor(words, [words.length], `cubic taps ${key}`);
+    byKey.set(key, t);
+  }
+  return t;
 }
-// (idx, t) of output position o: PyTorch's area_pixel_compute_source_index (cubic) and
-// guard_index_and_lambda.
-fn sourceIndex(o: u32, scale: f32, inSize: u32) -> vec2f {
-  let real = scale * (f32(o) + 0.5) - 0.5;
-  let idx = min(floor(real), f32(inSize) - 1.0);
-  return vec2f(idx, clamp(real - idx, 0.0, 1.0));
-}
-fn tap(idx: f32, j: u32, inSize: u32) -> u32 {
-  return u32(clamp(i32(idx) - 1 + i32(j), 0, i32(inSize) - 1));
-}`;
 
 const forwardKernel = kernel({
   name: "bicubic_resample",
-  bindings: ["read", "read_write"],
-  uniformBytes: 32,
+  bindings: ["read", "read", "read", "read_write"],
+  uniformBytes: 16,
   source: () => `
-struct P { n: u32, inH: u32, inW: u32, outH: u32, outW: u32, C: u32, sh: f32, sw: f32 }
+struct P { n: u32, inW: u32, outW: u32, C: u32 }
 @group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(2) var<uniform> u: P;
-${CUBIC_WGSL}
+@group(0) @binding(1) var<storage, read> ty: array<u32>;
+@group(0) @binding(2) var<storage, read> tx: array<u32>;
+@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(4) var<uniform> u: P;
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
@@ -114,19 +131,17 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let pix = idx / u.C;
   let ox = pix % u.outW;
   let oy = pix / u.outW;
-  let sy = sourceIndex(oy, u.sh, u.inH);
-  let sx = sourceIndex(ox, u.sw, u.inW);
-  let wy = cubicWeights(sy.y);
-  let wx = cubicWeights(sx.y);
-  var x0: array<u32, 4>;
-  for (var j = 0u; j < 4u; j++) { x0[j] = tap(sx.x, j, u.inW); }
+  let by = oy * ${TAP_WORDS}u;
+  let bx = ox * ${TAP_WORDS}u;
   // PyTorch's order: the x-interpolated rows, then their y-weighted sum.
   var acc = 0.0;
   for (var i = 0u; i < 4u; i++) {
-    let row = tap(sy.x, i, u.inH) * u.inW;
+    let row = ty[by + i] * u.inW;
     var r = 0.0;
-    for (var j = 0u; j < 4u; j++) { r += wx[j] * src[(row + x0[j]) * u.C + c]; }
-    acc += wy[i] * r;
+    for (var j = 0u; j < 4u; j++) {
+      r += bitcast<f32>(tx[bx + 4u + j]) * src[(row + tx[bx + j]) * u.C + c];
+    }
+    acc += bitcast<f32>(ty[by + 4u + i]) * r;
   }
   dst[idx] = acc;
 }`,
@@ -138,14 +153,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  */
 const adjointKernel = kernel({
   name: "bicubic_resample_adjoint",
-  bindings: ["read", "read_write"],
-  uniformBytes: 32,
+  bindings: ["read", "read", "read_write"],
+  uniformBytes: 16,
   source: () => `
-struct P { n: u32, srcSize: u32, dstSize: u32, C: u32, scale: f32, p0: u32, p1: u32, p2: u32 }
+struct P { n: u32, srcSize: u32, dstSize: u32, C: u32 }
 @group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(2) var<uniform> u: P;
-${CUBIC_WGSL}
+@group(0) @binding(1) var<storage, read> taps: array<u32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(3) var<uniform> u: P;
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
@@ -158,12 +173,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let base = o * u.srcSize * u.C + c;
   var acc = 0.0;
   for (var s = 0u; s < u.srcSize; s++) {
-    let si = sourceIndex(s, u.scale, u.dstSize);
-    let w = cubicWeights(si.y);
     // A clamped border tap can hit i more than once: add every weight that lands on it.
     var k = 0.0;
     for (var j = 0u; j < 4u; j++) {
-      if (tap(si.x, j, u.dstSize) == i) { k += w[j]; }
+      if (taps[s * ${TAP_WORDS}u + j] == i) { k += bitcast<f32>(taps[s * ${TAP_WORDS}u + 4u + j]); }
     }
     if (k != 0.0) { acc += k * src[base + s * u.C]; }
   }
@@ -189,9 +202,14 @@ export function bicubicResample(gpu: Gpu, grid_: GpuTensor, opts: ResampleOption
   const out = gpu.empty([opts.outH, opts.outW, C]);
   const n = out.numel;
   if (n === 0) return out;
-  const params = new Params(32).u32(n).u32(H).u32(W).u32(opts.outH).u32(opts.outW).u32(C)
-    .f32(sh).f32(sw).bytes;
-  gpu.dispatch(forwardKernel, [grid_, out], grid(Math.ceil(n / WG)), params);
+  const ty = tapTable(gpu, H, opts.outH, sh);
+  const tx = tapTable(gpu, W, opts.outW, sw);
+  gpu.dispatch(
+    forwardKernel,
+    [grid_, ty, tx, out],
+    grid(Math.ceil(n / WG)),
+    u32Params(n, W, opts.outW, C),
+  );
   return out;
 }
 
@@ -216,41 +234,41 @@ export function bicubicResampleBackward(
   }
   const dx = gpu.empty([inH, inW, C]);
   if (dx.numel === 0) return dx;
+  const ty = tapTable(gpu, inH, oh, sh);
+  const tx = tapTable(gpu, inW, ow, sw);
   // Pass 1 (x axis): [outH, outW, C] → [outH, inW, C]; pass 2 (y axis): → [inH, inW, C].
   const tmp = gpu.empty([oh, inW, C]);
   const n1 = tmp.numel;
-  gpu.dispatch(
-    adjointKernel,
-    [dy, tmp],
-    grid(Math.ceil(n1 / WG)),
-    new Params(32).u32(n1).u32(ow).u32(inW).u32(C).f32(sw).bytes,
-  );
+  gpu.dispatch(adjointKernel, [dy, tx, tmp], grid(Math.ceil(n1 / WG)), u32Params(n1, ow, inW, C));
   const n2 = dx.numel;
   gpu.dispatch(
     adjointKernel,
-    [tmp, dx],
+    [tmp, ty, dx],
     grid(Math.ceil(n2 / WG)),
-    new Params(32).u32(n2).u32(oh).u32(inH).u32(inW * C).f32(sh).bytes,
+    u32Params(n2, oh, inH, inW * C),
   );
   gpu.release(tmp);
   return dx;
 }
 
-/** Taps and weights of one axis, from f32 source positions as PyTorch computes them. */
+/**
+ * Taps and weights of one axis: for output o, `index[4o + j]` (clamped) and `weight[4o + j]`,
+ * from the f32 `scale` with the position in float64 (see the file comment).
+ */
 export function cubicTaps(
   inSize: number,
   outSize: number,
   scale: number,
 ): { index: Int32Array; weight: Float64Array } {
-  const f = Math.fround;
   const index = new Int32Array(outSize * 4);
   const weight = new Float64Array(outSize * 4);
   const cc1 = (x: number) => ((A + 2) * x - (A + 3)) * x * x + 1;
   const cc2 = (x: number) => ((A * x - 5 * A) * x + 8 * A) * x - 4 * A;
+  const s = Math.fround(scale);
   for (let o = 0; o < outSize; o++) {
-    const real = f(f(f(scale) * f(o + 0.5)) - 0.5);
+    const real = s * (o + 0.5) - 0.5;
     const idx = Math.min(Math.floor(real), inSize - 1);
-    const t = Math.min(Math.max(f(real - idx), 0), 1);
+    const t = Math.min(Math.max(real - idx, 0), 1);
     const w = [cc2(t + 1), cc1(t), cc1(1 - t), cc2(2 - t)];
     for (let j = 0; j < 4; j++) {
       index[o * 4 + j] = Math.min(Math.max(idx - 1 + j, 0), inSize - 1);
