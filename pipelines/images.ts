@@ -6,7 +6,9 @@
  * `ingest/bmp.ts`), optional crop, alpha composited on white, any colour
  * space (grey, palette, CMYK, 16-bit) to 8-bit sRGB, then a square resize
  * to `size`×`size` with Lanczos-3 that does not keep the aspect ratio — the
- * reference's `Resize((224, 224))` on a PIL image (RECIPE.md §2).
+ * reference's Pillow `resize((224, 224), LANCZOS)` (RECIPE.md §2): libvips for
+ * reductions (equal to Pillow's to rounding), Pillow's own algorithm for
+ * enlargements (`ingest/lanczos.ts`).
  *
  * Invariants:
  * - No EXIF auto-rotation: PIL does not apply it either, and cells have no
@@ -18,6 +20,7 @@
  */
 import sharp from "sharp";
 import { BmpError, bmpSize, decodeBmp, isBmp } from "./ingest/bmp.ts";
+import { resizeLanczosRgb } from "./ingest/lanczos.ts";
 
 /** Why an image was refused; `reason` is what errors.jsonl records. */
 export class ImageError extends Error {
@@ -170,7 +173,14 @@ export function clampRegion(r: Region, width: number, height: number): Region {
   return { left, top, width: right - left, height: bottom - top };
 }
 
-/** The shared part of both roads: crop, size check, flatten, sRGB, resize. */
+/**
+ * The shared part of both roads: crop, size check, flatten, sRGB, resize.
+ * Pure reductions run in libvips (Lanczos-3, as Pillow's to rounding); a
+ * resize that enlarges either axis decodes to RGB at the source size and
+ * resamples with `resizeLanczosRgb`, Pillow's algorithm (libvips enlarges
+ * half a pixel off; see `ingest/lanczos.ts`). Returns a sharp pipeline that
+ * yields the final `size`×`size` RGB image.
+ */
 async function cellPipeline(
   bytes: Uint8Array,
   opts: CellOptions,
@@ -188,12 +198,38 @@ async function cellPipeline(
     throw new ImageError(`${what} is ${w}x${h} px, smaller than --min-size ${minSize}`);
   }
   if (crop) img.extract(crop);
-  img
-    .flatten({ background: { r: 255, g: 255, b: 255 } })
-    .resize(opts.size, opts.size, { fit: "fill", kernel: "lanczos3", fastShrinkOnLoad: false })
-    .toColourspace("srgb")
-    .removeAlpha();
-  return { img, info, crop };
+  img.flatten({ background: { r: 255, g: 255, b: 255 } });
+  if (opts.size <= w && opts.size <= h) {
+    img
+      .resize(opts.size, opts.size, { fit: "fill", kernel: "lanczos3", fastShrinkOnLoad: false })
+      .toColourspace("srgb")
+      .removeAlpha();
+    return { img, info, crop };
+  }
+  const rgb = await rawRgb(img.toColourspace("srgb").removeAlpha(), w, h);
+  const out = resizeLanczosRgb(rgb, w, h, opts.size, opts.size);
+  return {
+    img: sharp(out, { raw: { width: opts.size, height: opts.size, channels: 3 } }),
+    info,
+    crop,
+  };
+}
+
+/** Runs a pipeline to raw RGB bytes, checking the shape it promised. */
+async function rawRgb(img: sharp.Sharp, w: number, h: number): Promise<Uint8Array> {
+  let res;
+  try {
+    res = await img.raw().toBuffer({ resolveWithObject: true });
+  } catch (e) {
+    throw new ImageError(describeSharpError(e));
+  }
+  const { data, info: out } = res;
+  if (out.channels !== 3 || out.width !== w || out.height !== h) {
+    throw new ImageError(
+      `decoder returned ${out.width}x${out.height}x${out.channels}, expected ${w}x${h}x3`,
+    );
+  }
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
 }
 
 /** Decodes, crops, converts and resizes an image, then encodes it as PNG or JPEG. */
@@ -212,23 +248,7 @@ export async function encodeCell(bytes: Uint8Array, opts: EncodeOptions): Promis
 /** Decodes, crops, converts and resizes an image to raw RGB [size, size, 3]. */
 export async function decodeCell(bytes: Uint8Array, opts: CellOptions): Promise<RgbCell> {
   const { img, info, crop } = await cellPipeline(bytes, opts);
-  try {
-    const { data, info: out } = await img.raw().toBuffer({ resolveWithObject: true });
-    if (out.channels !== 3 || out.width !== opts.size || out.height !== opts.size) {
-      throw new ImageError(
-        `decoder returned ${out.width}x${out.height}x${out.channels}, expected ` +
-          `${opts.size}x${opts.size}x3`,
-      );
-    }
-    return {
-      pixels: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
-      info,
-      crop,
-    };
-  } catch (e) {
-    if (e instanceof ImageError) throw e;
-    throw new ImageError(describeSharpError(e));
-  }
+  return { pixels: await rawRgb(img, opts.size, opts.size), info, crop };
 }
 
 /** Reads a file and describes read failures (missing, a directory, no permission) plainly. */

@@ -1,0 +1,405 @@
+/**
+ * The data loader for training and embedding: reads ingested shards (a
+ * manifest directory or tar files) or plain image folders/lists (decoded and
+ * resized on the fly with the ingest's image code), in order or shuffled with
+ * a seeded shuffle buffer, and hands out batches of raw RGB pixels while the
+ * next ones are being decoded.
+ *
+ * Invariants:
+ * - Memory is bounded: at most `prefetch` finished batches, one batch being
+ *   filled, the decode window (2 × workers + 2 images) and, when shuffling
+ *   shards, `shuffleBuffer` encoded samples. Nothing grows with the dataset
+ *   except the list of file paths of a folder source.
+ * - Unshuffled order is the manifest's shard order and each shard's sample
+ *   order (for folders: the layout's sorted order), so embeddings line up
+ *   with `manifest.splits`.
+ * - The same seed and epoch give the same order, whatever the decode timing.
+ * - A sample that fails to decode is skipped and reported, never fatal.
+ */
+import { join } from "node:path";
+import type { Gpu } from "../kernels/runtime.ts";
+import type { GpuTensor } from "../kernels/tensor.ts";
+import { decodeCell, readImageFile, type Region, setImageThreads } from "./images.ts";
+import { enumerate, type Layout } from "./ingest/layouts.ts";
+import { readManifest } from "./ingest/manifest.ts";
+import { orderedMap } from "./ingest/ordered.ts";
+import { BoundedQueue } from "./ingest/queue.ts";
+import { mixSeed, mulberry32, shuffleInPlace } from "./ingest/shuffle.ts";
+import { boxWithMargin } from "./ingest/voc.ts";
+import { readShardSamples } from "./ingest/webdataset.ts";
+
+/** One batch: B images [B, S, S, 3] RGB bytes, row-major, plus their labels and keys. */
+export interface Batch {
+  pixels: Uint8Array;
+  /** Class index per image, -1 where unlabelled. */
+  labels: Int32Array;
+  keys: string[];
+  /** The sample's json (shards) or what is known of a file (folders). */
+  meta: Record<string, unknown>[];
+  /** Images in this batch (the last one may be short). */
+  count: number;
+  /** Side S of the images. */
+  size: number;
+}
+
+/** Options of `openLoader`. */
+export interface LoaderOptions {
+  batchSize: number;
+  /** Image side; default: the manifest's size, else 224. Shards of another size are resized. */
+  size?: number;
+  /** Manifest splits to read (default: all, in shard order). */
+  split?: string | string[];
+  /** Shuffle with this seed (default: no shuffle, stable order). */
+  seed?: number;
+  /** Samples held by the shuffle buffer when reading shards (default 512). */
+  shuffleBuffer?: number;
+  /** Finished batches kept ready ahead of the consumer (default 2). */
+  prefetch?: number;
+  /** Images decoded in parallel (default: the number of cores). */
+  workers?: number;
+  /** Drop a last, short batch (training) instead of returning it (embedding). */
+  dropLast?: boolean;
+  /** Layout of a folder/list source (default: inferred). */
+  layout?: Layout;
+  /** Called for every sample that cannot be used (default: a warning on stderr). */
+  onError?: (where: string, reason: string) => void;
+}
+
+/** Counters a loader keeps, for logs and for tests of its bounds. */
+export interface LoaderStats {
+  /** Samples decoded so far (this epoch). */
+  decoded: number;
+  /** Samples skipped because they failed. */
+  failed: number;
+  /** Batches handed to the consumer. */
+  delivered: number;
+  /** Most finished batches waiting at once. */
+  maxQueuedBatches: number;
+  /** Most samples in the decode window at once. */
+  maxDecodeWindow: number;
+}
+
+/** A sample before decoding: encoded bytes (shards) or a path (folders). */
+interface RawSample {
+  key: string;
+  label: number;
+  meta: Record<string, unknown>;
+  bytes?: Uint8Array;
+  path?: string;
+  crop?: Region;
+  /** Where to report a failure. */
+  where: string;
+}
+
+/** Where samples come from. */
+type Source =
+  | {
+    kind: "shards";
+    shards: string[];
+    classes: string[];
+    size: number | null;
+    total: number | null;
+  }
+  | { kind: "files"; samples: RawSample[]; classes: string[] };
+
+const IMAGE_MEMBERS = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"];
+
+async function isDir(p: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(p)).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await Deno.stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Resolves what `source` names: a manifest dir, tar files, a folder, a CSV or a list. */
+async function resolveSource(source: string | string[], opts: LoaderOptions): Promise<Source> {
+  const paths = Array.isArray(source) ? source : [source];
+  if (paths.length === 0) throw new Error("openLoader: no source given");
+  if (paths.every((p) => p.endsWith(".tar"))) {
+    for (const p of paths) {
+      if (!(await exists(p))) throw new Error(`openLoader: shard ${p} does not exist`);
+    }
+    return { kind: "shards", shards: paths, classes: [], size: null, total: null };
+  }
+  if (paths.length !== 1) {
+    throw new Error("openLoader: several sources must all be .tar shards; pass one folder or list");
+  }
+  const p = paths[0];
+  if (await isDir(p)) {
+    if (await exists(join(p, "manifest.json"))) {
+      const m = await readManifest(p);
+      const want = opts.split === undefined ? null : [opts.split].flat();
+      if (want) {
+        const unknown = want.filter((s) => !(s in m.counts));
+        if (unknown.length > 0) {
+          throw new Error(
+            `openLoader: split ${unknown.join(",")} is not in ${p}/manifest.json ` +
+              `(it has ${Object.keys(m.counts).join(", ")})`,
+          );
+        }
+      }
+      const shards = m.shards.filter((s) => !want || want.includes(s.split));
+      return {
+        kind: "shards",
+        shards: shards.map((s) => join(p, s.name)),
+        classes: m.classes,
+        size: m.size,
+        total: shards.reduce((n, s) => n + s.samples, 0),
+      };
+    }
+    for await (const e of Deno.readDir(p)) {
+      if (e.isFile && /\.tar(\.tmp)?$/.test(e.name)) {
+        throw new Error(
+          `openLoader: ${p} holds shards but no manifest.json, so its ingest did not finish; ` +
+            `rerun the same deno task ingest command to complete it, or pass the .tar files`,
+        );
+      }
+    }
+  } else if (!(await exists(p))) {
+    throw new Error(`openLoader: ${p} does not exist`);
+  }
+  const layout: Layout = opts.layout ??
+    (p.toLowerCase().endsWith(".csv") ? "csv" : (await isDir(p)) ? "imagefolder" : "list");
+  const en = await enumerate(layout, p);
+  for (const e of en.errors) (opts.onError ?? warn)(e.path, e.reason);
+  const samples: RawSample[] = en.samples.map((s) => ({
+    key: s.key,
+    label: s.label === null ? -1 : en.classes.indexOf(s.label),
+    meta: { source: s.rel, label: s.label, ...(s.patient ? { patient: s.patient } : {}) },
+    path: s.path,
+    crop: s.box ? boxWithMargin(s.box, 0.1) : undefined,
+    where: s.path,
+  }));
+  if (samples.length === 0) throw new Error(`openLoader: no images found in ${p} (${layout})`);
+  return { kind: "files", samples, classes: en.classes };
+}
+
+function warn(where: string, reason: string): void {
+  console.warn(`loader: skipping ${where}: ${reason}`);
+}
+
+const dec = new TextDecoder();
+
+/** Streams raw samples of shards in the given order, through a seeded shuffle buffer. */
+async function* shardSamples(
+  shards: string[],
+  shuffle: { rand: () => number; buffer: number } | null,
+  onError: (where: string, reason: string) => void,
+): AsyncGenerator<RawSample> {
+  const buf: RawSample[] = [];
+  for (const shard of shards) {
+    for await (const s of readShardSamples(shard)) {
+      const ext = IMAGE_MEMBERS.find((e) => s.files.has(e));
+      const where = `${shard}:${s.key}`;
+      if (!ext) {
+        onError(where, `sample has no image member (has ${[...s.files.keys()].join(", ")})`);
+        continue;
+      }
+      let meta: Record<string, unknown> = {};
+      const json = s.files.get("json");
+      if (json) {
+        try {
+          meta = JSON.parse(dec.decode(json));
+        } catch {
+          onError(where, "sample json does not parse; kept without it");
+        }
+      }
+      const clsBytes = s.files.get("cls");
+      const label = clsBytes ? parseInt(dec.decode(clsBytes), 10) : -1;
+      const raw: RawSample = {
+        key: s.key,
+        label: Number.isFinite(label) ? label : -1,
+        meta,
+        bytes: s.files.get(ext)!,
+        where,
+      };
+      if (!shuffle) {
+        yield raw;
+        continue;
+      }
+      // Shuffle buffer: keep `buffer` samples, emit a random one for each new one.
+      if (buf.length < shuffle.buffer) {
+        buf.push(raw);
+        continue;
+      }
+      const j = Math.floor(shuffle.rand() * buf.length);
+      const out = buf[j];
+      buf[j] = raw;
+      yield out;
+    }
+  }
+  if (shuffle) {
+    shuffleInPlace(buf, shuffle.rand);
+    yield* buf;
+  }
+}
+
+/** A prepared data source; iterate `batches(epoch)` once per epoch. */
+export class Loader {
+  readonly classes: string[];
+  readonly size: number;
+  /** Samples per epoch when known up front (before decode failures), else null. */
+  readonly length: number | null;
+  stats: LoaderStats = emptyStats();
+  #source: Source;
+  #opts: LoaderOptions;
+
+  /** Use `openLoader`. */
+  constructor(source: Source, opts: LoaderOptions) {
+    this.#source = source;
+    this.#opts = opts;
+    this.classes = source.classes;
+    this.size = opts.size ?? (source.kind === "shards" ? source.size : null) ?? 224;
+    this.length = source.kind === "files" ? source.samples.length : source.total;
+  }
+
+  /**
+   * Batches of one epoch. The epoch number varies the shuffle (same seed and
+   * epoch, same order). Decoding runs ahead of the consumer by at most
+   * `prefetch` batches; breaking out of the loop stops it.
+   */
+  async *batches(epoch = 0): AsyncGenerator<Batch> {
+    const o = this.#opts;
+    const B = o.batchSize;
+    const S = this.size;
+    const workers = o.workers ?? navigator.hardwareConcurrency ?? 1;
+    const onError = o.onError ?? warn;
+    const stats: LoaderStats = (this.stats = emptyStats());
+    const rand = o.seed === undefined ? null : mulberry32(mixSeed(o.seed, epoch));
+
+    let raw: AsyncIterable<RawSample> | Iterable<RawSample>;
+    if (this.#source.kind === "files") {
+      raw = rand ? shuffleInPlace([...this.#source.samples], rand) : this.#source.samples;
+    } else {
+      const shards = rand ? shuffleInPlace([...this.#source.shards], rand) : this.#source.shards;
+      raw = shardSamples(
+        shards,
+        rand ? { rand, buffer: Math.max(1, o.shuffleBuffer ?? 512) } : null,
+        onError,
+      );
+    }
+    const decoded = orderedMap(raw, async (s) => {
+      try {
+        const bytes = s.bytes ?? (await readImageFile(s.path!));
+        const cell = await decodeCell(bytes, { size: S, crop: s.crop });
+        const meta = s.bytes
+          ? s.meta
+          : { ...s.meta, width: cell.info.width, height: cell.info.height };
+        return { s, pixels: cell.pixels, meta, error: null };
+      } catch (e) {
+        return { s, pixels: null, meta: s.meta, error: (e as Error).message };
+      }
+    }, {
+      concurrency: workers,
+      window: 2 * workers + 2,
+      onHeld: (n) => (stats.maxDecodeWindow = Math.max(stats.maxDecodeWindow, n)),
+    });
+
+    const queue = new BoundedQueue<Batch>(Math.max(1, o.prefetch ?? 2));
+    const prevThreads = setImageThreads(workers > 1 ? 1 : 0);
+    const producer = (async () => {
+      let cur = newBatch(B, S);
+      try {
+        for await (const d of decoded) {
+          if (d.error !== null) {
+            stats.failed++;
+            onError(d.s.where, d.error);
+            continue;
+          }
+          stats.decoded++;
+          cur.pixels.set(d.pixels!, cur.count * S * S * 3);
+          cur.labels[cur.count] = d.s.label;
+          cur.keys.push(d.s.key);
+          cur.meta.push(d.meta);
+          cur.count++;
+          if (cur.count === B) {
+            if (!(await queue.push(cur))) return;
+            stats.maxQueuedBatches = Math.max(stats.maxQueuedBatches, queue.maxHeld);
+            cur = newBatch(B, S);
+          }
+        }
+        if (cur.count > 0 && !o.dropLast) {
+          await queue.push(trim(cur, S));
+          stats.maxQueuedBatches = Math.max(stats.maxQueuedBatches, queue.maxHeld);
+        }
+        queue.close();
+      } catch (e) {
+        queue.fail(e);
+      }
+    })();
+
+    try {
+      while (true) {
+        const b = await queue.pop();
+        if (b === undefined) break;
+        stats.delivered++;
+        yield b;
+      }
+    } finally {
+      queue.cancel();
+      await producer;
+      setImageThreads(prevThreads);
+    }
+  }
+}
+
+function emptyStats(): LoaderStats {
+  return { decoded: 0, failed: 0, delivered: 0, maxQueuedBatches: 0, maxDecodeWindow: 0 };
+}
+
+function newBatch(B: number, S: number): Batch {
+  return {
+    pixels: new Uint8Array(B * S * S * 3),
+    labels: new Int32Array(B),
+    keys: [],
+    meta: [],
+    count: 0,
+    size: S,
+  };
+}
+
+/** A short last batch, its arrays cut to its count. */
+function trim(b: Batch, S: number): Batch {
+  return {
+    ...b,
+    pixels: b.pixels.slice(0, b.count * S * S * 3),
+    labels: b.labels.slice(0, b.count),
+  };
+}
+
+/**
+ * Opens a loader over `source`: a directory with manifest.json (shards of
+ * `opts.split`), one or more `.tar` shards, an image folder (class
+ * subfolders), a `.csv` (`Image Path,Label`) or a text list of paths.
+ */
+export async function openLoader(source: string | string[], opts: LoaderOptions): Promise<Loader> {
+  if (!Number.isInteger(opts.batchSize) || opts.batchSize < 1) {
+    throw new RangeError(`openLoader: batchSize must be a positive integer, got ${opts.batchSize}`);
+  }
+  if (opts.size !== undefined && (!Number.isInteger(opts.size) || opts.size < 1)) {
+    throw new RangeError(`openLoader: size must be a positive integer, got ${opts.size}`);
+  }
+  if (opts.prefetch !== undefined && !(Number.isInteger(opts.prefetch) && opts.prefetch >= 1)) {
+    throw new RangeError(`openLoader: prefetch must be an integer ≥ 1, got ${opts.prefetch}`);
+  }
+  return new Loader(await resolveSource(source, opts), opts);
+}
+
+/**
+ * Uploads a batch's pixels to the GPU as packed bytes (`gpu.uploadBytes`):
+ * a u32 tensor of ceil(B·S·S·3 / 4) words, byte i of the batch at
+ * `(w[i >> 2] >> (8 * (i & 3))) & 255`. The caller owns (and releases) it.
+ */
+export function uploadBatch(gpu: Gpu, batch: Batch): GpuTensor {
+  return gpu.uploadBytes(batch.pixels, `batch ${batch.count}x${batch.size}`);
+}
