@@ -6,12 +6,10 @@
  * of the same shape torch.save emits. Tensors are fetched and written one at
  * a time, so converting a large checkpoint never holds it all in memory.
  */
-import { DTYPES, isDtype } from "./dtypes.ts";
 import { InvalidTensorError } from "./errors.ts";
 import { pickle, type PickleNode } from "./pickle_writer.ts";
 import {
-  checkShape,
-  checkTensorData,
+  checkSource,
   isTensorData,
   isTensorRecord,
   sourceBytes,
@@ -111,16 +109,7 @@ function plan(file: string, tree: PthTree, out: Planned[]): PickleNode {
       throw new InvalidTensorError("tree is cyclic or nested too deeply", { file, key: where });
     }
     if (isTensorRecord(v) || isTensorData(v)) {
-      let numel: number;
-      if (isTensorData(v)) numel = checkTensorData(file, where, v);
-      else if (!isDtype(v.dtype)) {
-        throw new InvalidTensorError("unknown dtype", {
-          file,
-          key: where,
-          expected: DTYPES.join(", "),
-          found: String(v.dtype),
-        });
-      } else numel = checkShape(file, where, v.shape);
+      const numel = checkSource(file, where, v);
       let key = keys.get(v);
       if (key === undefined) {
         key = String(out.length);

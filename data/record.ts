@@ -155,6 +155,23 @@ export function checkTensorData(file: string, name: string, t: TensorData): numb
 }
 
 /**
+ * Validates a tensor to be written under `name` (TensorData fully; a record's
+ * dtype and shape) and returns its element count.
+ */
+export function checkSource(file: string, name: string, src: TensorSource): number {
+  if (!isTensorRecord(src)) return checkTensorData(file, name, src);
+  if (!isDtype(src.dtype)) {
+    throw new InvalidTensorError("unknown dtype", {
+      file,
+      key: name,
+      expected: DTYPES.join(", "),
+      found: String(src.dtype),
+    });
+  }
+  return checkShape(file, name, src.shape);
+}
+
+/**
  * The little-endian bytes of `src` for writing to `file` under `name`: read
  * from a TensorRecord, or taken (converted if needed) from TensorData; always
  * exactly `numel × size` long.
@@ -164,11 +181,9 @@ export async function sourceBytes(
   name: string,
   src: TensorSource,
 ): Promise<Uint8Array> {
+  const numel = checkSource(file, name, src);
   if (isTensorRecord(src)) {
-    if (!isDtype(src.dtype)) {
-      throw new InvalidTensorError("unknown dtype", { file, key: name, found: String(src.dtype) });
-    }
-    const want = checkShape(file, name, src.shape) * DTYPE_SIZE[src.dtype];
+    const want = numel * DTYPE_SIZE[src.dtype];
     const bytes = await src.bytes();
     if (bytes.length !== want) {
       throw new InvalidTensorError("record returned the wrong number of bytes", {
@@ -180,7 +195,6 @@ export async function sourceBytes(
     }
     return bytes;
   }
-  checkTensorData(file, name, src);
   const data = src.data;
   const raw = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   if ((data.constructor as unknown) !== DTYPE_ARRAY[src.dtype] && data instanceof Float32Array) {
