@@ -256,3 +256,23 @@ gpuTest("reduce: splits rows and columns over the binding limit", async (gpu) =>
   assertEquals([...await gpu.readF32(m)], [...maxRef(colsX, [2000, 12], { axis: 0 })]);
   gpu.release(tr, tc, long, ...outs);
 });
+
+gpuTest("reduce: PyTorch golden values (sum, mean, max, argmax with ties, sqNorm)", async (gpu) => {
+  const r = JSON.parse(
+    await Deno.readTextFile(new URL("./fixtures/pointwise.json", import.meta.url)),
+  ).reduce;
+  const shape = r.shape as number[];
+  const t = gpu.tensor(Float32Array.from(r.x as number[]), shape);
+  // torch sums f32 in its own order: 30 terms of size ~1 agree to a few ulp.
+  const tol = { rtol: 1e-6, atol: 1e-6 };
+  assertClose(await gpu.readF32(sum(gpu, t, { axis: 0 })), r.sum_axis0, tol, "sum(0)");
+  assertClose(await gpu.readF32(sum(gpu, t, { axis: "all" })), r.sum_all, tol, "sum()");
+  assertClose(await gpu.readF32(mean(gpu, t, { axis: 1 })), r.mean_axis1, tol, "mean(1)");
+  assertClose(await gpu.readF32(sqNorm(gpu, t, { axis: "all" })), r.sqnorm_all, tol, "sq");
+  assertEquals([...await gpu.readF32(max(gpu, t, { axis: 1 }))], [
+    ...Float32Array.from(r.max_axis1),
+  ]);
+  assertEquals([...await gpu.read(argmax(gpu, t, 1))], r.argmax_axis1);
+  assertEquals([...await gpu.read(argmax(gpu, t, 0))], r.argmax_axis0);
+  gpu.release(t);
+});
