@@ -21,6 +21,7 @@
  * here, a GPU one later, both feeding their distance blocks to `NeighborHeaps`.
  */
 import { encodeLabels, type Label } from "./labels.ts";
+import { dotBlock, rowNormsSq } from "./blas.ts";
 import { type Matrix, sameCols, toFloat64 } from "./matrix.ts";
 
 /** The k nearest training rows of each query, nearest first. */
@@ -113,80 +114,6 @@ export class NeighborHeaps {
       }
     }
     return { k, indices, distances };
-  }
-}
-
-/** Squared L2 norm of each row, in float64. */
-export function rowNormsSq(x: Float64Array, rows: number, cols: number): Float64Array {
-  const out = new Float64Array(rows);
-  for (let i = 0; i < rows; i++) {
-    let s = 0;
-    const o = i * cols;
-    for (let j = 0; j < cols; j++) s += x[o + j] * x[o + j];
-    out[i] = s;
-  }
-  return out;
-}
-
-/**
- * `out[i*ldo + j] = a_i · b_j` for rows i of `a` in [a0, a1) and rows j of
- * `b` in [b0, b1), written at out[(i−a0)·ldo + (j−b0)]. 4×4 register tiles
- * (16 accumulators) so each loaded value is used four times.
- */
-export function dotBlock(
-  a: Float64Array,
-  a0: number,
-  a1: number,
-  b: Float64Array,
-  b0: number,
-  b1: number,
-  d: number,
-  out: Float64Array,
-  ldo: number,
-): void {
-  let i = a0;
-  for (; i + 4 <= a1; i += 4) {
-    const p0 = i * d, p1 = p0 + d, p2 = p1 + d, p3 = p2 + d;
-    const r0 = (i - a0) * ldo, r1 = r0 + ldo, r2 = r1 + ldo, r3 = r2 + ldo;
-    let j = b0;
-    for (; j + 4 <= b1; j += 4) {
-      const q0 = j * d, q1 = q0 + d, q2 = q1 + d, q3 = q2 + d;
-      let c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
-      let c20 = 0, c21 = 0, c22 = 0, c23 = 0, c30 = 0, c31 = 0, c32 = 0, c33 = 0;
-      for (let t = 0; t < d; t++) {
-        const x0 = a[p0 + t], x1 = a[p1 + t], x2 = a[p2 + t], x3 = a[p3 + t];
-        const y0 = b[q0 + t], y1 = b[q1 + t], y2 = b[q2 + t], y3 = b[q3 + t];
-        c00 += x0 * y0, c01 += x0 * y1, c02 += x0 * y2, c03 += x0 * y3;
-        c10 += x1 * y0, c11 += x1 * y1, c12 += x1 * y2, c13 += x1 * y3;
-        c20 += x2 * y0, c21 += x2 * y1, c22 += x2 * y2, c23 += x2 * y3;
-        c30 += x3 * y0, c31 += x3 * y1, c32 += x3 * y2, c33 += x3 * y3;
-      }
-      const c = j - b0;
-      out[r0 + c] = c00, out[r0 + c + 1] = c01, out[r0 + c + 2] = c02, out[r0 + c + 3] = c03;
-      out[r1 + c] = c10, out[r1 + c + 1] = c11, out[r1 + c + 2] = c12, out[r1 + c + 3] = c13;
-      out[r2 + c] = c20, out[r2 + c + 1] = c21, out[r2 + c + 2] = c22, out[r2 + c + 3] = c23;
-      out[r3 + c] = c30, out[r3 + c + 1] = c31, out[r3 + c + 2] = c32, out[r3 + c + 3] = c33;
-    }
-    for (; j < b1; j++) {
-      const q = j * d;
-      let c0 = 0, c1 = 0, c2 = 0, c3 = 0;
-      for (let t = 0; t < d; t++) {
-        const y = b[q + t];
-        c0 += a[p0 + t] * y, c1 += a[p1 + t] * y, c2 += a[p2 + t] * y, c3 += a[p3 + t] * y;
-      }
-      const c = j - b0;
-      out[r0 + c] = c0, out[r1 + c] = c1, out[r2 + c] = c2, out[r3 + c] = c3;
-    }
-  }
-  for (; i < a1; i++) {
-    const p = i * d;
-    const r = (i - a0) * ldo;
-    for (let j = b0; j < b1; j++) {
-      const q = j * d;
-      let s = 0;
-      for (let t = 0; t < d; t++) s += a[p + t] * b[q + t];
-      out[r + j - b0] = s;
-    }
   }
 }
 
