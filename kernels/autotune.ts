@@ -58,6 +58,7 @@ export class AutotuneCache {
   #data: CacheData = {};
   #loaded = false;
   #writable = true;
+  readonly #warned = new Set<string>();
 
   constructor(opts: AutotuneCacheOptions = {}) {
     this.path = opts.path === undefined ? defaultCachePath() : opts.path;
@@ -104,7 +105,10 @@ export class AutotuneCache {
       text = Deno.readTextFileSync(this.path);
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) {
-        this.#warn(
+        // A location we cannot read we will not be able to write either: memory only.
+        this.#writable = false;
+        this.#warnOnce(
+          "read",
           `bloom autotune: cannot read ${this.path} (${errText(e)}); tuning stays in memory`,
         );
       }
@@ -113,12 +117,19 @@ export class AutotuneCache {
     try {
       return parseCache(text);
     } catch (e) {
-      this.#warn(
+      this.#warnOnce(
+        "corrupt",
         `bloom autotune: ignoring corrupt cache file ${this.path} (${errText(e)}); ` +
           `it will be replaced when new results are saved`,
       );
       return null;
     }
+  }
+
+  #warnOnce(kind: string, message: string): void {
+    if (this.#warned.has(kind)) return;
+    this.#warned.add(kind);
+    this.#warn(message);
   }
 
   #save(adapter: string, op: string, key: string, record: TuneRecord): void {
@@ -138,7 +149,8 @@ export class AutotuneCache {
       try {
         Deno.removeSync(tmp);
       } catch { /* nothing was written */ }
-      this.#warn(
+      this.#warnOnce(
+        "write",
         `bloom autotune: cannot write ${this.path} (${errText(e)}); tuning stays in memory ` +
           `(set BLOOM_CACHE_DIR to a writable directory to keep it)`,
       );
