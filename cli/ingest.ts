@@ -12,7 +12,8 @@ import { LayoutError } from "../pipelines/ingest/sample.ts";
 
 const SUMMARY = "Ingest a cell-image dataset into resized WebDataset shards.";
 
-const FLAGS = {
+/** The flags of `deno task ingest`. */
+export const FLAGS = {
   input: { type: "string", help: "dataset root (imagefolder, voc, mil) or file (csv, list)" },
   layout: { type: "string", help: `dataset layout: ${LAYOUTS.join("|")}` },
   out: { type: "string", help: "output directory for shards, manifest.json, errors.jsonl" },

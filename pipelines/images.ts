@@ -98,6 +98,9 @@ function describeSharpError(e: unknown): string {
   const msg = e instanceof Error ? e.message : String(e);
   if (/unsupported image format/i.test(msg)) return "not an image (unrecognised format)";
   if (/empty/i.test(msg)) return "empty file (0 bytes)";
+  // libvips keeps one error buffer per process: with images decoding in
+  // parallel the warning's own text can be lost, leaving only sharp's note.
+  if (/failOn/.test(msg)) return "corrupt or truncated image (the decoder warned)";
   return `corrupt or truncated image: ${msg.replace(/\s+/g, " ").trim()}`;
 }
 

@@ -3,7 +3,7 @@
  * reference trainer reads); blank lines and lines starting with '#' are
  * skipped. Relative paths are relative to the list's folder. No labels.
  */
-import { dirname, isAbsolute, join, normalize, relative } from "node:path";
+import { dirname, isAbsolute, join, normalize, relative, resolve } from "node:path";
 import {
   dedupeKeys,
   type Enumeration,
@@ -13,7 +13,25 @@ import {
   type SampleSource,
 } from "./sample.ts";
 
-/** Lists the samples named by a path list. */
+/** The deepest folder that holds every path ('/'-separated absolute paths). */
+function commonFolder(paths: string[]): string {
+  if (paths.length === 0) return "/";
+  let parts = paths[0].split("/").slice(0, -1);
+  for (const p of paths.slice(1)) {
+    const q = p.split("/");
+    let i = 0;
+    while (i < parts.length && i < q.length - 1 && parts[i] === q[i]) i++;
+    parts = parts.slice(0, i);
+  }
+  return parts.join("/") || "/";
+}
+
+/**
+ * Lists the samples named by a path list. Keys come from each path relative
+ * to the deepest folder holding all of them (`/data/pbc/a/1.jpg`,
+ * `/data/pbc/b/2.jpg` give `a__1`, `b__2`), so they do not depend on where
+ * the list file lives; the json's `source` is the line as written.
+ */
 export async function enumerateList(listPath: string): Promise<Enumeration> {
   let text: string;
   try {
@@ -24,18 +42,18 @@ export async function enumerateList(listPath: string): Promise<Enumeration> {
         `takes a text file with one image path per line`,
     );
   }
-  const base = dirname(listPath);
+  const base = resolve(dirname(listPath));
+  const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) =>
+    l !== "" && !l.startsWith("#")
+  );
+  const paths = lines.map((l) => (isAbsolute(l) ? normalize(l) : join(base, l)));
+  const root = commonFolder(paths);
   const errors: InputError[] = [];
-  const samples: SampleSource[] = [];
-  for (const line of text.split(/\r?\n/)) {
-    const p = line.trim();
-    if (p === "" || p.startsWith("#")) continue;
-    const path = isAbsolute(p) ? normalize(p) : join(base, p);
-    // Keys come from the path as seen from the list's folder; paths outside it
-    // keep their absolute form (minus the root) so keys stay unique.
-    const fromBase = relative(base, path).replace(/\\/g, "/");
-    const rel = fromBase.startsWith("..") ? path.replace(/^\/+/, "") : fromBase;
-    samples.push({ key: keyFromPath(rel), path, rel, label: null });
-  }
+  const samples: SampleSource[] = lines.map((line, i) => ({
+    key: keyFromPath(relative(root, paths[i])),
+    path: paths[i],
+    rel: line,
+    label: null,
+  }));
   return { samples: dedupeKeys(samples, errors), classes: [], errors };
 }

@@ -23,8 +23,8 @@ export async function enumerateMil(
 ): Promise<Enumeration> {
   await requireDir(root, "--input");
   const errors: InputError[] = [];
-  const samples: SampleSource[] = [];
-  const patientClass = new Map<string, string>();
+  const cells: SampleSource[] = [];
+  const patientClasses = new Map<string, Set<string>>();
   const classFolders = new Set<string>();
   const misplaced = (path: string) =>
     errors.push({
@@ -43,20 +43,14 @@ export async function enumerateMil(
       const patients = await listDir(clsDir);
       for (const f of patients.files) if (isImageName(f)) misplaced(join(clsDir, f));
       for (const patient of patients.dirs) {
-        const prev = patientClass.get(patient);
-        const cells = await walkImages(join(clsDir, patient), `${split}/${cls}/${patient}`);
-        if (prev !== undefined && prev !== cls) {
-          for (const c of cells) {
-            errors.push({
-              path: c.path,
-              reason: `patient '${patient}' appears under classes '${prev}' and '${cls}'`,
-            });
-          }
-          continue;
+        const found = await walkImages(join(clsDir, patient), `${split}/${cls}/${patient}`);
+        if (found.length > 0) {
+          const set = patientClasses.get(patient) ?? new Set();
+          set.add(cls);
+          patientClasses.set(patient, set);
         }
-        patientClass.set(patient, cls);
-        for (const c of cells) {
-          samples.push({
+        for (const c of found) {
+          cells.push({
             key: keyFromPath(c.rel),
             path: c.path,
             rel: c.rel,
@@ -68,6 +62,18 @@ export async function enumerateMil(
       }
     }
   }
+  // A patient filed under two classes has no trustworthy label: refuse all its cells.
+  const samples = cells.filter((c) => {
+    const set = patientClasses.get(c.patient!)!;
+    if (set.size === 1) return true;
+    errors.push({
+      path: c.path,
+      reason: `patient '${c.patient}' appears under classes ${
+        [...set].sort().map((s) => `'${s}'`).join(" and ")
+      }`,
+    });
+    return false;
+  });
   const unique = dedupeKeys(samples, errors);
   const resolved = resolveClasses(unique, errors, opts.classes ?? [...classFolders].sort());
   return { samples: resolved.samples, classes: resolved.classes, errors };
