@@ -1,0 +1,254 @@
+/**
+ * `pipelines/loader.ts`: order, seeded shuffling, batching, folder sources,
+ * bad samples, bounded prefetch, and the GPU upload.
+ */
+import sharp from "sharp";
+import { join } from "node:path";
+import { assert, assertEquals, assertNotEquals, assertRejects } from "./assert.ts";
+import { gpuTest, Rng } from "./helpers.ts";
+import { decodeCell } from "../pipelines/images.ts";
+import { runIngest } from "../pipelines/ingest/run.ts";
+import { readManifest } from "../pipelines/ingest/manifest.ts";
+import { readShardSamples } from "../pipelines/ingest/webdataset.ts";
+import { type Batch, openLoader, uploadBatch } from "../pipelines/loader.ts";
+
+const CLASSES = ["bas", "eos", "lym"];
+
+/** A folder-per-class tree of small PNGs of varied sizes; returns its files. */
+async function makeTree(root: string, perClass = 5): Promise<string[]> {
+  const files: string[] = [];
+  let seed = 0;
+  for (const cls of CLASSES) {
+    await Deno.mkdir(join(root, cls), { recursive: true });
+    for (let i = 0; i < perClass; i++) {
+      const r = new Rng(++seed);
+      const w = 12 + r.int(12);
+      const h = 12 + r.int(12);
+      const px = Uint8Array.from({ length: w * h * 3 }, () => r.int(256));
+      const p = join(root, cls, `img${i}.png`);
+      await Deno.writeFile(
+        p,
+        await sharp(px, { raw: { width: w, height: h, channels: 3 } }).png().toBuffer(),
+      );
+      files.push(p);
+    }
+  }
+  return files;
+}
+
+/** A temp dir with the tree and its ingest (size 16, shards of 4, 60/40 split). */
+async function withDataset(
+  fn: (d: { dir: string; src: string; out: string; files: string[] }) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "bloom-loader-" });
+  try {
+    const src = join(dir, "src");
+    const files = await makeTree(src);
+    const out = join(dir, "shards");
+    await runIngest({
+      input: src,
+      layout: "imagefolder",
+      out,
+      size: 16,
+      shardSize: 4,
+      split: 0.6,
+      minSize: 4,
+    }, { progress: false });
+    await fn({ dir, src, out, files });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function collect(it: AsyncIterable<Batch>): Promise<Batch[]> {
+  const out: Batch[] = [];
+  for await (const b of it) out.push(b);
+  return out;
+}
+
+const keysOf = (bs: Batch[]) => bs.flatMap((b) => b.keys);
+
+Deno.test("shards in order: manifest order, labels from .cls, pixels = the stored PNGs", async () => {
+  await withDataset(async ({ out }) => {
+    const m = await readManifest(out);
+    const expected: { key: string; cls: number; png: Uint8Array }[] = [];
+    for (const s of m.shards) {
+      for await (const x of readShardSamples(join(out, s.name))) {
+        expected.push({
+          key: x.key,
+          cls: Number(new TextDecoder().decode(x.files.get("cls"))),
+          png: x.files.get("png")!,
+        });
+      }
+    }
+    const loader = await openLoader(out, { batchSize: 4, workers: 2 });
+    assertEquals([loader.classes, loader.size, loader.length], [CLASSES, 16, 15]);
+    const batches = await collect(loader.batches());
+    assertEquals(batches.map((b) => b.count), [4, 4, 4, 3]); // the last one short
+    assertEquals(keysOf(batches), expected.map((e) => e.key));
+    assertEquals(batches.flatMap((b) => Array.from(b.labels)), expected.map((e) => e.cls));
+    const last = batches[3];
+    assertEquals([last.pixels.length, last.labels.length], [3 * 16 * 16 * 3, 3]);
+    let i = 0;
+    for (const b of batches) {
+      for (let j = 0; j < b.count; j++, i++) {
+        const want = await sharp(expected[i].png).raw().toBuffer();
+        const got = b.pixels.subarray(j * 768, (j + 1) * 768);
+        assertEquals(Array.from(got), Array.from(want), expected[i].key);
+      }
+    }
+    assertEquals(batches[0].meta[0].key, expected[0].key); // the sample's json
+    // Training drops the short batch.
+    const dropped = await collect(
+      (await openLoader(out, { batchSize: 4, dropLast: true })).batches(),
+    );
+    assertEquals(dropped.length, 3);
+  });
+});
+
+Deno.test("split selection, resizing shards on the fly, and refusing unfinished dirs", async () => {
+  await withDataset(async ({ out, dir }) => {
+    const m = await readManifest(out);
+    const test = await collect((await openLoader(out, { batchSize: 8, split: "test" })).batches());
+    assertEquals(keysOf(test), m.splits.test);
+    await assertRejects(
+      () => openLoader(out, { batchSize: 2, split: "val" }),
+      Error,
+      "split val is not in",
+    );
+    // Asking for 8 px from 16 px shards resizes with the ingest's code.
+    const small = await collect((await openLoader(out, { batchSize: 32, size: 8 })).batches());
+    const first = m.shards[0].name;
+    let png: Uint8Array | undefined;
+    for await (const x of readShardSamples(join(out, first))) {
+      png = x.files.get("png");
+      break;
+    }
+    const want = await decodeCell(png!, { size: 8 });
+    assertEquals(Array.from(small[0].pixels.subarray(0, 192)), Array.from(want.pixels));
+    // Explicit tar files work without a manifest.
+    const tars = m.shards.map((s) => join(out, s.name));
+    assertEquals(keysOf(await collect((await openLoader(tars, { batchSize: 5 })).batches())), [
+      ...m.splits.test,
+      ...m.splits.train,
+    ]);
+    // A shard directory without manifest.json did not finish ingesting.
+    await Deno.remove(join(out, "manifest.json"));
+    await assertRejects(() => openLoader(out, { batchSize: 2 }), Error, "ingest did not finish");
+    void dir;
+  });
+});
+
+Deno.test("shuffle: seeded, a permutation per epoch, equal for any worker count", async () => {
+  await withDataset(async ({ out }) => {
+    const all = keysOf(await collect((await openLoader(out, { batchSize: 4 })).batches()));
+    const run = async (seed: number, epoch: number, workers: number, buffer = 3) =>
+      keysOf(
+        await collect(
+          (await openLoader(out, { batchSize: 4, seed, shuffleBuffer: buffer, workers }))
+            .batches(epoch),
+        ),
+      );
+    const a = await run(7, 0, 1);
+    assertEquals(await run(7, 0, 3), a); // decode timing does not change the order
+    assertEquals([...a].sort(), [...all].sort()); // every sample once
+    assertNotEquals(a, all);
+    const b = await run(7, 1, 2);
+    assertNotEquals(b, a); // another epoch, another order
+    assertEquals([...b].sort(), [...all].sort());
+    assertNotEquals(await run(8, 0, 2), a);
+  });
+});
+
+Deno.test("folder, csv and list sources decode and resize on the fly; bad files skipped", async () => {
+  await withDataset(async ({ dir, src, files }) => {
+    await Deno.writeTextFile(join(src, "eos", "broken.png"), "not a png");
+    const errors: string[] = [];
+    const loader = await openLoader(src, {
+      batchSize: 6,
+      size: 20,
+      onError: (where, why) => errors.push(`${where}: ${why}`),
+    });
+    assertEquals(loader.classes, CLASSES);
+    const batches = await collect(loader.batches());
+    assertEquals(batches.reduce((n, b) => n + b.count, 0), 15);
+    assertEquals(errors.length, 1);
+    assert(/broken\.png: not an image/.test(errors[0]), errors[0]);
+    assertEquals(loader.stats.failed, 1);
+    // Folder order: classes sorted, files sorted; labels are class indices.
+    assertEquals(batches.flatMap((b) => Array.from(b.labels)), [
+      0,
+      0,
+      0,
+      0,
+      0,
+      1,
+      1,
+      1,
+      1,
+      1,
+      2,
+      2,
+      2,
+      2,
+      2,
+    ]);
+    const want = await decodeCell(await Deno.readFile(files[5]), { size: 20 });
+    assertEquals(
+      Array.from(batches[0].pixels.subarray(5 * 1200, 6 * 1200)),
+      Array.from(want.pixels),
+    );
+    assertEquals(batches[0].meta[5].source, "eos/img0.png");
+
+    const list = join(dir, "paths.txt");
+    await Deno.writeTextFile(list, files.slice(0, 4).join("\n"));
+    const lb = await collect((await openLoader(list, { batchSize: 8, size: 20 })).batches());
+    assertEquals(Array.from(lb[0].labels), [-1, -1, -1, -1]);
+    assertEquals(
+      Array.from(lb[0].pixels.subarray(0, 1200)),
+      Array.from((await decodeCell(await Deno.readFile(files[0]), { size: 20 })).pixels),
+    );
+
+    const csv = join(dir, "l.csv");
+    await Deno.writeTextFile(csv, `Image Path,Label\nsrc/lym/img1.png,lym\nsrc/bas/img2.png,bas\n`);
+    const cl = await openLoader(csv, { batchSize: 8, size: 20 });
+    assertEquals(cl.classes, ["bas", "lym"]);
+    assertEquals(Array.from((await collect(cl.batches()))[0].labels), [1, 0]);
+  });
+});
+
+Deno.test("prefetch is bounded: decoding runs at most `prefetch` batches ahead and stops on break", async () => {
+  await withDataset(async ({ src }) => {
+    const B = 2;
+    const prefetch = 1;
+    const workers = 2;
+    const window = 2 * workers + 2;
+    const loader = await openLoader(src, { batchSize: B, size: 16, prefetch, workers });
+    let delivered = 0;
+    for await (const _ of loader.batches()) {
+      delivered++;
+      // Everything decoded is: delivered batches, `prefetch` queued ones, the
+      // one being filled, and what the decode window holds.
+      const bound = (delivered + prefetch + 1) * B + window;
+      assert(loader.stats.decoded <= bound, `decoded ${loader.stats.decoded} > ${bound}`);
+      await new Promise((r) => setTimeout(r, 40)); // a slow consumer
+      if (delivered === 2) break;
+    }
+    assert(loader.stats.maxQueuedBatches <= prefetch, `queued ${loader.stats.maxQueuedBatches}`);
+    assert(loader.stats.maxDecodeWindow <= window, `window ${loader.stats.maxDecodeWindow}`);
+    const atBreak = loader.stats.decoded;
+    await new Promise((r) => setTimeout(r, 100));
+    assertEquals(loader.stats.decoded, atBreak); // the producer stopped with the consumer
+    assert(atBreak < 15, "the whole dataset was decoded ahead of a consumer that stopped");
+  });
+});
+
+gpuTest("uploadBatch puts the batch's bytes on the GPU", async (gpu) => {
+  await withDataset(async ({ out }) => {
+    const [batch] = await collect((await openLoader(out, { batchSize: 3 })).batches());
+    const t = uploadBatch(gpu, batch);
+    const back = await gpu.readBytes(t);
+    assertEquals(Array.from(back.subarray(0, batch.pixels.length)), Array.from(batch.pixels));
+    gpu.release(t);
+  });
+});
