@@ -286,6 +286,18 @@ export function toFloat32(bytes: Uint8Array, dtype: DtypeName): Float32Array {
 }
 
 /**
+ * Like toFloat32, but for f32 data returns a view over `bytes` instead of a
+ * copy. Only for callers that own `bytes` and drop it (the records' `f32()`:
+ * a 4.5 GB checkpoint is not worth copying twice).
+ */
+export function takeFloat32(bytes: Uint8Array, dtype: DtypeName): Float32Array {
+  if (dtype === "f32" && bytes.byteOffset % 4 === 0 && bytes.byteLength % 4 === 0) {
+    return new Float32Array(bytes.buffer as ArrayBuffer, bytes.byteOffset, bytes.byteLength / 4);
+  }
+  return toFloat32(bytes, dtype);
+}
+
+/**
  * Encodes float32 values as little-endian `dtype` bytes: f16/bf16 round half
  * to even, integers truncate toward zero (like a PyTorch cast), bool is x≠0.
  */

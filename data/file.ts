@@ -7,7 +7,7 @@
  * is allocated, so a corrupt length field can never make us allocate more
  * than the file holds.
  */
-import { CorruptFileError, ioError } from "./errors.ts";
+import { CheckpointError, CorruptFileError, ioError } from "./errors.ts";
 
 /** A read-only file read by byte ranges. Concurrent reads are serialised (seek + read is not atomic). */
 export class RandomAccessFile {
@@ -34,14 +34,21 @@ export class RandomAccessFile {
     } catch (e) {
       throw ioError(path, "open the file", e);
     }
+    let st: Deno.FileInfo;
     try {
-      const st = await file.stat();
-      if (!st.isFile) throw new Error("not a regular file");
-      return new RandomAccessFile(path, file, st.size);
+      st = await file.stat();
     } catch (e) {
       file.close();
       throw ioError(path, "read the file's size", e);
     }
+    if (!st.isFile) {
+      file.close();
+      throw new CheckpointError("not a regular file (a directory?)", {
+        file: path,
+        fix: "pass the path of the checkpoint file itself",
+      });
+    }
+    return new RandomAccessFile(path, file, st.size);
   }
 
   /**
@@ -76,7 +83,11 @@ export class RandomAccessFile {
 
   async #read(offset: number, length: number, what: string): Promise<Uint8Array> {
     if (this.#closed) {
-      throw new CorruptFileError("read after the file was closed", { file: this.path, key: what });
+      throw new CheckpointError("read after the file was closed", {
+        file: this.path,
+        key: what,
+        fix: "keep the checkpoint open while its tensors are read",
+      });
     }
     const buf = new Uint8Array(length);
     if (length > this.largestRead) this.largestRead = length;

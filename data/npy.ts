@@ -9,7 +9,7 @@
  * `createNpyWriter` streams an [N, D] float32 matrix row block by row block
  * (embeddings of a whole data set) without holding it in memory.
  */
-import { DTYPE_NUMPY, DTYPE_SIZE, type DtypeName, NUMPY_DTYPE, toFloat32 } from "./dtypes.ts";
+import { DTYPE_NUMPY, DTYPE_SIZE, type DtypeName, NUMPY_DTYPE, takeFloat32 } from "./dtypes.ts";
 import { CorruptFileError, InvalidTensorError, UnsupportedFormatError } from "./errors.ts";
 import { AtomicFile, RandomAccessFile, writeAtomically } from "./file.ts";
 import {
@@ -50,7 +50,7 @@ class NpyTensor implements TensorRecord {
     return this.file.readAt(this.offset, this.numel * DTYPE_SIZE[this.dtype], this.name);
   }
   async f32(): Promise<Float32Array> {
-    return toFloat32(await this.bytes(), this.dtype);
+    return takeFloat32(await this.bytes(), this.dtype);
   }
 }
 

@@ -10,7 +10,7 @@
  * is as long as the pickle says, and holds every element its size × stride
  * view reaches.
  */
-import { DTYPE_SIZE, type DtypeName, toFloat32 } from "./dtypes.ts";
+import { DTYPE_SIZE, type DtypeName, takeFloat32 } from "./dtypes.ts";
 import { CorruptFileError, MissingKeyError, UnsupportedFormatError } from "./errors.ts";
 import { RandomAccessFile } from "./file.ts";
 import {
@@ -112,7 +112,7 @@ export class PthTensor implements TensorRecord {
 
   /** Values as float32 (the source dtype stays in `dtype`). */
   async f32(): Promise<Float32Array> {
-    return toFloat32(await this.bytes(), this.dtype);
+    return takeFloat32(await this.bytes(), this.dtype);
   }
 }
 

@@ -15,7 +15,7 @@ import {
   DTYPE_SIZE,
   type DtypeName,
   SAFETENSORS_DTYPE,
-  toFloat32,
+  takeFloat32,
 } from "./dtypes.ts";
 import { CorruptFileError, InvalidTensorError, UnsupportedFormatError } from "./errors.ts";
 import { RandomAccessFile, writeAtomically } from "./file.ts";
@@ -52,7 +52,7 @@ class SafetensorsTensor implements TensorRecord {
     return this.file.readAt(this.offset, this.byteLength, this.name);
   }
   async f32(): Promise<Float32Array> {
-    return toFloat32(await this.bytes(), this.dtype);
+    return takeFloat32(await this.bytes(), this.dtype);
   }
 }
 

@@ -79,13 +79,24 @@ export class ZipWriter {
     this.#align = opts.align ?? 64;
     this.#always = opts.zip64 === "always";
     if (!Number.isInteger(this.#align) || this.#align < 1 || this.#align > 0x8000) {
-      throw new RangeError(`ZipWriter: align must be an integer in 1..32768, got ${opts.align}`);
+      throw new InvalidTensorError("bad zip alignment", {
+        file: path,
+        key: "align",
+        expected: "an integer in 1..32768",
+        found: String(opts.align),
+      });
     }
   }
 
   /** Starts `PATH.tmp`. */
   static async create(path: string, opts: ZipWriterOptions = {}): Promise<ZipWriter> {
-    return new ZipWriter(path, await AtomicFile.create(path), opts);
+    const out = await AtomicFile.create(path);
+    try {
+      return new ZipWriter(path, out, opts);
+    } catch (e) {
+      await out.abort();
+      throw e;
+    }
   }
 
   /** Appends an entry holding `chunks` (concatenated), stored uncompressed. */
