@@ -94,12 +94,12 @@ export function splitKeys(
   return { layout, backbone, heads };
 }
 
-function need(path: string, m: Map<string, TensorRecord>, key: string): TensorRecord {
+function need(path: string, m: Map<string, TensorRecord>, key: string, prefix = ""): TensorRecord {
   const t = m.get(key);
   if (!t) {
     throw new MissingKeyError("missing key", {
       file: path,
-      key,
+      key: prefix + key,
       expected: "a DINOv2 backbone tensor",
       found: "no such key",
       fix: "is this a DINOv2, DinoBloom or bloom checkpoint?",
@@ -159,9 +159,9 @@ export function inferConfig(path: string, bb: Map<string, TensorRecord>): VitCon
 
 /** Infers a head's shapes from its tensors. */
 export function inferHead(path: string, prefix: string, m: Map<string, TensorRecord>): HeadConfig {
-  const w0 = need(path, m, "mlp.0.weight");
-  const w4 = need(path, m, "mlp.4.weight");
-  const v = need(path, m, "last_layer.weight_v");
+  const w0 = need(path, m, "mlp.0.weight", prefix + ".");
+  const w4 = need(path, m, "mlp.4.weight", prefix + ".");
+  const v = need(path, m, "last_layer.weight_v", prefix + ".");
   return {
     inDim: w0.shape[1],
     hidden: w0.shape[0],
