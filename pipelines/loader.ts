@@ -61,6 +61,8 @@ export interface LoaderOptions {
   dropLast?: boolean;
   /** Layout of a folder/list source (default: inferred). */
   layout?: Layout;
+  /** VOC crop margin for a `voc` folder source, as in the ingest (default 0.1). */
+  margin?: number;
   /** Called for every sample that cannot be used (default: a warning on stderr). */
   onError?: (where: string, reason: string) => void;
 }
@@ -177,7 +179,7 @@ async function resolveSource(source: string | string[], opts: LoaderOptions): Pr
     label: s.label === null ? -1 : en.classes.indexOf(s.label),
     meta: { source: s.rel, label: s.label, ...(s.patient ? { patient: s.patient } : {}) },
     path: s.path,
-    crop: s.box ? boxWithMargin(s.box, 0.1) : undefined,
+    crop: s.box ? boxWithMargin(s.box, opts.margin ?? 0.1) : undefined,
     where: s.path,
   }));
   if (samples.length === 0) throw new Error(`openLoader: no images found in ${p} (${layout})`);

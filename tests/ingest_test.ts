@@ -26,7 +26,7 @@ const CLI = new URL("../cli/ingest.ts", import.meta.url).pathname;
 
 // ------------------------------------------------------------------ fixtures
 
-type Kind = "jpg" | "png" | "tif16" | "gray" | "rgba" | "palette" | "cmyk" | "bmp";
+type Kind = "jpg" | "png" | "tif8" | "tif16" | "gray" | "rgba" | "palette" | "cmyk" | "bmp";
 
 /** A w×h image of `kind` made with sharp from seeded pixels (BMP written by hand). */
 async function makeImage(kind: Kind, w: number, h: number, seed: number): Promise<Uint8Array> {
@@ -43,6 +43,9 @@ async function makeImage(kind: Kind, w: number, h: number, seed: number): Promis
       break;
     case "png":
       out = await s(rgb, 3).png().toBuffer();
+      break;
+    case "tif8":
+      out = await s(rgb, 3).tiff({ compression: "deflate" }).toBuffer();
       break;
     case "tif16":
       out = await s(rgb.reduce((a, v, i) => (a[i] = v * 257, a), new Uint16Array(rgb.length)), 3)
@@ -230,7 +233,7 @@ Deno.test("imagefolder: every format, sorted classes, shards Python's tarfile re
       ["Beta/f_pal.png", "palette"],
       ["Beta/g cmyk.jpg", "cmyk"],
       ["Beta/h.bmp", "bmp"],
-      ["Beta/i.tiff", "tif16"],
+      ["Beta/i.tiff", "tif8"],
     ];
     const files: Record<string, Uint8Array | string> = {};
     for (const [i, [p, k]] of kinds.entries()) files[p] = await makeImage(k, 20 + i, 18, i);
@@ -271,6 +274,8 @@ Deno.test("imagefolder: every format, sorted classes, shards Python's tarfile re
     }
     assertEquals(samples.find((x) => x.key === "Beta__h")!.json.source_format, "bmp");
     assertEquals(samples.find((x) => x.key === "Alpha__c16")!.json.source_bits, 16);
+    assertEquals(samples.find((x) => x.key === "Beta__i")!.json.source_format, "tiff");
+    assertEquals(samples.find((x) => x.key === "Beta__g_cmyk")!.json.source_space, "cmyk");
 
     // Shard hashes and sizes in the manifest are the files'.
     for (const sh of m.shards) {

@@ -83,6 +83,12 @@ export function buildManifest(
       });
     }
   }
+  // Per-class counts listed in class-index order, whatever order samples came in.
+  for (const c of Object.values(counts)) {
+    c.perClass = Object.fromEntries(
+      classes.filter((n) => n in c.perClass).map((n) => [n, c.perClass[n]]),
+    );
+  }
   return {
     format: MANIFEST_FORMAT,
     version: MANIFEST_VERSION,
