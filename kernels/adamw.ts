@@ -164,7 +164,13 @@ export interface AdamwGroupHyper {
    * parameter without a gradient (a frozen group) does not count. Must be ≥ 1 when active.
    */
   step: number;
-  /** False skips the group entirely (parameters, m and v untouched), as a None grad does. */
+  /**
+   * False skips the group entirely (parameters, m and v untouched, step not counted), as PyTorch
+   * does for a parameter whose grad is None. DINOv2's own trainer freezes the head's last layer
+   * differently: its lr schedule is 0 for the first epoch while m, v and the step count keep
+   * updating (and the gradient still counts in the clip norm); reproduce that with `active: true`
+   * and `lr: 0`.
+   */
   active?: boolean;
 }
 

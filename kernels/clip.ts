@@ -18,7 +18,7 @@ import type { GpuTensor } from "./tensor.ts";
 const WG = 256;
 /** Most workgroups of the streaming stage (bounds the partials; plenty to fill a GPU). */
 const MAX_PARTIALS = 512;
-/** Most clip modules one call reduces (private accumulators and workgroup memory grow with it). */
+/** Most clip modules one call reduces (the private accumulators and the partials grow with it). */
 export const MAX_CLIP_MODULES = 8;
 
 function sqNormKernel(modules: number, skipFrozen: boolean) {

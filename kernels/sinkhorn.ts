@@ -36,7 +36,7 @@ import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
 
 const WG = 256;
-/** Elements each thread of a row-slice workgroup reads (strided by WG). */
+/** Elements each invocation of a row pass reads (strided by WG). */
 const PER_THREAD = 16;
 /** Width of one row slice: one workgroup's share of a row. */
 const SLICE = WG * PER_THREAD;
@@ -52,7 +52,7 @@ type CountMode = "uniform" | "u32" | "f32";
 /** The uniform block every kernel of this file takes (unused fields are 0). */
 const UNIFORM = `struct P {
   K: u32, nRows: u32, rowBase: u32, count: u32,
-  slabRows: u32, slabBase: u32, n: u32, partBase: u32,
+  slabRows: u32, slabBase: u32, n: u32, pad: u32,
   a: f32, b: f32, p0: u32, p1: u32,
 }`;
 const UNIFORM_BYTES = 48;
@@ -65,7 +65,6 @@ interface Fields {
   slabRows?: number;
   slabBase?: number;
   n?: number;
-  partBase?: number;
   a?: number;
   b?: number;
 }
@@ -73,7 +72,7 @@ interface Fields {
 function params(f: Fields): Uint8Array {
   return new Params(UNIFORM_BYTES).u32(f.K).u32(f.nRows ?? 0).u32(f.rowBase ?? 0)
     .u32(f.count ?? 0).u32(f.slabRows ?? 0).u32(f.slabBase ?? 0).u32(f.n ?? 0)
-    .u32(f.partBase ?? 0).f32(f.a ?? 0).f32(f.b ?? 0).bytes;
+    .u32(0).f32(f.a ?? 0).f32(f.b ?? 0).bytes;
 }
 
 /** WGSL declarations of the storage bindings, in order, plus the uniform after them. */
@@ -85,7 +84,10 @@ function decls(list: [string, "read" | "read_write", string][]): string {
   return `${UNIFORM}\n${lines.join("\n")}`;
 }
 
-/** The count binding (absent in uniform mode) and `validRows()`: min(count, all rows). */
+/**
+ * The count binding (absent in uniform mode) and `countValue()`, the count as given; kernels
+ * clamp it to their rows.
+ */
 function countDecl(mode: CountMode): { binding: [string, "read", string][]; fn: string } {
   if (mode === "uniform") {
     return { binding: [], fn: "fn countValue() -> u32 { return u.count; }" };
@@ -518,7 +520,8 @@ export interface SinkhornOptions {
   iterations?: number;
   /**
    * B: the number of valid rows (default: all rows). A u32 or f32 one-element tensor lets a
-   * replayed step vary it; rows at and past it are ignored and get zero targets.
+   * replayed step vary it; rows at and past it are ignored and get zero targets. A tensor value
+   * above the row count keeps every row and still divides by it (DINOv2's multi-process B).
    */
   count?: GpuTensor | number;
   /** Pretend the binding limit is this many bytes (tests of the row-block path). */
