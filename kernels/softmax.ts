@@ -39,15 +39,40 @@ export const MAX_ROW_THREADS = 256;
  * The layout for rows of `units` loads each (columns, or vec4s of columns).
  * `threads` overrides the default: a power of two in 1..256. The default gives
  * each thread about 8 loads before the reduction (a wide workgroup for the
- * 65,536-prototype heads, one thread per row for rows of a few values).
+ * 65,536-prototype heads, one thread per row for rows of a few values),
+ * capped at `cap` threads (see `rowThreadCap`) and raised to `minThreads`.
  */
-export function rowLayout(units: number, threads?: number): RowLayout {
-  const t = threads ?? Math.min(MAX_ROW_THREADS, pow2Ceil(Math.ceil(units / 8)));
+export function rowLayout(
+  units: number,
+  threads?: number,
+  cap: number = MAX_ROW_THREADS,
+  minThreads = 1,
+): RowLayout {
+  const want = Math.min(cap, pow2Ceil(Math.ceil(units / 8)));
+  const t = threads ?? Math.min(MAX_ROW_THREADS, Math.max(want, pow2Ceil(minThreads)));
   if (!Number.isInteger(t) || t < 1 || t > MAX_ROW_THREADS || (t & (t - 1)) !== 0) {
     throw new RangeError(`threads per row must be a power of two in 1..256, got ${threads}`);
   }
   const workgroupSize = Math.max(t, 64);
   return { threads: t, rowsPerGroup: workgroupSize / t, workgroupSize };
+}
+
+const rowCaps = new WeakMap<Gpu, number>();
+
+/**
+ * The most threads per row the default layouts use on `gpu`: 256 (what GPUs
+ * want) until `tuneRowKernels` or `setRowThreadCap` says otherwise.
+ */
+export function rowThreadCap(gpu: Gpu): number {
+  return rowCaps.get(gpu) ?? MAX_ROW_THREADS;
+}
+
+/** Sets the cap on threads per row for `gpu` (a tuning result kept elsewhere, or a test). */
+export function setRowThreadCap(gpu: Gpu, cap: number): void {
+  if (!Number.isInteger(cap) || cap < 1 || cap > MAX_ROW_THREADS || (cap & (cap - 1)) !== 0) {
+    throw new RangeError(`the row thread cap must be a power of two in 1..256, got ${cap}`);
+  }
+  rowCaps.set(gpu, cap);
 }
 
 function pow2Ceil(n: number): number {
@@ -452,7 +477,7 @@ function runFwd(
   const loss = !targets ? null : cols === 0 ? gpu.zeros(lossShape) : gpu.empty(lossShape);
   if (rows === 0 || cols === 0) return { y, loss };
   const w = widthOf(cols);
-  const l = rowLayout(cols / w, opts.threadsPerRow);
+  const l = rowLayout(cols / w, opts.threadsPerRow, rowThreadCap(gpu));
   const k = fwdKernel(mode, w, l, typeof temp !== "number");
   for (const c of rowChunks(gpu, op, rows, [cols * 4])) {
     const bufs: GpuTensor[] = [rowView(x, c, cols), rowView(y, c, cols)];
@@ -484,7 +509,7 @@ function runBwd(
   const dx = gpu.empty(a.shape);
   if (rows === 0 || cols === 0) return dx;
   const w = widthOf(cols);
-  const l = rowLayout(cols / w, opts.threadsPerRow);
+  const l = rowLayout(cols / w, opts.threadsPerRow, rowThreadCap(gpu));
   const k = bwdKernel(mode, w, l, typeof temp !== "number");
   for (const c of rowChunks(gpu, op, rows, [cols * 4])) {
     const bufs: GpuTensor[] = [rowView(a, c, cols), rowView(b, c, cols), rowView(dx, c, cols)];
@@ -674,4 +699,51 @@ export function crossEntropySoftBackwardRef(
     }
   }
   return dx;
+}
+
+// ------------------------------------------------------------------ tuning
+
+/**
+ * Measures which cap on threads per row suits this adapter and sets it
+ * (`setRowThreadCap`): wide rows (a softmax over 16,384 classes) and narrow
+ * ones (a log-softmax over 384, like a ViT-S layer norm row), each timed for
+ * every candidate, interleaved over a few rounds; the cap with the smallest
+ * sum of times relative to each probe's best wins. GPUs favour many threads
+ * per row; a SIMD software adapter, where barriers are coroutine switches,
+ * favours few. Takes about a second on llvmpipe. Returns the cap chosen.
+ */
+export async function tuneRowKernels(
+  gpu: Gpu,
+  candidates: readonly number[] = [8, 32, MAX_ROW_THREADS],
+): Promise<number> {
+  const probes: [number, number, FwdMode][] = [[16, 16384, "softmax"], [1024, 384, "log"]];
+  const best = candidates.map(() => probes.map(() => Infinity));
+  const inputs = probes.map(([rows, cols]) => {
+    const data = new Float32Array(rows * cols);
+    for (let i = 0; i < data.length; i++) data[i] = Math.sin(i * 0.37) * 4;
+    return gpu.tensor(data, [rows, cols]);
+  });
+  const saved = rowCaps.get(gpu);
+  try {
+    for (let round = 0; round < 3; round++) {
+      for (let ci = 0; ci < candidates.length; ci++) {
+        setRowThreadCap(gpu, candidates[ci]);
+        for (let pi = 0; pi < probes.length; pi++) {
+          const run = () => gpu.release(runFwd(gpu, probes[pi][2], "tune", inputs[pi], null, {}).y);
+          if (round === 0) run(); // compile outside the timing
+          const t = await gpu.time(run);
+          best[ci][pi] = Math.min(best[ci][pi], t.gpuMs ?? t.wallMs);
+        }
+      }
+    }
+  } finally {
+    gpu.release(...inputs);
+    if (saved === undefined) rowCaps.delete(gpu);
+    else rowCaps.set(gpu, saved);
+  }
+  const floor = probes.map((_, pi) => Math.min(...best.map((b) => b[pi])));
+  const score = best.map((b) => b.reduce((acc, ms, pi) => acc + ms / floor[pi], 0));
+  const chosen = candidates[score.indexOf(Math.min(...score))];
+  setRowThreadCap(gpu, chosen);
+  return chosen;
 }

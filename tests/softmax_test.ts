@@ -11,10 +11,14 @@ import {
   logSoftmaxBackwardRef,
   logSoftmaxRef,
   rowChunks,
+  rowLayout,
+  rowThreadCap,
+  setRowThreadCap,
   softmax,
   softmaxBackward,
   softmaxBackwardRef,
   softmaxRef,
+  tuneRowKernels,
 } from "../kernels/softmax.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
@@ -320,6 +324,33 @@ gpuTest("softmax family matches PyTorch 1.13 (fixture)", async (gpu) => {
     assertClose(dx, c.dlogits, { rtol: 1e-5, atol: 1e-6 / c.temperature }, "dlogits");
   }
 });
+
+gpuTest(
+  "softmax: row layouts respect the cap, the register floor and explicit threads",
+  async (gpu) => {
+    assertEquals(rowLayout(16384).threads, 256, "65,536 classes as vec4: the widest rows");
+    assertEquals(rowLayout(16384, undefined, 8).threads, 8, "capped");
+    assertEquals(rowLayout(96, undefined, 8, 16).threads, 16, "raised to the floor");
+    assertEquals(rowLayout(4).threads, 1, "a few values: one thread per row");
+    assertEquals(rowLayout(4), { threads: 1, rowsPerGroup: 64, workgroupSize: 64 });
+    assertEquals(rowLayout(1000, 32), { threads: 32, rowsPerGroup: 2, workgroupSize: 64 });
+    assertThrows(() => setRowThreadCap(gpu, 12), RangeError, "power of two");
+    // Tuning picks one of the candidates, sets it, and the kernels still agree with the reference.
+    const before = rowThreadCap(gpu);
+    try {
+      const cap = await tuneRowKernels(gpu, [8, 256]);
+      assert(cap === 8 || cap === 256, `tuned cap ${cap}`);
+      assertEquals(rowThreadCap(gpu), cap);
+      const x = new Rng(9).normals(3 * 5000);
+      const xt = gpu.tensor(x, [3, 5000]);
+      const [y] = await take(gpu, softmax(gpu, xt));
+      gpu.release(xt);
+      assertClose(y, softmaxRef(x, 5000), softmaxTol(x, 1), `softmax under cap ${cap}`);
+    } finally {
+      setRowThreadCap(gpu, before);
+    }
+  },
+);
 
 /** Runs `fn` with the binding limit lowered to `bytes`, so small tensors take the split path. */
 async function withBindingLimit(gpu: Gpu, bytes: number, fn: () => Promise<void>) {
