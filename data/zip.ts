@@ -264,7 +264,8 @@ export class ZipReader {
         found: `an entry of ${entry.size} bytes`,
       });
     }
-    if (entry.method === 8) return (await this.read(entry, false)).slice(offset, offset + length);
+    // Deflated: inflate it all (CRC-checked, since a short inflate would otherwise go unnoticed).
+    if (entry.method === 8) return (await this.read(entry, true)).slice(offset, offset + length);
     const start = await this.dataOffset(entry);
     return await this.file.readAt(start + offset, length, entry.name);
   }
