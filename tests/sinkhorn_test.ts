@@ -107,7 +107,14 @@ gpuTest(
       assert(got.subarray(n * K).every((y) => y === 0), "padded rows get zero targets");
       gpu.release(q);
     }
-    gpu.release(x, t, cu, cf);
+    // A count above the rows (a multi-process B) keeps every row and divides by it.
+    const big = gpu.tensor(new Uint32Array([12]));
+    const v2 = rng.normals(B * K);
+    const x2 = gpu.tensor(v2, [B, K]);
+    const q = sinkhornKnopp(gpu, x2, t, { count: big });
+    const want2 = sinkhornKnoppRef(v2, B, K, 0.05, 3, 12);
+    assertClose(await gpu.readF32(q), want2, SK_TOL, "count 12 > 9 rows");
+    gpu.release(x, t, cu, cf, big, x2, q);
   },
 );
 
