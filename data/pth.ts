@@ -123,6 +123,11 @@ export class PthCheckpoint implements TensorFile {
   readonly archiveName: string;
   /** The unpickled object: usually a PthDict (a state dict, or {"teacher": state dict}). */
   readonly root: PthValue;
+  /**
+   * Every tensor by its dotted path from the root ("teacher.backbone.cls_token"; list items by
+   * index; a bare `torch.save(tensor)` is "(root)"), in file order. A tensor reachable twice is
+   * listed under its first path.
+   */
   readonly tensors: ReadonlyMap<string, TensorRecord>;
   #zip: ZipReader;
 

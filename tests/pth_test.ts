@@ -107,6 +107,19 @@ Deno.test("pth: tensor bytes are read lazily, from the open file", async () => {
   await assertRejects(() => t.bytes(), CheckpointError, /read after the file was closed/);
 });
 
+Deno.test("pth: concurrent reads of many tensors (seek + read is serialised per file)", async () => {
+  const exp = EXPECTED["state_dict.pth"].tensors as Record<string, Expected>;
+  using ckpt = await openPth(FIX + "state_dict.pth");
+  const names = Object.keys(exp);
+  const all = await Promise.all(
+    names.flatMap((k) => [ckpt.tensor(k).bytes(), ckpt.tensor(k).bytes()]),
+  );
+  names.forEach((k, i) => {
+    assertEquals(hex(all[2 * i]), exp[k].hex, k);
+    assertEquals(hex(all[2 * i + 1]), exp[k].hex, k);
+  });
+});
+
 /** Tensors of every dtype, as a writer takes them. */
 function sampleTensors(rng: Rng): Record<string, TensorData> {
   const f = (n: number) => rng.normals(n, 3);
