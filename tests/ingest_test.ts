@@ -588,22 +588,22 @@ Deno.test("resume: a killed run finishes on rerun with the same shards as an uni
       stdout: "null",
       stderr: "null",
     }).spawn();
-    // Kill as soon as the first shard is complete: later ones are unwritten or partial.
-    let shardsAtKill: string[] = [];
-    for (let t = 0; t < 3000; t++) {
+    // Kill as soon as the first shard is finished and recorded (its record in
+    // .ingest/ comes right after the rename): later shards are unwritten or partial.
+    let recorded: string[] = [];
+    for (let t = 0; t < 3000 && recorded.length === 0; t++) {
       await new Promise((r) => setTimeout(r, 5));
       try {
-        shardsAtKill = [...Deno.readDirSync(killed)].map((e) => e.name).filter((n) =>
-          n.endsWith(".tar")
-        );
+        recorded = [...Deno.readDirSync(join(killed, ".ingest"))].map((e) => e.name)
+          .filter((n) => n.endsWith(".tar.json"));
       } catch { /* not created yet */ }
-      if (shardsAtKill.length > 0) break;
     }
     child.kill("SIGKILL");
     await child.status;
     const left = [...Deno.readDirSync(killed)].map((e) => e.name);
     assert(!left.includes("manifest.json"), "the run finished before it could be killed");
-    assert(shardsAtKill.length > 0 && shardsAtKill.length < reference.shards.length);
+    assert(recorded.length > 0, "no shard finished before the timeout");
+    assert(left.filter((n) => n.endsWith(".tar")).length < reference.shards.length);
 
     const rerun = await cli(args(killed));
     assertEquals(rerun.code, 0, rerun.stderr);
