@@ -296,7 +296,7 @@ export interface LoadOptions {
   /** Allocate gradients (training). */
   grads?: boolean;
   /** Also load the DINO/iBOT heads when the file has them. */
-  heads?: boolean;
+  withHeads?: boolean;
 }
 
 /** A model loaded into an arena. */
@@ -324,7 +324,7 @@ export async function loadCheckpoint(
     }
     const specs = vitParamSpecs(config);
     const headCfgs: LoadedModel["heads"] = {};
-    if (opts.heads) {
+    if (opts.withHeads) {
       for (const h of HEAD_NAMES) {
         const m = ck.heads[h];
         if (!m) continue;
