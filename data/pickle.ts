@@ -635,6 +635,18 @@ class Unpickler {
         this.#info({ expected: Object.keys(TORCH_STORAGE_DTYPE).join(", ") }),
       );
     }
+    // torch's other rebuild functions (sparse, quantized, nested, meta, uint16+ dtypes) are
+    // legitimate checkpoint content bloom does not read, not an attack: say so.
+    if (
+      (module === "torch._utils" && name.startsWith("_rebuild_")) ||
+      (module === "torch.serialization" && name === "_get_layout")
+    ) {
+      throw new UnsupportedFormatError(
+        `${module}.${name} rebuilds a tensor kind bloom does not read (sparse, quantized, ` +
+          "nested, meta or a dtype outside f64/f32/f16/bf16/i64/i32/i16/i8/u8/bool)",
+        this.#info({ fix: "save dense tensors: torch.save({k: v.to_dense() …})" }),
+      );
+    }
     throw this.#unsafe(`global ${module}.${name}`);
   }
 

@@ -259,6 +259,11 @@ Deno.test("pickle: bad _rebuild_tensor_v2 arguments and storage ids are corrupt,
     /storage key is not a plain name/,
   );
   refuses(
+    p("\x80\x02ctorch._utils\n_rebuild_sparse_tensor\n."),
+    UnsupportedFormatError,
+    /_rebuild_sparse_tensor rebuilds a tensor kind bloom does not read/,
+  );
+  refuses(
     p("\x80\x02(" + X("storage") + "ctorch\nComplexFloatStorage\n."),
     UnsupportedFormatError,
     /storage type torch\.ComplexFloatStorage is not supported/,
