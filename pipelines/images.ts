@@ -268,6 +268,19 @@ export async function readImageFile(path: string): Promise<Uint8Array> {
   }
 }
 
+/** Revision of the cell-making rules (see `imageCodecVersion`). */
+const CELL_REVISION = 1;
+
+/**
+ * What produces the pixels and the encoded bytes: this module's revision and
+ * the libvips version. Part of every shard's plan hash, so a resumed run never
+ * mixes shards made by different code. Bump `CELL_REVISION` whenever the same
+ * input would give different bytes (resize rule, codec settings).
+ */
+export function imageCodecVersion(): string {
+  return `cells r${CELL_REVISION}, libvips ${sharp.versions.vips}`;
+}
+
 /**
  * Sets how many libvips threads one image may use. Ingest and loader run many
  * images at once (one per worker), so one thread per image avoids

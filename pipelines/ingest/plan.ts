@@ -11,6 +11,8 @@ import { mixSeed, mulberry32, shuffleInPlace } from "./shuffle.ts";
 
 /** The parameters that change shard bytes (workers and paths of the output do not). */
 export interface OutputParams {
+  /** `imageCodecVersion()`: the code and library that make the bytes. */
+  codec: string;
   size: number;
   format: "png" | "jpg";
   quality: number;

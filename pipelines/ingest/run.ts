@@ -14,7 +14,13 @@
  *   unusable input root or an I/O failure of the output stop the run.
  */
 import { join, resolve } from "node:path";
-import { encodeCell, ImageError, readImageFile, setImageThreads } from "../images.ts";
+import {
+  encodeCell,
+  imageCodecVersion,
+  ImageError,
+  readImageFile,
+  setImageThreads,
+} from "../images.ts";
 import { Progress, type ProgressOptions } from "../progress.ts";
 import { enumerate, isLayout, type Layout, LAYOUTS } from "./layouts.ts";
 import { buildManifest, type Manifest, writeOutputs } from "./manifest.ts";
@@ -283,6 +289,7 @@ export async function runIngest(
   const inputs = en.samples.length + en.errors.length;
   const planned = await statSamples(en.samples, en.classes, errors);
   const params: OutputParams = {
+    codec: imageCodecVersion(),
     size: r.size,
     format: r.format,
     quality: r.format === "jpg" ? r.quality : 0,
@@ -394,6 +401,7 @@ export async function runIngest(
     minSize: r.minSize,
     margin: r.layout === "voc" ? r.margin : null,
     workers: r.workers,
+    codec: params.codec,
   }, errors.length);
   await writeOutputs(outDir, manifest, errors);
   progress.done(`${manifest.samples} written, ${errors.length} errors`);
