@@ -27,6 +27,14 @@ import { BoundedQueue } from "./ingest/queue.ts";
 import { mixSeed, mulberry32, shuffleInPlace } from "./ingest/shuffle.ts";
 import { boxWithMargin } from "./ingest/voc.ts";
 import { readShardSamples } from "./ingest/webdataset.ts";
+import {
+  dedupeKeys,
+  type Enumeration,
+  type InputError,
+  keyFromPath,
+  type SampleSource,
+} from "./ingest/sample.ts";
+import { listDir, walkImages } from "./ingest/walk.ts";
 
 /** One batch: B images [B, S, S, 3] RGB bytes, row-major, plus their labels and keys. */
 export interface Batch {
@@ -123,6 +131,27 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
+/**
+ * Enumerates a plain source: a folder with class subfolders (imagefolder), a
+ * flat folder of images (unlabelled), a .csv, or a list file; or the given
+ * layout.
+ */
+async function enumerateFiles(p: string, layout?: Layout): Promise<Enumeration> {
+  if (layout) return await enumerate(layout, p);
+  if (p.toLowerCase().endsWith(".csv")) return await enumerate("csv", p);
+  if (!(await isDir(p))) return await enumerate("list", p);
+  const { dirs } = await listDir(p);
+  if (dirs.length > 0) return await enumerate("imagefolder", p);
+  const samples: SampleSource[] = (await walkImages(p)).map((f) => ({
+    key: keyFromPath(f.rel),
+    path: f.path,
+    rel: f.rel,
+    label: null,
+  }));
+  const errors: InputError[] = [];
+  return { samples: dedupeKeys(samples, errors), classes: [], errors };
+}
+
 /** Resolves what `source` names: a manifest dir, tar files, a folder, a CSV or a list. */
 async function resolveSource(source: string | string[], opts: LoaderOptions): Promise<Source> {
   const paths = Array.isArray(source) ? source : [source];
@@ -170,9 +199,7 @@ async function resolveSource(source: string | string[], opts: LoaderOptions): Pr
   } else if (!(await exists(p))) {
     throw new Error(`openLoader: ${p} does not exist`);
   }
-  const layout: Layout = opts.layout ??
-    (p.toLowerCase().endsWith(".csv") ? "csv" : (await isDir(p)) ? "imagefolder" : "list");
-  const en = await enumerate(layout, p);
+  const en = await enumerateFiles(p, opts.layout);
   for (const e of en.errors) (opts.onError ?? warn)(e.path, e.reason);
   const samples: RawSample[] = en.samples.map((s) => ({
     key: s.key,
@@ -182,7 +209,7 @@ async function resolveSource(source: string | string[], opts: LoaderOptions): Pr
     crop: s.box ? boxWithMargin(s.box, opts.margin ?? 0.1) : undefined,
     where: s.path,
   }));
-  if (samples.length === 0) throw new Error(`openLoader: no images found in ${p} (${layout})`);
+  if (samples.length === 0) throw new Error(`openLoader: no images found in ${p}`);
   return { kind: "files", samples, classes: en.classes };
 }
 

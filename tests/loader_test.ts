@@ -209,6 +209,12 @@ Deno.test("folder, csv and list sources decode and resize on the fly; bad files 
       Array.from((await decodeCell(await Deno.readFile(files[0]), { size: 20 })).pixels),
     );
 
+    // A flat folder of images: unlabelled, sorted.
+    const flat = await openLoader(join(src, "lym"), { batchSize: 8, size: 20 });
+    const fb = await collect(flat.batches());
+    assertEquals([flat.classes, fb[0].keys], [[], ["img0", "img1", "img2", "img3", "img4"]]);
+    assertEquals(Array.from(fb[0].labels), [-1, -1, -1, -1, -1]);
+
     const csv = join(dir, "l.csv");
     await Deno.writeTextFile(csv, `Image Path,Label\nsrc/lym/img1.png,lym\nsrc/bas/img2.png,bas\n`);
     const cl = await openLoader(csv, { batchSize: 8, size: 20 });
