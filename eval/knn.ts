@@ -52,10 +52,19 @@ export class NeighborHeaps {
   readonly keys: Float64Array;
   readonly indices: Int32Array;
 
-  constructor(queries: number, k: number) {
+  /**
+   * Empty heaps for `queries` queries. `keys`/`indices` ([queries·k]) may be
+   * given to place the heaps in caller-owned (e.g. shared) memory; they are reset.
+   */
+  constructor(queries: number, k: number, keys?: Float64Array, indices?: Int32Array) {
     this.k = k;
-    this.keys = new Float64Array(queries * k).fill(Infinity);
-    this.indices = new Int32Array(queries * k).fill(-1);
+    this.keys = keys ?? new Float64Array(queries * k);
+    this.indices = indices ?? new Int32Array(queries * k);
+    if (this.keys.length !== queries * k || this.indices.length !== queries * k) {
+      throw new RangeError(`NeighborHeaps: storage for ${queries}×${k} has the wrong length`);
+    }
+    this.keys.fill(Infinity);
+    this.indices.fill(-1);
   }
 
   /**
@@ -98,23 +107,33 @@ export class NeighborHeaps {
    * into distances: sqrt(max(key + ‖x‖², 0)), as scikit-learn does.
    */
   finish(queryNormSq: Float64Array): Neighbors {
-    const k = this.k;
-    const n = queryNormSq.length;
-    const indices = new Int32Array(n * k);
-    const distances = new Float64Array(n * k);
-    const order = Array.from({ length: k }, (_, i) => i);
-    for (let q = 0; q < n; q++) {
-      const o = q * k;
-      order.sort((a, b) =>
-        this.keys[o + a] - this.keys[o + b] || this.indices[o + a] - this.indices[o + b]
-      );
-      for (let r = 0; r < k; r++) {
-        indices[o + r] = this.indices[o + order[r]];
-        distances[o + r] = Math.sqrt(Math.max(this.keys[o + order[r]] + queryNormSq[q], 0));
-      }
-    }
-    return { k, indices, distances };
+    return sortHeaps(this.k, this.keys, this.indices, queryNormSq);
   }
+}
+
+/**
+ * Sorts filled heap storage ([queries·k] keys and indices, as `NeighborHeaps`
+ * leaves it) into neighbour lists ordered by (distance, index).
+ */
+export function sortHeaps(
+  k: number,
+  keys: Float64Array,
+  heapIndices: Int32Array,
+  queryNormSq: Float64Array,
+): Neighbors {
+  const n = queryNormSq.length;
+  const indices = new Int32Array(n * k);
+  const distances = new Float64Array(n * k);
+  const order = Array.from({ length: k }, (_, i) => i);
+  for (let q = 0; q < n; q++) {
+    const o = q * k;
+    order.sort((a, b) => keys[o + a] - keys[o + b] || heapIndices[o + a] - heapIndices[o + b]);
+    for (let r = 0; r < k; r++) {
+      indices[o + r] = heapIndices[o + order[r]];
+      distances[o + r] = Math.sqrt(Math.max(keys[o + order[r]] + queryNormSq[q], 0));
+    }
+  }
+  return { k, indices, distances };
 }
 
 /** Block sizes of the CPU search (rows of queries × rows of training data per step). */
@@ -138,29 +157,48 @@ export function bruteForceNeighbors(
   const y = toFloat64(train);
   const yNorm = rowNormsSq(y, train.rows, d);
   const heaps = ks.map((k) => new NeighborHeaps(queries.rows, k));
+  scanQueries(x, 0, queries.rows, y, train.rows, yNorm, d, heaps);
+  const xNorm = rowNormsSq(x, queries.rows, d);
+  return heaps.map((h) => h.finish(xNorm));
+}
+
+/**
+ * Feeds queries [q0, q1) of `x` against all `nTrain` rows of `y`, in training
+ * order, into `heaps` (whose query q is `q − q0`). The one scan both the
+ * single-threaded and the worker search run, so they agree exactly.
+ */
+export function scanQueries(
+  x: Float64Array,
+  q0: number,
+  q1: number,
+  y: Float64Array,
+  nTrain: number,
+  yNorm: Float64Array,
+  d: number,
+  heaps: readonly NeighborHeaps[],
+): void {
   const block = new Float64Array(QUERY_BLOCK * TRAIN_BLOCK);
-  for (let q0 = 0; q0 < queries.rows; q0 += QUERY_BLOCK) {
-    const q1 = Math.min(q0 + QUERY_BLOCK, queries.rows);
-    for (let t0 = 0; t0 < train.rows; t0 += TRAIN_BLOCK) {
-      const t1 = Math.min(t0 + TRAIN_BLOCK, train.rows);
-      dotBlock(x, q0, q1, y, t0, t1, d, block, TRAIN_BLOCK);
-      for (let q = q0; q < q1; q++) {
-        const r = (q - q0) * TRAIN_BLOCK;
+  for (let b0 = q0; b0 < q1; b0 += QUERY_BLOCK) {
+    const b1 = Math.min(b0 + QUERY_BLOCK, q1);
+    for (let t0 = 0; t0 < nTrain; t0 += TRAIN_BLOCK) {
+      const t1 = Math.min(t0 + TRAIN_BLOCK, nTrain);
+      dotBlock(x, b0, b1, y, t0, t1, d, block, TRAIN_BLOCK);
+      for (let q = b0; q < b1; q++) {
+        const r = (q - b0) * TRAIN_BLOCK;
         for (let t = t0; t < t1; t++) {
           const key = yNorm[t] - 2 * block[r + t - t0];
-          for (const h of heaps) h.push(q, key, t);
+          for (const h of heaps) h.push(q - q0, key, t);
         }
       }
     }
   }
-  const xNorm = rowNormsSq(x, queries.rows, d);
-  return heaps.map((h) => h.finish(xNorm));
 }
 
 /** The default `NeighborSearch`: `bruteForceNeighbors` on the CPU. */
 export const cpuNeighborSearch: NeighborSearch = bruteForceNeighbors;
 
-function checkKs(ks: readonly number[], nTrain: number, op: string): void {
+/** Throws unless every k is an integer in [1, nTrain]. */
+export function checkKs(ks: readonly number[], nTrain: number, op: string): void {
   if (ks.length === 0) throw new RangeError(`${op}: no k given`);
   for (const k of ks) {
     if (!Number.isInteger(k) || k < 1) throw new RangeError(`${op}: k=${k} must be an integer ≥ 1`);

@@ -10,13 +10,25 @@
  * |f_{k+1}|, 1) ≤ ftol (scipy's `factr·eps`, default 2.2e-9), or after
  * maxIter iterations. Defaults are scikit-learn's: memory 10, gtol 1e-4,
  * maxIter 1000 (`ftol: 0` turns the decrease test off, leaving the gradient
- * test alone). The
- * iterates differ from scipy's (which uses the compact L-BFGS-B form and
- * Moré–Thuente's line search), the fixed point does not.
+ * test alone). The iterates differ from scipy's (which uses the compact
+ * L-BFGS-B form and Moré–Thuente's line search), the fixed point does not.
+ *
+ * The algorithm is written once, as a generator that yields each point to
+ * evaluate (`lbfgsIterations`); `lbfgs` drives it with a synchronous
+ * objective and `lbfgsAsync` with one that awaits (e.g. worker threads).
  */
 
 /** f(x), writing ∇f(x) into `grad`. */
 export type Objective = (x: Float64Array, grad: Float64Array) => number;
+
+/** An objective computed asynchronously (same contract as `Objective`). */
+export type AsyncObjective = (x: Float64Array, grad: Float64Array) => Promise<number>;
+
+/** A point the solver wants evaluated: the driver returns f(x) and fills `grad`. */
+export interface EvalRequest {
+  x: Float64Array;
+  grad: Float64Array;
+}
 
 /** Options of `lbfgs`. */
 export interface LbfgsOptions {
@@ -72,6 +84,32 @@ function maxAbs(a: Float64Array): number {
 
 /** Minimises `fg` from `x0` (not modified). */
 export function lbfgs(fg: Objective, x0: Float64Array, opts: LbfgsOptions = {}): LbfgsResult {
+  const it = lbfgsIterations(x0, opts);
+  let r = it.next(NaN);
+  while (!r.done) r = it.next(fg(r.value.x, r.value.grad));
+  return r.value;
+}
+
+/** `lbfgs` with an asynchronous objective (evaluations run one at a time). */
+export async function lbfgsAsync(
+  fg: AsyncObjective,
+  x0: Float64Array,
+  opts: LbfgsOptions = {},
+): Promise<LbfgsResult> {
+  const it = lbfgsIterations(x0, opts);
+  let r = it.next(NaN);
+  while (!r.done) r = it.next(await fg(r.value.x, r.value.grad));
+  return r.value;
+}
+
+/**
+ * The solver as a generator: yields each point to evaluate and expects f at
+ * that point back (with the gradient written into the request's `grad`).
+ */
+export function* lbfgsIterations(
+  x0: Float64Array,
+  opts: LbfgsOptions = {},
+): Generator<EvalRequest, LbfgsResult, number> {
   const maxIter = opts.maxIter ?? 1000;
   const gtol = opts.gtol ?? 1e-4;
   const ftol = opts.ftol ?? 2.220446049250313e-9;
@@ -91,7 +129,7 @@ export function lbfgs(fg: Objective, x0: Float64Array, opts: LbfgsOptions = {}):
   const n = x0.length;
   let x = Float64Array.from(x0);
   let g = new Float64Array(n);
-  let f = fg(x, g);
+  let f: number = yield { x, grad: g };
   let evaluations = 1;
   if (!Number.isFinite(f)) throw new RangeError(`lbfgs: objective is ${f} at the start point`);
 
@@ -146,15 +184,24 @@ export function lbfgs(fg: Objective, x0: Float64Array, opts: LbfgsOptions = {}):
 
     // Strong Wolfe line search on φ(t) = f(x + t d); leaves the accepted point in xNew/gNew.
     let lastT = NaN;
-    const phi = (t: number): [number, number] => {
+    const search = wolfeSearch(f, dg, step0, c1, c2, maxLs);
+    let step = search.next([NaN, NaN]);
+    while (!step.done) {
+      const t = step.value;
       for (let i = 0; i < n; i++) xNew[i] = x[i] + t * d[i];
-      const ft = fg(xNew, gNew);
+      const ft: number = yield { x: xNew, grad: gNew };
       evaluations++;
       lastT = t;
-      return [ft, dot(gNew, d)];
-    };
-    let [accepted, fAcc] = wolfeLineSearch(phi, f, dg, step0, c1, c2, maxLs);
-    if (accepted > 0 && accepted !== lastT) [fAcc] = phi(accepted);
+      step = search.next([ft, dot(gNew, d)]);
+    }
+    const accepted = step.value[0];
+    let fAcc = step.value[1];
+    if (accepted > 0 && accepted !== lastT) {
+      // The search settled on an earlier trial: evaluate it again to have its gradient.
+      for (let i = 0; i < n; i++) xNew[i] = x[i] + accepted * d[i];
+      fAcc = yield { x: xNew, grad: gNew };
+      evaluations++;
+    }
     if (accepted <= 0) {
       if (S.length > 0) {
         // Retry from steepest descent before giving up, as scipy does.
@@ -215,6 +262,21 @@ export function wolfeLineSearch(
   c2: number,
   maxEvals: number,
 ): [number, number] {
+  const search = wolfeSearch(f0, d0, t0, c1, c2, maxEvals);
+  let r = search.next([NaN, NaN]);
+  while (!r.done) r = search.next(phi(r.value));
+  return r.value;
+}
+
+/** `wolfeLineSearch` as a generator: yields trial steps t, receives [φ(t), φ'(t)]. */
+function* wolfeSearch(
+  f0: number,
+  d0: number,
+  t0: number,
+  c1: number,
+  c2: number,
+  maxEvals: number,
+): Generator<number, [number, number], [number, number]> {
   const eps = 1e-12 * Math.abs(f0);
   let evals = 0;
   const decrease = (t: number, ft: number, dt: number) =>
@@ -222,20 +284,20 @@ export function wolfeLineSearch(
   const curvature = (dt: number) => Math.abs(dt) <= -c2 * d0;
   // The minimiser lies in (lo, hi) (either order); lo is the end with a decrease and φ' < 0
   // pointing at hi.
-  const zoom = (
+  function* zoom(
     lo: number,
     fLo: number,
     dLo: number,
     hi: number,
     fHi: number,
     dHi: number,
-  ): [number, number] => {
+  ): Generator<number, [number, number], [number, number]> {
     while (evals < maxEvals) {
       const left = Math.min(lo, hi), w = Math.abs(hi - lo);
       if (w <= 1e-16 * Math.max(1, Math.abs(lo))) break;
       let t = Number.isFinite(fHi) ? cubicMin(lo, fLo, dLo, hi, fHi, dHi) : NaN;
       if (!(t > left + 0.1 * w && t < left + 0.9 * w)) t = 0.5 * (lo + hi);
-      const [ft, dt] = phi(t);
+      const [ft, dt] = yield t;
       evals++;
       if (!Number.isFinite(ft)) {
         hi = t, fHi = ft, dHi = dt;
@@ -248,17 +310,17 @@ export function wolfeLineSearch(
       }
     }
     return lo > 0 && fLo < f0 ? [lo, fLo] : [-1, NaN];
-  };
+  }
   let tPrev = 0, fPrev = f0, dPrev = d0;
   let t = t0;
   while (evals < maxEvals) {
-    const [ft, dt] = phi(t);
+    const [ft, dt] = yield t;
     evals++;
     if (!Number.isFinite(ft) || !decrease(t, ft, dt) || (tPrev > 0 && ft > fPrev + eps)) {
-      return zoom(tPrev, fPrev, dPrev, t, ft, dt);
+      return yield* zoom(tPrev, fPrev, dPrev, t, ft, dt);
     }
     if (curvature(dt)) return [t, ft];
-    if (dt >= 0) return zoom(t, ft, dt, tPrev, fPrev, dPrev);
+    if (dt >= 0) return yield* zoom(t, ft, dt, tPrev, fPrev, dPrev);
     // Still descending: extrapolate, by the cubic's minimiser when it lies in [1.1t, 4t].
     const next = cubicMin(tPrev, fPrev, dPrev, t, ft, dt);
     tPrev = t, fPrev = ft, dPrev = dt;

@@ -21,7 +21,14 @@
  */
 import { addRtX, dotBlock } from "./blas.ts";
 import { encodeLabels, type Label } from "./labels.ts";
-import { lbfgs, type LbfgsOptions, type StopReason } from "./lbfgs.ts";
+import {
+  lbfgs,
+  lbfgsAsync,
+  type LbfgsOptions,
+  type LbfgsResult,
+  type StopReason,
+} from "./lbfgs.ts";
+import { type EvalThreads, splitRange } from "./threads.ts";
 import { type Matrix, sameCols, toFloat64 } from "./matrix.ts";
 
 /**
@@ -67,18 +74,37 @@ export function multinomialLossGrad(
   params: Float64Array,
   grad: Float64Array,
 ): number {
+  grad.fill(0);
+  const loss = dataLossGrad(x, 0, n, m, codes, c, params, grad);
+  return loss + addPenalty(params, grad, c * m, C);
+}
+
+/**
+ * The data term over rows [r0, r1): returns Σ log-loss and *adds* its
+ * gradient into `grad` (same layout as `params`). The penalty is separate
+ * (`addPenalty`) so row ranges can be summed across threads.
+ */
+export function dataLossGrad(
+  x: Float64Array,
+  r0: number,
+  r1: number,
+  m: number,
+  codes: Int32Array,
+  c: number,
+  params: Float64Array,
+  grad: Float64Array,
+): number {
   const W = params.subarray(0, c * m);
   const b = params.subarray(c * m, c * m + c);
   const gW = grad.subarray(0, c * m);
   const gb = grad.subarray(c * m, c * m + c);
-  grad.fill(0);
   const z = new Float64Array(ROW_BLOCK * c);
   let loss = 0;
-  for (let r0 = 0; r0 < n; r0 += ROW_BLOCK) {
-    const r1 = Math.min(r0 + ROW_BLOCK, n);
-    dotBlock(x, r0, r1, W, 0, c, m, z, c);
-    for (let i = r0; i < r1; i++) {
-      const o = (i - r0) * c;
+  for (let s0 = r0; s0 < r1; s0 += ROW_BLOCK) {
+    const s1 = Math.min(s0 + ROW_BLOCK, r1);
+    dotBlock(x, s0, s1, W, 0, c, m, z, c);
+    for (let i = s0; i < s1; i++) {
+      const o = (i - s0) * c;
       let zmax = -Infinity;
       for (let k = 0; k < c; k++) {
         const v = z[o + k] + b[k];
@@ -101,14 +127,86 @@ export function multinomialLossGrad(
         gb[k] += r;
       }
     }
-    addRtX(z, c, x, r0, r1, m, gW);
+    addRtX(z, c, x, s0, s1, m, gW);
   }
+  return loss;
+}
+
+/** Adds ‖W‖²/(2C)'s gradient W/C into `grad` and returns the penalty (W = the first `nW` params). */
+export function addPenalty(
+  params: Float64Array,
+  grad: Float64Array,
+  nW: number,
+  C: number,
+): number {
   let wsq = 0;
-  for (let i = 0; i < W.length; i++) {
-    wsq += W[i] * W[i];
-    gW[i] += W[i] / C;
+  for (let i = 0; i < nW; i++) {
+    wsq += params[i] * params[i];
+    grad[i] += params[i] / C;
   }
-  return loss + wsq / (2 * C);
+  return wsq / (2 * C);
+}
+
+/** Validated inputs of a fit. */
+interface Prepared {
+  x: Float64Array;
+  n: number;
+  m: number;
+  classes: Label[];
+  codes: Int32Array;
+  c: number;
+  C: number;
+}
+
+function prepare(train: Matrix, labels: readonly Label[], opts: LogRegOptions): Prepared {
+  if (labels.length !== train.rows) {
+    throw new RangeError(
+      `LogisticRegression: ${labels.length} labels for ${train.rows} training rows`,
+    );
+  }
+  const { classes, codes } = encodeLabels(labels, undefined, "LogisticRegression: labels");
+  const c = classes.length;
+  if (c < 2) {
+    throw new RangeError(
+      `LogisticRegression: needs at least 2 classes, the labels hold only ${
+        JSON.stringify(classes)
+      }`,
+    );
+  }
+  const m = train.cols;
+  const C = opts.C ?? probeC(m, c);
+  if (!(C > 0) || !Number.isFinite(C)) {
+    throw new RangeError(`LogisticRegression: C=${C} must be a positive finite number`);
+  }
+  return { x: toFloat64(train), n: train.rows, m, classes, codes, c, C };
+}
+
+function solverOptions(opts: LogRegOptions): LbfgsOptions {
+  return {
+    maxIter: opts.maxIter ?? 1000,
+    gtol: opts.tol ?? 1e-4,
+    ftol: opts.ftol,
+    memory: opts.memory,
+    onIteration: opts.onIteration,
+  };
+}
+
+function fitted(p: Prepared, res: LbfgsResult): LogRegState {
+  let gradMax = 0;
+  for (const v of res.grad) gradMax = Math.max(gradMax, Math.abs(v));
+  return {
+    classes: p.classes,
+    nFeatures: p.m,
+    coef: res.x.slice(0, p.c * p.m),
+    intercept: res.x.slice(p.c * p.m),
+    C: p.C,
+    iterations: res.iterations,
+    evaluations: res.evaluations,
+    converged: res.converged,
+    reason: res.reason,
+    loss: res.f,
+    gradMax,
+  };
 }
 
 /** The fitted state (what `LogisticRegression` exposes, without methods). */
@@ -153,59 +251,74 @@ export class LogisticRegression {
     this.gradMax = init.gradMax;
   }
 
-  /** Fits the probe on `train` ([n, M]) with one label per row. */
+  /** Fits the probe on `train` ([n, M]) with one label per row, on this thread. */
   static fit(
     train: Matrix,
     labels: readonly Label[],
     opts: LogRegOptions = {},
   ): LogisticRegression {
-    if (labels.length !== train.rows) {
-      throw new RangeError(
-        `LogisticRegression: ${labels.length} labels for ${train.rows} training rows`,
-      );
-    }
-    const { classes, codes } = encodeLabels(labels, undefined, "LogisticRegression: labels");
-    const c = classes.length;
-    if (c < 2) {
-      throw new RangeError(
-        `LogisticRegression: needs at least 2 classes, the labels hold only ${
-          JSON.stringify(classes)
-        }`,
-      );
-    }
-    const m = train.cols;
-    const C = opts.C ?? probeC(m, c);
-    if (!(C > 0) || !Number.isFinite(C)) {
-      throw new RangeError(`LogisticRegression: C=${C} must be a positive finite number`);
-    }
-    const x = toFloat64(train);
-    const n = train.rows;
+    const p = prepare(train, labels, opts);
+    const { x, n, m, codes, c, C } = p;
     const res = lbfgs(
-      (p, g) => multinomialLossGrad(x, n, m, codes, c, C, p, g),
+      (w, g) => multinomialLossGrad(x, n, m, codes, c, C, w, g),
       new Float64Array(c * m + c),
-      {
-        maxIter: opts.maxIter ?? 1000,
-        gtol: opts.tol ?? 1e-4,
-        ftol: opts.ftol,
-        memory: opts.memory,
-        onIteration: opts.onIteration,
-      },
+      solverOptions(opts),
     );
-    let gradMax = 0;
-    for (const v of res.grad) gradMax = Math.max(gradMax, Math.abs(v));
-    return new LogisticRegression({
-      classes,
-      nFeatures: m,
-      coef: res.x.slice(0, c * m),
-      intercept: res.x.slice(c * m),
-      C,
-      iterations: res.iterations,
-      evaluations: res.evaluations,
-      converged: res.converged,
-      reason: res.reason,
-      loss: res.f,
-      gradMax,
-    });
+    return new LogisticRegression(fitted(p, res));
+  }
+
+  /**
+   * `fit` with the objective's rows spread over worker threads (the same
+   * solution up to rounding: partial sums are added in thread order).
+   */
+  static async fitThreaded(
+    train: Matrix,
+    labels: readonly Label[],
+    threads: EvalThreads,
+    opts: LogRegOptions = {},
+  ): Promise<LogisticRegression> {
+    const p = prepare(train, labels, opts);
+    const { n, m, c, C } = p;
+    const size = c * m + c;
+    const ranges = splitRange(n, threads.size);
+    const x = await threads.share(p.x);
+    const codes = await threads.share(p.codes);
+    const params = await threads.share(new Float64Array(size));
+    const grads = await threads.share(new Float64Array(size * ranges.length));
+    try {
+      const res = await lbfgsAsync(
+        async (w, g) => {
+          params.array.set(w);
+          const losses = await Promise.all(ranges.map(([r0, r1], slot) =>
+            threads.call(slot, {
+              op: "lossgrad",
+              x: x.id,
+              codes: codes.id,
+              params: params.id,
+              grad: grads.id,
+              slot,
+              r0,
+              r1,
+              m,
+              c,
+            })
+          ));
+          g.fill(0);
+          let loss = 0;
+          for (let slot = 0; slot < ranges.length; slot++) {
+            loss += losses[slot];
+            const part = grads.array.subarray(slot * size, (slot + 1) * size);
+            for (let i = 0; i < size; i++) g[i] += part[i];
+          }
+          return loss + addPenalty(w, g, c * m, C);
+        },
+        new Float64Array(size),
+        solverOptions(opts),
+      );
+      return new LogisticRegression(fitted(p, res));
+    } finally {
+      await threads.free(x, codes, params, grads);
+    }
   }
 
   /** Logits [n, c] = X Wᵀ + b. */

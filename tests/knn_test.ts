@@ -3,10 +3,12 @@
  * scripts/fixtures/eval.py): predictions, neighbour sets, distances and vote
  * shares, on Gaussian blobs, an integer grid full of exact distance and vote
  * ties, and constructed exact and near ties (gaps of one 2^-12 grid step).
+ * The threaded search must reproduce the single-threaded one exactly.
  */
 import { assertClose, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { bruteForceNeighbors, KNeighborsClassifier, NeighborHeaps } from "../eval/knn.ts";
 import { matrix } from "../eval/matrix.ts";
+import { EvalThreads, threadedNeighborSearch } from "../eval/threads.ts";
 import { Rng } from "./helpers.ts";
 
 interface KnnCase {
@@ -129,4 +131,30 @@ Deno.test("knn rejects bad input with clear errors", async () => {
     RangeError,
     "feature dimension 3 differs from the 2",
   );
+});
+
+Deno.test("threaded kNN search equals the single-threaded one exactly (ties included)", async () => {
+  const threads = EvalThreads.open(2);
+  try {
+    for (const c of fixture.cases) {
+      const train = matrix(
+        Float64Array.from(c.trainGrid, (v) => v * c.scale),
+        c.trainGrid.length / c.dim,
+        c.dim,
+      );
+      const test = matrix(
+        Float64Array.from(c.testGrid, (v) => v * c.scale),
+        c.testGrid.length / c.dim,
+        c.dim,
+      );
+      const want = bruteForceNeighbors(train, test, [1, 4, 20]);
+      const clf = new KNeighborsClassifier(train, c.labels, {
+        search: threadedNeighborSearch(threads),
+      });
+      assertEquals(await clf.kneighbors(test, [1, 4, 20]), want, c.name);
+      assertEquals(await clf.predict(test, 20), c.k["20"].predict, `${c.name} k=20`);
+    }
+  } finally {
+    threads.close();
+  }
 });

@@ -20,6 +20,7 @@ import { LogisticRegression, multinomialLossGrad, probeC } from "../eval/logreg.
 import { matrix } from "../eval/matrix.ts";
 import { encodeLabels } from "../eval/labels.ts";
 import { finiteDifference, Rng } from "./helpers.ts";
+import { EvalThreads } from "../eval/threads.ts";
 
 const fixture = JSON.parse(
   await Deno.readTextFile(new URL("./fixtures/eval/logreg.json", import.meta.url)),
@@ -198,4 +199,21 @@ Deno.test("logistic regression rejects bad input", () => {
   assertThrows(() => LogisticRegression.fit(x, ["a", "b", "a"], { C: -1 }), RangeError, "C=-1");
   const lr = LogisticRegression.fit(x, ["a", "b", "a"], { maxIter: 5 });
   assertThrows(() => lr.predict(matrix(new Float64Array(3), 1, 3)), RangeError, "dimension 3");
+});
+
+Deno.test("threaded fit equals the single-threaded fit up to rounding", async () => {
+  const c = fixture.cases[1] as LrCase;
+  const train = matrix(Float32Array.from(c.train), c.n, c.m);
+  const threads = EvalThreads.open(3); // 3 row ranges: partial sums added in thread order
+  try {
+    const one = LogisticRegression.fit(train, c.labels);
+    const many = await LogisticRegression.fitThreaded(train, c.labels, threads);
+    // Same iterates up to summation-order rounding (~1e-16 relative per evaluation).
+    assertEquals(many.iterations, one.iterations);
+    assertClose(many.coef, one.coef, { rtol: 0, atol: 1e-9 }, "coef");
+    assertClose(many.intercept, one.intercept, { rtol: 0, atol: 1e-9 }, "intercept");
+    assertClose([many.loss], [one.loss], { rtol: 1e-12, atol: 0 }, "loss");
+  } finally {
+    threads.close();
+  }
 });
