@@ -4,7 +4,8 @@
  * precision/recall/F1/support with zero_division "warn" (→ 0) and 1, and the
  * confusion matrix, on cases with classes absent from the predictions or from
  * the truth. Scores agree to 1e-12 (numpy sums pairwise, we sum in order).
- * Also mean ± std over folds and the report's JSON and Markdown.
+ * Also mean ± std over folds, the report's JSON and Markdown, and the
+ * protocol runner (its probe row scores scikit-learn's own predictions).
  */
 import { assertClose, assertEquals, assertStrictEquals, assertThrows } from "./assert.ts";
 import {
@@ -17,6 +18,9 @@ import {
   weightedF1,
 } from "../eval/metrics.ts";
 import { markdownTable, perClassTable, reportJson, reportRow } from "../eval/report.ts";
+import { evaluateEmbeddings } from "../eval/protocols.ts";
+import { KNeighborsClassifier } from "../eval/knn.ts";
+import { matrix } from "../eval/matrix.ts";
 
 const fixture = JSON.parse(
   await Deno.readTextFile(new URL("./fixtures/eval/metrics.json", import.meta.url)),
@@ -90,4 +94,27 @@ Deno.test("report: JSON round-trips and the Markdown table reads like the paper'
   assertStrictEquals(lines[5].startsWith("| DinoBloom\\|S | ABMIL | 80.0 ± 20.0 |"), true);
   const pc = perClassTable(single.runs[0]).trim().split("\n");
   assertStrictEquals(pc[2], "| a | 100.0 | 50.0 | 66.7 | 2 |");
+});
+
+Deno.test("evaluateEmbeddings: kNN and probe rows score scikit-learn's predictions", async () => {
+  const lr = JSON.parse(
+    await Deno.readTextFile(new URL("./fixtures/eval/logreg.json", import.meta.url)),
+  ).cases[0];
+  const train = matrix(Float32Array.from(lr.train), lr.n, lr.m);
+  const test = matrix(Float32Array.from(lr.test), lr.test.length / lr.m, lr.m);
+  const stages: string[] = [];
+  const { results, rows } = await evaluateEmbeddings(train, lr.labels, test, lr.testLabels, {
+    method: "fixture",
+    onStage: (s) => stages.push(s),
+  });
+  assertEquals(rows.map((r) => r.protocol), ["1-NN", "20-NN", "linear probe"]);
+  assertEquals(stages.length, 2);
+  // The probe predicts what scikit-learn predicted, so its row is sklearn's score.
+  assertEquals(results[2].predictions, lr.sklearn.predict);
+  assertClose([rows[2].accuracy.mean], [lr.sklearn.testAccuracy], TOL, "probe accuracy");
+  const knn = new KNeighborsClassifier(train, lr.labels);
+  for (const [i, k] of [[0, 1], [1, 20]]) {
+    const want = classificationMetrics(lr.testLabels, await knn.predict(test, k));
+    assertClose([rows[i].weightedF1.mean], [want.weightedF1], TOL, `${k}-NN weighted F1`);
+  }
 });
