@@ -4,15 +4,18 @@
  * (`sumToShape`, `broadcastTo`).
  *
  * A reduction of axis k views x as [outer, R, inner]:
- * - inner = 1 (rows, and "all"): workgroups of 64 reduce segments of a row
- *   (strided vec4 loads, then a tree in workgroup memory); a row longer than
- *   one segment leaves partials that the same kernel reduces again.
- * - inner > 1 (axis 0 of [N, D], middle axes): each invocation sums a chunk
- *   of ≤ 256 rows of one vec4 column, in blocks of 8; the chunk partials are
- *   reduced again along axis 0 until one remains (two stages for N·D large).
+ * - inner = 1 (rows, and "all"): 8 threads share a row (strided vec4 loads,
+ *   then a 3-level tree in workgroup memory), 32 rows per workgroup; a row
+ *   longer than 8·64 vec4s is split into segments whose partials the same
+ *   kernel reduces again.
+ * - inner > 1 (axis 0 of [N, D], middle axes): a 2-D grid of (column,
+ *   chunk of 16 rows); each invocation sums its chunk in blocks of 8 and the
+ *   chunk partials are reduced again along axis 0 until one remains.
+ * Both shapes were chosen by measurement on llvmpipe (see the constants) and
+ * keep loads contiguous across neighbouring invocations for GPUs.
  *
  * Determinism: no atomics; every sum has a fixed order for a given shape.
- * Accuracy: no running sum is longer than ~64 terms before it is combined
+ * Accuracy: no running sum is longer than 64 terms before it is combined
  * pairwise (tree) or blockwise, so error grows like (64 + log n)·ε rather
  * than n·ε: a sum of 1e7 values keeps ~1e-6 relative accuracy.
  */
@@ -46,13 +49,22 @@ export interface ReduceOptions {
 /** What a stage does with each loaded value and how it combines two partials. */
 type ReduceOp = "sum" | "sqsum" | "max";
 
-const ROW_WG = 64;
+/**
+ * Row kernel shape: 8 threads share a row (or a segment of a long one), 32
+ * rows per 256-wide workgroup, so a 3-level tree with 3 barriers serves 32
+ * rows. On llvmpipe barriers are costly (a workgroup per row measured 3–4×
+ * slower); on GPUs 8 threads read 128 contiguous bytes of a row per step.
+ */
+const ROW_WG = 256;
+const ROW_TPR = 8;
 /** Load units (vec4s or scalars) per thread and segment: the longest sequential run. */
-const ROW_PER_THREAD = 32;
+const ROW_PER_THREAD = 64;
+/** argmax keeps a workgroup of 64 per row (a rarely hot op; long rows such as 65k logits). */
+const ARGMAX_WG = 64;
+/** Column stages: 64 columns per workgroup, chunks of 16 rows summed in blocks of 8. */
+const COL_WG = 64;
 const COL_BLOCK = 8;
-const COL_MAX_CHUNK = 256;
-/** Invocations the column kernel aims for before it stops splitting rows into chunks. */
-const COL_TARGET_THREADS = 16384;
+const COL_CHUNK = 16;
 
 /** -inf: WGSL has no infinity literal. */
 const NEG_INF = "bitcast<f32>(0xff800000u)";
@@ -98,18 +110,28 @@ function cached(key: string, make: () => Kernel): Kernel {
   return k;
 }
 
-/** Row kernel: one workgroup per (row, segment), writing one partial per workgroup. */
-function rowKernel(op: ReduceOp, square: boolean, scaled: boolean, vec: boolean): Kernel {
-  const key = `${op}|${square}|${scaled}|${vec}`;
+/**
+ * Row kernel: 8 threads per work item (a row, or a segment of a long row),
+ * one partial per item. `multi` (nseg > 1) adds the row/segment split.
+ */
+function rowKernel(
+  op: ReduceOp,
+  square: boolean,
+  scaled: boolean,
+  vec: boolean,
+  multi: boolean,
+): Kernel {
+  const key = `${op}|${square}|${scaled}|${vec}|${multi}`;
   return cached(`row|${key}`, () => {
     const T = vec ? "vec4<f32>" : "f32";
+    const perWg = ROW_WG / ROW_TPR;
     return kernel({
       name: `reduce_rows_${op}`,
       key,
       bindings: ["read", "read_write"],
       uniformBytes: 32,
       source: () => `
-struct P { rows: u32, len: u32, seg: u32, nseg: u32, xshift: u32, xbase: u32, wbase: u32, scale: f32 }
+struct P { items: u32, len: u32, seg: u32, nseg: u32, xshift: u32, xbase: u32, wbase: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read> x: array<${T}>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<uniform> p: P;
@@ -120,32 +142,43 @@ ${vec ? combineFn(op, T, "combv") : ""}
 @compute @workgroup_size(${ROW_WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let w = p.wbase + ${FLAT_WORKGROUP_INDEX};
-  let row = w / p.nseg;
-  let s = w % p.nseg;
+  let lane = lid % ${ROW_TPR}u;
+  let local = ${FLAT_WORKGROUP_INDEX} * ${perWg}u + lid / ${ROW_TPR}u;
+  let w = p.wbase + local;
   var acc = ${identity(op, T)};
-  // Workgroups past the end still reach every barrier, with an empty range.
-  if (row < p.rows) {
+  // Items past the end still reach every barrier, with an empty range.
+  if (local < p.items) {
+    ${
+        multi
+          ? `let row = w / p.nseg;
+    let s = w - row * p.nseg;
     let start = row * p.len + s * p.seg;
-    let end = row * p.len + min(p.len, (s + 1u) * p.seg);
-    for (var i = start + lid; i < end; i += ${ROW_WG}u) {
+    let end = row * p.len + min(p.len, (s + 1u) * p.seg);`
+          : `let start = w * p.len;
+    let end = start + p.len;`
+      }
+    for (var i = start + lane; i < end; i += ${ROW_TPR}u) {
       let v = x[p.xshift + i - p.xbase];
       acc = ${vec ? "combv" : "comb"}(acc, ${square ? "v * v" : "v"});
     }
   }
   sh[lid] = ${horizontal(vec)};
   workgroupBarrier();
-  for (var h = ${ROW_WG / 2}u; h > 0u; h >>= 1u) {
-    if (lid < h) { sh[lid] = comb(sh[lid], sh[lid + h]); }
+  for (var h = ${ROW_TPR / 2}u; h > 0u; h >>= 1u) {
+    if (lane < h) { sh[lid] = comb(sh[lid], sh[lid + h]); }
     workgroupBarrier();
   }
-  if (lid == 0u && row < p.rows) { out[w] = sh[0]${scaled ? " * p.scale" : ""}; }
+  if (lane == 0u && local < p.items) { out[w] = sh[lid]${scaled ? " * p.scale" : ""}; }
 }`,
     });
   });
 }
 
-/** Column kernel: one invocation per (outer, chunk of rows, column), rows summed in blocks. */
+/**
+ * Column kernel on a 2-D grid: x runs over columns (64 per workgroup, loads
+ * linear in the lane), y·z over (outer, chunk) blocks; each invocation sums
+ * one chunk of ≤ 16 rows of one (vec4) column in blocks of 8.
+ */
 function colKernel(op: ReduceOp, square: boolean, scaled: boolean, vec: boolean): Kernel {
   const key = `${op}|${square}|${scaled}|${vec}`;
   return cached(`col|${key}`, () => {
@@ -157,31 +190,30 @@ function colKernel(op: ReduceOp, square: boolean, scaled: boolean, vec: boolean)
       uniformBytes: 48,
       source: () => `
 struct P { outer: u32, len: u32, inner: u32, chunk: u32, nchunk: u32, xshift: u32, xbase: u32,
-           wbase: u32, items: u32, scale: f32 }
+           bbase: u32, blocks: u32, jbase: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read> x: array<${T}>;
 @group(0) @binding(1) var<storage, read_write> out: array<${T}>;
 @group(0) @binding(2) var<uniform> p: P;
 ${ISNAN_WGSL}
 ${combineFn(op, T)}
-@compute @workgroup_size(64)
+@compute @workgroup_size(${COL_WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let local = ${FLAT_WORKGROUP_INDEX} * 64u + lid;
-  if (local >= p.items) { return; }
-  // Items run (outer, chunk, column) so a window of them reads one contiguous range of x.
-  let w = p.wbase + local;
-  let j = w % p.inner;
-  let t = w / p.inner;
-  let c = t % p.nchunk;
-  let o = t / p.nchunk;
+  let j = p.jbase + wid.x * ${COL_WG}u + lid;
+  let local = wid.y + wid.z * nwg.y;
+  if (j >= p.inner || local >= p.blocks) { return; }
+  // Blocks run (outer, chunk) so a window of them reads one contiguous range of x.
+  let b = p.bbase + local;
+  let o = b / p.nchunk;
+  let c = b - o * p.nchunk;
   let r0 = c * p.chunk;
   let n = min(p.len, r0 + p.chunk) - r0;
-  // Row r0 of this column; xbase is the first element of the window, at or before it.
-  let base = p.xshift + (o * p.len + r0) * p.inner + j - p.xbase;
+  // Row r0 of this column; xbase is the window's first element, at or before it.
+  let base = p.xshift + (o * p.len + r0) * p.inner - p.xbase + j;
   var total = ${identity(op, T)};
-  for (var b = 0u; b < n; b += ${COL_BLOCK}u) {
+  for (var b8 = 0u; b8 < n; b8 += ${COL_BLOCK}u) {
     var part = ${identity(op, T)};
-    for (var r = b; r < min(n, b + ${COL_BLOCK}u); r++) {
+    for (var r = b8; r < min(n, b8 + ${COL_BLOCK}u); r++) {
       let v = x[base + r * p.inner];
       part = comb(part, ${square ? "v * v" : "v"});
     }
@@ -206,12 +238,12 @@ function rowStage(
   const vec = len % 4 === 0 && (x.offset / 4) % 4 === 0;
   const V = vec ? 4 : 1;
   const lenU = len / V;
-  const segMax = ROW_WG * ROW_PER_THREAD;
+  const segMax = ROW_TPR * ROW_PER_THREAD;
   const nseg = Math.ceil(lenU / segMax);
-  // Spread a long row evenly over its segments (each a multiple of the workgroup size).
-  const seg = Math.ceil(lenU / nseg / ROW_WG) * ROW_WG;
+  // Spread a long row evenly over its segments (each a multiple of the threads per row).
+  const seg = nseg === 1 ? lenU : Math.ceil(lenU / nseg / ROW_TPR) * ROW_TPR;
   const final = nseg === 1 && scale !== null;
-  const k = rowKernel(op, square, final, vec);
+  const k = rowKernel(op, square, final, vec, nseg > 1);
   const out = gpu.empty([rows, nseg], "f32", `reduce_${op}`);
   const total = rows * nseg;
   const perItem = Math.min(seg, lenU);
@@ -220,22 +252,21 @@ function rowStage(
   const perDispatch = Math.floor(limit / perItem);
   const start = (w: number) => Math.floor(w / nseg) * lenU + (w % nseg) * seg;
   const end = (w: number) => Math.floor(w / nseg) * lenU + Math.min(lenU, ((w % nseg) + 1) * seg);
+  const perWg = ROW_WG / ROW_TPR;
   for (let w0 = 0; w0 < total; w0 += perDispatch) {
     const w1 = Math.min(total, w0 + perDispatch);
     const xbase = start(w0);
     const win = bindWindow(gpu, x, xbase * V, end(w1 - 1) * V);
-    const p = new Params(32).u32(rows).u32(lenU).u32(seg).u32(nseg).u32(win.shift / V)
+    const p = new Params(32).u32(w1 - w0).u32(lenU).u32(seg).u32(nseg).u32(win.shift / V)
       .u32(xbase).u32(w0).f32(scale ?? 1);
-    gpu.dispatch(k, [win.view, out], grid(w1 - w0), p.bytes);
+    gpu.dispatch(k, [win.view, out], grid(Math.ceil((w1 - w0) / perWg)), p.bytes);
   }
   return { out, nseg };
 }
 
-/** Rows per chunk of a column stage: one chunk when small, else enough chunks to fill the GPU. */
-function colChunk(len: number, cols: number): number {
-  if (len <= 32 || len * cols <= COL_TARGET_THREADS * 4) return Math.min(len, COL_MAX_CHUNK);
-  const wanted = Math.ceil(COL_TARGET_THREADS / cols);
-  return Math.min(COL_MAX_CHUNK, Math.max(32, Math.ceil(len / wanted)));
+/** Rows per chunk of a column stage: all of them when few, else 16 (more stages follow). */
+function colChunk(len: number): number {
+  return len <= 2 * COL_CHUNK ? len : COL_CHUNK;
 }
 
 /** One stage over [outer, len, inner]; returns partials [nchunk, outer, inner]. */
@@ -254,12 +285,11 @@ function colStage(
   const innerU = inner / V;
   const limit = Math.floor(bindableElements(gpu) / V);
   if (innerU > limit) throw tooBig(gpu, `reduce (${op})`, x);
-  let chunk = colChunk(len, outer * innerU);
   // A chunk of rows must fit one binding.
-  chunk = Math.max(1, Math.min(chunk, Math.floor(limit / innerU)));
+  const chunk = Math.max(1, Math.min(colChunk(len), Math.floor(limit / innerU)));
   const nchunk = Math.ceil(len / chunk);
-  const final = nchunk === 1 && scale !== null;
   if (nchunk * outer * inner > bindableElements(gpu)) throw tooBig(gpu, `reduce (${op})`, x);
+  const final = nchunk === 1 && scale !== null;
   const k = colKernel(op, square, final, vec);
   const out = gpu.empty([nchunk, outer, inner], "f32", `reduce_${op}`);
   const blocks = outer * nchunk;
@@ -267,14 +297,20 @@ function colStage(
   const first = (b: number) => (Math.floor(b / nchunk) * len + (b % nchunk) * chunk) * innerU;
   const last = (b: number) =>
     (Math.floor(b / nchunk) * len + Math.min(len, ((b % nchunk) + 1) * chunk)) * innerU;
+  const maxDim = gpu.limits.maxComputeWorkgroupsPerDimension;
   for (let b0 = 0; b0 < blocks; b0 += perDispatch) {
     const b1 = Math.min(blocks, b0 + perDispatch);
     const xbase = first(b0);
     const win = bindWindow(gpu, x, xbase * V, last(b1 - 1) * V);
-    const items = (b1 - b0) * innerU;
-    const p = new Params(48).u32(outer).u32(len).u32(innerU).u32(chunk).u32(nchunk)
-      .u32(win.shift / V).u32(xbase).u32(b0 * innerU).u32(items).f32(scale ?? 1);
-    gpu.dispatch(k, [win.view, out], grid(Math.ceil(items / 64)), p.bytes);
+    const y = Math.min(b1 - b0, maxDim);
+    const z = Math.ceil((b1 - b0) / y);
+    // Columns beyond 64·maxDim go in further dispatches (jbase).
+    for (let j0 = 0; j0 < innerU; j0 += COL_WG * maxDim) {
+      const xs = Math.min(maxDim, Math.ceil((innerU - j0) / COL_WG));
+      const p = new Params(48).u32(outer).u32(len).u32(innerU).u32(chunk).u32(nchunk)
+        .u32(win.shift / V).u32(xbase).u32(b0).u32(b1 - b0).u32(j0).f32(scale ?? 1);
+      gpu.dispatch(k, [win.view, out], [xs, y, z], p.bytes);
+    }
   }
   return { out, nchunk };
 }
@@ -446,17 +482,17 @@ struct P { rows: u32, len: u32, xshift: u32, rbase: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;
 @group(0) @binding(2) var<uniform> p: P;
-var<workgroup> shv: array<f32, ${ROW_WG}>;
-var<workgroup> shi: array<u32, ${ROW_WG}>;
+var<workgroup> shv: array<f32, ${ARGMAX_WG}>;
+var<workgroup> shi: array<u32, ${ARGMAX_WG}>;
 ${BETTER}
-@compute @workgroup_size(${ROW_WG})
+@compute @workgroup_size(${ARGMAX_WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
   let row = ${FLAT_WORKGROUP_INDEX};
   var bv = ${NEG_INF};
   var bi = 0xffffffffu;
   if (row < p.rows) {
-    for (var i = lid; i < p.len; i += ${ROW_WG}u) {
+    for (var i = lid; i < p.len; i += ${ARGMAX_WG}u) {
       let v = x[p.xshift + row * p.len + i];
       if (better(bv, bi, v, i)) { bv = v; bi = i; }
     }
@@ -464,7 +500,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   shv[lid] = bv;
   shi[lid] = bi;
   workgroupBarrier();
-  for (var h = ${ROW_WG / 2}u; h > 0u; h >>= 1u) {
+  for (var h = ${ARGMAX_WG / 2}u; h > 0u; h >>= 1u) {
     if (lid < h && better(shv[lid], shi[lid], shv[lid + h], shi[lid + h])) {
       shv[lid] = shv[lid + h];
       shi[lid] = shi[lid + h];
