@@ -49,7 +49,7 @@ const WG = 64;
  * returns the first maximum), then d_i over the features.
  */
 function nnKernel(w: 1 | 4): Kernel {
-  const l = rowLayout(WG, WG);
+  const l = rowLayout(WG, { threads: WG });
   return kernel({
     name: "koleo_nn",
     key: `w${w}`,
@@ -117,7 +117,7 @@ struct P { rows: u32, eps: f32 }
 @group(0) @binding(0) var<storage, read> dist: array<f32>;
 @group(0) @binding(1) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(2) var<uniform> p: P;
-${rowWgsl(rowLayout(WG, WG), [["rowSum", "f32", "a + b"]])}
+${rowWgsl(rowLayout(WG, { threads: WG }), [["rowSum", "f32", "a + b"]])}
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
   var s = 0.0;
@@ -133,7 +133,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
  * F.normalize rule: dx = g/n − x (x·g)/n³ where n ≥ eps, else g/eps.
  */
 function bwdKernel(w: 1 | 4): Kernel {
-  const l = rowLayout(WG, WG);
+  const l = rowLayout(WG, { threads: WG });
   return kernel({
     name: "koleo_bwd",
     key: `w${w}`,

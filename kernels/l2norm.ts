@@ -27,6 +27,7 @@ import {
   rowLayout,
   rowsCols,
   rowSegment,
+  rowThreadCap,
   rowView,
   rowWgsl,
 } from "./softmax.ts";
@@ -166,7 +167,7 @@ function runFwd(
   const norm = cols === 0 ? gpu.zeros(lead) : gpu.empty(lead);
   if (rows === 0 || cols === 0) return { y, norm };
   const w = cols % 4 === 0 ? 4 : 1;
-  const l = rowLayout(cols / w, opts.threadsPerRow);
+  const l = rowLayout(cols / w, { threads: opts.threadsPerRow, cap: rowThreadCap(gpu), rows });
   const k = fwdKernel(mode, w, l);
   for (const c of rowChunks(gpu, op, rows, [cols * 4])) {
     const bufs = [rowView(x, c, cols), rowView(y, c, cols), norm];
@@ -207,7 +208,7 @@ export function l2NormalizeBackward(
   const dx = gpu.empty(x.shape);
   if (rows === 0 || cols === 0) return dx;
   const w = cols % 4 === 0 ? 4 : 1;
-  const l = rowLayout(cols / w, opts.threadsPerRow);
+  const l = rowLayout(cols / w, { threads: opts.threadsPerRow, cap: rowThreadCap(gpu), rows });
   const k = bwdKernel("l2", w, l);
   for (const c of rowChunks(gpu, op, rows, [cols * 4])) {
     gpu.dispatch(
@@ -269,7 +270,7 @@ export function weightNormBackward(
   const dg = cols === 0 ? gpu.zeros(g.shape) : gpu.empty(g.shape);
   if (rows === 0 || cols === 0) return { dv, dg };
   const w = cols % 4 === 0 ? 4 : 1;
-  const l = rowLayout(cols / w, opts.threadsPerRow);
+  const l = rowLayout(cols / w, { threads: opts.threadsPerRow, cap: rowThreadCap(gpu), rows });
   const k = bwdKernel("wn", w, l);
   for (const c of rowChunks(gpu, op, rows, [cols * 4])) {
     gpu.dispatch(

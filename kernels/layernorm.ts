@@ -18,7 +18,6 @@ import {
   expectShape,
   layoutKey,
   ROW_BUILTINS,
-  ROW_LOOP,
   ROW_PROLOGUE,
   rowChunks,
   rowGrid,
@@ -26,6 +25,7 @@ import {
   rowLayout,
   rowsCols,
   rowSegment,
+  rowThreadCap,
   rowView,
   rowWgsl,
   SEGMENT_LANES,
@@ -43,13 +43,27 @@ function vecAlias(w: 1 | 4): string {
     : "alias V = f32;\nfn hsum(v: V) -> f32 { return v; }";
 }
 
+/**
+ * WGSL loop over this thread's columns with their register index `j`: opens
+ * two blocks (`for` and `if`) that the caller closes with `} }`.
+ */
+const REG_LOOP = "for (var j = 0u; j < CPT; j++) { let c = sb + j * S; if (c < se) {";
+
 const SUM: [string, string, string] = ["rowSum", "f32", "a + b"];
 const SUM2: [string, string, string] = ["rowSum2", "vec2f", "a + b"];
 
-function fwdKernel(w: 1 | 4, l: RowLayout): Kernel {
+/**
+ * Each thread reads its `CPT` columns of the row; when they fit the register
+ * cache (`CACHE_COLUMNS`) it reads them once and the mean, the variance and
+ * the output come from registers, else each pass re-reads them (from cache).
+ */
+function fwdKernel(w: 1 | 4, l: RowLayout, units: number): Kernel {
+  const cpt = columnsPerThread(l, units);
+  const cached = cpt <= CACHE_COLUMNS;
+  const xv = cached ? "xs[j]" : "x[base + c]";
   return kernel({
     name: "layernorm_fwd",
-    key: `w${w}${layoutKey(l)}`,
+    key: `w${w}${layoutKey(l)}n${units}`,
     bindings: ["read", "read", "read", "read_write", "read_write", "read_write"],
     uniformBytes: 16,
     source: () => `
@@ -63,20 +77,22 @@ struct P { rows: u32, cols: u32, rowBase: u32, eps: f32 }
 @group(0) @binding(6) var<uniform> p: P;
 ${vecAlias(w)}
 ${rowWgsl(l, [SUM])}
+const CPT = ${cpt}u;
 @compute @workgroup_size(WG)
 fn main(${ROW_BUILTINS}) {${ROW_PROLOGUE}
   let n = p.cols / ${w}u;
   let base = row * n;
   ${rowSegment("n")}
   let inv = 1.0 / f32(p.cols);
+  ${cached ? "var xs: array<V, CPT>;" : ""}
   var s = 0.0;
-  if (valid) { ${ROW_LOOP} { s += hsum(x[base + c]); } }
+  if (valid) { ${REG_LOOP} ${cached ? "xs[j] = x[base + c]; " : ""}s += hsum(${xv}); } } }
   let mu = rowSum(s, lid) * inv;
   var q = 0.0;
-  if (valid) { ${ROW_LOOP} { let d = x[base + c] - mu; q += hsum(d * d); } }
+  if (valid) { ${REG_LOOP} let d = ${xv} - mu; q += hsum(d * d); } } }
   let r = 1.0 / sqrt(rowSum(q, lid) * inv + p.eps);
   if (valid) {
-    ${ROW_LOOP} { y[base + c] = (x[base + c] - mu) * r * wt[c] + bs[c]; }
+    ${REG_LOOP} y[base + c] = (${xv} - mu) * r * wt[c] + bs[c]; } }
     if (t == 0u) {
       mean[p.rowBase + row] = mu;
       rstd[p.rowBase + row] = r;
@@ -89,12 +105,16 @@ fn main(${ROW_BUILTINS}) {${ROW_PROLOGUE}
 /**
  * dx for each row, and per block of `K·R` rows the partial sums of dweight
  * (Σ dy·x̂) and dbias (Σ dy). Each thread keeps the partials of its own
- * columns in registers (`CPT` of them, fixed by the row length), so no two
- * threads of a group write one column; the R groups then add theirs in
- * workgroup memory in group order.
+ * columns in private memory (`CPT` of them, fixed by the row length), so no
+ * two threads of a group write one column. With several threads per row the
+ * R groups then add theirs in workgroup memory in group order (one partial
+ * row per block); with one thread per row (the barrier-free layout) each
+ * group writes its own partial row instead (`R` per block).
  */
 function bwdKernel(w: 1 | 4, l: RowLayout, units: number): Kernel {
   const cpt = columnsPerThread(l, units);
+  const cached = cpt <= CACHE_COLUMNS;
+  const combine = l.rowsPerGroup > 1 && l.threads > 1;
   return kernel({
     name: "layernorm_bwd",
     key: `w${w}${layoutKey(l)}n${units}`,
@@ -113,7 +133,7 @@ struct P { rows: u32, cols: u32, rowBase: u32, K: u32, blockBase: u32 }
 ${vecAlias(w)}
 ${rowWgsl(l, [SUM2])}
 const CPT = ${cpt}u;
-${l.rowsPerGroup > 1 ? `var<workgroup> comb: array<V, ${2 * units}>;` : ""}
+${combine ? `var<workgroup> comb: array<V, ${2 * units}>;` : ""}
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
@@ -125,6 +145,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let inv = 1.0 / f32(p.cols);
   var accW: array<V, CPT>;
   var accB: array<V, CPT>;
+  ${cached ? "var gs: array<V, CPT>;\n  var xhs: array<V, CPT>;" : ""}
   for (var k = 0u; k < p.K; k++) {
     // Rows of a block interleave over its R groups: group g takes g, g + R, …
     let row = (blk * p.K + k) * R + g;
@@ -136,30 +157,32 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     if (valid) {
       mu = mean[p.rowBase + row];
       r = rstd[p.rowBase + row];
-      ${ROW_LOOP} {
-        let gy = dy[base + c] * wt[c];
-        ab += vec2f(hsum(gy), hsum(gy * (x[base + c] - mu) * r));
-      }
+      ${REG_LOOP}
+        let d = dy[base + c];
+        let xh = (x[base + c] - mu) * r;
+        let gy = d * wt[c];
+        ${cached ? "gs[j] = gy;\n        xhs[j] = xh;" : ""}
+        accW[j] += d * xh;
+        accB[j] += d;
+        ab += vec2f(hsum(gy), hsum(gy * xh));
+      } }
     }
     ab = rowSum2(ab, lid) * inv;
     if (valid) {
-      for (var j = 0u; j < CPT; j++) {
-        let c = sb + j * S;
-        if (c < se) {
-          let d = dy[base + c];
-          let xh = (x[base + c] - mu) * r;
-          dx[base + c] = r * (d * wt[c] - ab.x - xh * ab.y);
-          accW[j] += d * xh;
-          accB[j] += d;
-        }
-      }
+      ${REG_LOOP}
+        ${
+      cached
+        ? "dx[base + c] = r * (gs[j] - ab.x - xhs[j] * ab.y);"
+        : "dx[base + c] = r * (dy[base + c] * wt[c] - ab.x - (x[base + c] - mu) * r * ab.y);"
+    }
+      } }
     }
   }
-  // One partial row per block: [dweight | dbias], n units each.
-  let pr = (p.blockBase + blk) * 2u * n;
+  // Partial rows are [dweight | dbias], n units each: one per block, or per group of a block.
+  let pr = ${combine ? "(p.blockBase + blk)" : "((p.blockBase + blk) * R + g)"} * 2u * n;
   let live = blk < (p.rows + p.K * R - 1u) / (p.K * R);
 ${
-      l.rowsPerGroup === 1
+      !combine
         ? `  if (live) {
     for (var j = 0u; j < CPT; j++) {
       let c = sb + j * S;
@@ -227,8 +250,43 @@ function columnsPerThread(l: RowLayout, units: number): number {
   return Math.ceil(Math.ceil(units / k) / s);
 }
 
-/** Register budget of the backward's per-thread column partials (two per column). */
-const MAX_COLUMNS_PER_THREAD = 64;
+/**
+ * Most columns one thread may own: its backward keeps two partials per
+ * column in private memory (registers on a GPU, where the default layouts
+ * give ≤ 8; the stack on a CPU adapter's one-thread-per-row layout).
+ */
+const MAX_COLUMNS_PER_THREAD = 512;
+
+/** Most columns a thread also caches (x, or x̂ and dy·w) instead of re-reading them. */
+const CACHE_COLUMNS = 16;
+
+/**
+ * The layout for rows of `n` units: enough threads that each holds at most
+ * `MAX_COLUMNS_PER_THREAD` loads in registers; an explicit `threadsPerRow`
+ * that leaves more is refused.
+ */
+function checkedLayout(
+  gpu: Gpu,
+  op: string,
+  rows: number,
+  n: number,
+  cols: number,
+  opts: LayerNormOptions,
+): RowLayout {
+  const l = rowLayout(n, {
+    threads: opts.threadsPerRow,
+    cap: rowThreadCap(gpu),
+    minThreads: n / MAX_COLUMNS_PER_THREAD,
+    rows,
+  });
+  if (columnsPerThread(l, n) > MAX_COLUMNS_PER_THREAD) {
+    throw new RangeError(
+      `${op}: threadsPerRow ${l.threads} leaves ${columnsPerThread(l, n)} columns per thread ` +
+        `for D = ${cols} (at most ${MAX_COLUMNS_PER_THREAD}); use more threads per row`,
+    );
+  }
+  return l;
+}
 
 function checkParams(op: string, cols: number, weight: GpuTensor, bias: GpuTensor | null) {
   expectShape(op, "weight", weight, [cols]);
@@ -261,8 +319,9 @@ export function layerNorm(
   const rstd = gpu.empty(lead);
   if (rows === 0) return { y, mean, rstd };
   const w = cols % 4 === 0 ? 4 : 1;
-  const l = rowLayout(cols / w, opts.threadsPerRow);
-  const k = fwdKernel(w, l);
+  const n = cols / w;
+  const l = checkedLayout(gpu, op, rows, n, cols, opts);
+  const k = fwdKernel(w, l, n);
   for (const c of rowChunks(gpu, op, rows, [cols * 4])) {
     const p = new Params(16).u32(c.count).u32(cols).u32(c.start).f32(eps).bytes;
     gpu.dispatch(
@@ -277,9 +336,13 @@ export function layerNorm(
 
 /**
  * Rows each group of threads handles per block: at most 256 blocks (enough to
- * fill a GPU), so the partials stay small next to x.
+ * fill a GPU), so the partials stay small next to x. One thread per row writes
+ * a partial per group: up to 16 rows each (partials ≤ 1/16 of x, ≥ 8 blocks).
  */
 function rowsPerGroup(rows: number, l: RowLayout): number {
+  if (l.threads === 1) {
+    return Math.max(1, Math.min(16, Math.floor(rows / (l.rowsPerGroup * 8))));
+  }
   return Math.max(1, Math.ceil(rows / (l.rowsPerGroup * 256)));
 }
 
@@ -310,15 +373,11 @@ export function layerNormBackward(
   }
   const w = cols % 4 === 0 ? 4 : 1;
   const n = cols / w;
-  const l = rowLayout(n, opts.threadsPerRow);
-  if (columnsPerThread(l, n) > MAX_COLUMNS_PER_THREAD) {
-    throw new RangeError(
-      `${op}: threadsPerRow ${l.threads} leaves ${columnsPerThread(l, n)} columns per thread ` +
-        `for D = ${cols} (at most ${MAX_COLUMNS_PER_THREAD}); use more threads per row`,
-    );
-  }
+  const l = checkedLayout(gpu, op, rows, n, cols, opts);
   const combBytes = 2 * cols * 4;
-  if (l.rowsPerGroup > 1 && combBytes > gpu.limits.maxComputeWorkgroupStorageSize / 2) {
+  if (
+    l.rowsPerGroup > 1 && l.threads > 1 && combBytes > gpu.limits.maxComputeWorkgroupStorageSize / 2
+  ) {
     throw new RangeError(
       `${op}: threadsPerRow ${l.threads} puts ${l.rowsPerGroup} rows of D = ${cols} in a ` +
         `workgroup, whose ${combBytes} B of column partials exceed half the workgroup storage; ` +
@@ -327,7 +386,8 @@ export function layerNormBackward(
   }
   const K = rowsPerGroup(rows, l);
   const rowsPerBlock = K * l.rowsPerGroup;
-  const partRows = Math.ceil(rows / rowsPerBlock);
+  const blocks = Math.ceil(rows / rowsPerBlock);
+  const partRows = l.threads === 1 ? blocks * l.rowsPerGroup : blocks;
   const partBytes = partRows * 2 * cols * 4;
   if (partBytes > gpu.limits.maxStorageBufferBindingSize) {
     throw new GpuLimitError(

@@ -35,25 +35,36 @@ export interface RowLayout {
 /** Largest threads-per-row; rows longer than 256·W·k loop k times per thread. */
 export const MAX_ROW_THREADS = 256;
 
+/** How a caller shapes a row layout; every field is optional. */
+export interface LayoutRequest {
+  /** Threads per row: a power of two in 1..256 (overrides the default). */
+  threads?: number;
+  /** Most threads per row the default may use (see `rowThreadCap`). */
+  cap?: number;
+  /** Fewest threads per row the default may use (register budgets). */
+  minThreads?: number;
+  /** Rows to dispatch: one-thread-per-row layouts shrink their workgroup for a few rows. */
+  rows?: number;
+}
+
 /**
  * The layout for rows of `units` loads each (columns, or vec4s of columns).
- * `threads` overrides the default: a power of two in 1..256. The default gives
- * each thread about 8 loads before the reduction (a wide workgroup for the
- * 65,536-prototype heads, one thread per row for rows of a few values),
- * capped at `cap` threads (see `rowThreadCap`) and raised to `minThreads`.
+ * The default gives each thread about 8 loads before the reduction (a wide
+ * workgroup for the 65,536-prototype heads, one thread per row for rows of a
+ * few values), within `[minThreads, cap]`. One thread per row has no barrier
+ * at all; its workgroup shrinks to 8 (but never below) so that a few long rows
+ * still spread over several workgroups.
  */
-export function rowLayout(
-  units: number,
-  threads?: number,
-  cap: number = MAX_ROW_THREADS,
-  minThreads = 1,
-): RowLayout {
-  const want = Math.min(cap, pow2Ceil(Math.ceil(units / 8)));
-  const t = threads ?? Math.min(MAX_ROW_THREADS, Math.max(want, pow2Ceil(minThreads)));
+export function rowLayout(units: number, req: LayoutRequest = {}): RowLayout {
+  const want = Math.min(req.cap ?? MAX_ROW_THREADS, pow2Ceil(Math.ceil(units / 8)));
+  const t = req.threads ??
+    Math.min(MAX_ROW_THREADS, Math.max(want, pow2Ceil(req.minThreads ?? 1)));
   if (!Number.isInteger(t) || t < 1 || t > MAX_ROW_THREADS || (t & (t - 1)) !== 0) {
-    throw new RangeError(`threads per row must be a power of two in 1..256, got ${threads}`);
+    throw new RangeError(`threads per row must be a power of two in 1..256, got ${req.threads}`);
   }
-  const workgroupSize = Math.max(t, 64);
+  const workgroupSize = t > 1 || req.rows === undefined
+    ? Math.max(t, 64)
+    : Math.min(64, Math.max(8, 2 ** Math.floor(Math.log2(Math.max(1, req.rows / 8)))));
   return { threads: t, rowsPerGroup: workgroupSize / t, workgroupSize };
 }
 
@@ -477,7 +488,7 @@ function runFwd(
   const loss = !targets ? null : cols === 0 ? gpu.zeros(lossShape) : gpu.empty(lossShape);
   if (rows === 0 || cols === 0) return { y, loss };
   const w = widthOf(cols);
-  const l = rowLayout(cols / w, opts.threadsPerRow, rowThreadCap(gpu));
+  const l = rowLayout(cols / w, { threads: opts.threadsPerRow, cap: rowThreadCap(gpu), rows });
   const k = fwdKernel(mode, w, l, typeof temp !== "number");
   for (const c of rowChunks(gpu, op, rows, [cols * 4])) {
     const bufs: GpuTensor[] = [rowView(x, c, cols), rowView(y, c, cols)];
@@ -509,7 +520,7 @@ function runBwd(
   const dx = gpu.empty(a.shape);
   if (rows === 0 || cols === 0) return dx;
   const w = widthOf(cols);
-  const l = rowLayout(cols / w, opts.threadsPerRow, rowThreadCap(gpu));
+  const l = rowLayout(cols / w, { threads: opts.threadsPerRow, cap: rowThreadCap(gpu), rows });
   const k = bwdKernel(mode, w, l, typeof temp !== "number");
   for (const c of rowChunks(gpu, op, rows, [cols * 4])) {
     const bufs: GpuTensor[] = [rowView(a, c, cols), rowView(b, c, cols), rowView(dx, c, cols)];
@@ -709,12 +720,13 @@ export function crossEntropySoftBackwardRef(
  * ones (a log-softmax over 384, like a ViT-S layer norm row), each timed for
  * every candidate, interleaved over a few rounds; the cap with the smallest
  * sum of times relative to each probe's best wins. GPUs favour many threads
- * per row; a SIMD software adapter, where barriers are coroutine switches,
- * favours few. Takes about a second on llvmpipe. Returns the cap chosen.
+ * per row; llvmpipe favours one (cap 1: no barrier anywhere, and a barrier
+ * slows a whole shader there, measured 3–5x on these kernels). Takes about
+ * two seconds on llvmpipe. Returns the cap chosen.
  */
 export async function tuneRowKernels(
   gpu: Gpu,
-  candidates: readonly number[] = [8, 32, MAX_ROW_THREADS],
+  candidates: readonly number[] = [1, 8, 64, MAX_ROW_THREADS],
 ): Promise<number> {
   const probes: [number, number, FwdMode][] = [[16, 16384, "softmax"], [1024, 384, "log"]];
   const best = candidates.map(() => probes.map(() => Infinity));

@@ -329,11 +329,17 @@ gpuTest(
   "softmax: row layouts respect the cap, the register floor and explicit threads",
   async (gpu) => {
     assertEquals(rowLayout(16384).threads, 256, "65,536 classes as vec4: the widest rows");
-    assertEquals(rowLayout(16384, undefined, 8).threads, 8, "capped");
-    assertEquals(rowLayout(96, undefined, 8, 16).threads, 16, "raised to the floor");
+    assertEquals(rowLayout(16384, { cap: 8 }).threads, 8, "capped");
+    assertEquals(rowLayout(16384, { cap: 1, rows: 64 }).workgroupSize, 8, "few long rows");
+    assertEquals(rowLayout(96, { cap: 1, rows: 8224 }).workgroupSize, 64, "many short rows");
+    assertEquals(rowLayout(96, { cap: 8, minThreads: 16 }).threads, 16, "raised to the floor");
     assertEquals(rowLayout(4).threads, 1, "a few values: one thread per row");
     assertEquals(rowLayout(4), { threads: 1, rowsPerGroup: 64, workgroupSize: 64 });
-    assertEquals(rowLayout(1000, 32), { threads: 32, rowsPerGroup: 2, workgroupSize: 64 });
+    assertEquals(rowLayout(1000, { threads: 32 }), {
+      threads: 32,
+      rowsPerGroup: 2,
+      workgroupSize: 64,
+    });
     assertThrows(() => setRowThreadCap(gpu, 12), RangeError, "power of two");
     // Tuning picks one of the candidates, sets it, and the kernels still agree with the reference.
     const before = rowThreadCap(gpu);
