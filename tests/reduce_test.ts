@@ -276,3 +276,35 @@ gpuTest("reduce: PyTorch golden values (sum, mean, max, argmax with ties, sqNorm
   assertEquals([...await gpu.read(argmax(gpu, t, 0))], r.argmax_axis0);
   gpu.release(t);
 });
+
+gpuTest(
+  "reduce: very large and very small magnitudes (scale-free; overflow as IEEE)",
+  async (gpu) => {
+    const base = rng.floats(4 * 300);
+    for (const scale of [1e30, 1e-30]) {
+      const x = base.map((v) => v * scale);
+      const t = gpu.tensor(x, [4, 300]);
+      const [s, c] = await gpu.readMany([sum(gpu, t), sum(gpu, t, { axis: 0 })]);
+      // Relative accuracy does not depend on the scale (no overflow or underflow in between).
+      assertClose(
+        s,
+        sumRef(x, [4, 300]),
+        { rtol: 1e-5, atol: 2e-6 * 300 * scale },
+        `rows ×${scale}`,
+      );
+      assertClose(
+        c,
+        sumRef(x, [4, 300], { axis: 0 }),
+        { rtol: 1e-5, atol: 8e-6 * scale },
+        `cols ×${scale}`,
+      );
+      gpu.release(t);
+    }
+    // Squares overflow to +Inf (1e20² > f32 max) and underflow to 0, as torch does in f32.
+    const big = gpu.tensor(new Float32Array([1e20, 1, -1e20, 2]), [2, 2]);
+    assertEquals([...await gpu.readF32(sqNorm(gpu, big))], [Infinity, Infinity]);
+    const tiny = gpu.tensor(new Float32Array([1e-30, -1e-30]));
+    assertEquals([...await gpu.readF32(sqNorm(gpu, tiny))], [0]);
+    gpu.release(big, tiny);
+  },
+);
