@@ -1,0 +1,1154 @@
+/**
+ * Fused softmax attention (FlashAttention style), forward and backward, on
+ * DINOv2's packed `qkv` layout.
+ *
+ * `qkv` is the output of the `qkv` Linear, [B, T, 3·H·Dh], laid out like
+ * `qkv.reshape(B, T, 3, H, Dh)`: per token the queries of every head, then the
+ * keys, then the values. The forward returns the heads merged, [B, T, H·Dh]
+ * (what `proj` consumes), and the log-sum-exp of each query's scaled scores,
+ * [B, H, T], which is all the backward needs to recompute probabilities.
+ *
+ * Invariants (each one bites if broken):
+ * - The T×T score matrix never exists in global memory: keys are visited in
+ *   blocks with an online softmax (running max `m`, running sum `l`, output
+ *   rescaled by exp(m_old − m_new)), so memory is linear in tokens.
+ * - The backward has no float atomics (WGSL has none): the dQ kernel walks
+ *   keys for a block of queries, the dK/dV kernel walks queries for a block of
+ *   keys; both recompute P = exp(s − lse). The dQ kernel also writes
+ *   D = rowsum(dout ∘ out), which the dK/dV kernel (dispatched after it, in
+ *   encoder order) reads. Every output element has exactly one writer, in a
+ *   fixed order of additions, so results are deterministic.
+ * - Bindings never exceed `maxStorageBufferBindingSize`: the batch is split
+ *   into chunks bound as views. A view must start at a multiple of
+ *   `minStorageBufferOffsetAlignment`, so each view starts at the aligned byte
+ *   at or below its data and the kernel gets the remainder as a base offset
+ *   (`*B` fields of the uniform block). Nothing is truncated: a batch element
+ *   that alone exceeds the limit is a `GpuLimitError`.
+ * - Rows past T (the tail of the last block) load row T−1 and never store,
+ *   so control flow stays uniform (no divergent loops, barriers stay legal).
+ */
+import { GpuLimitError } from "./errors.ts";
+import { grid, type Kernel, kernel, Params } from "./kernel.ts";
+import type { Gpu } from "./runtime.ts";
+import type { BufferView, GpuTensor } from "./tensor.ts";
+
+// ------------------------------------------------------------------ variants
+
+/**
+ * One way to run an attention kernel. Two families:
+ * - `rows`: no workgroup memory and no barriers; each invocation keeps `rows`
+ *   query (or key) rows in registers and reads the other side straight from
+ *   storage at workgroup-uniform addresses. Wins on CPU adapters (llvmpipe),
+ *   where barriers and workgroup memory are expensive.
+ * - `tiled`: the workgroup stages `tile` rows of the other side in workgroup
+ *   memory between two barriers, then every invocation reads them from there.
+ *   What pays on real GPUs.
+ */
+export interface AttentionVariant {
+  kind: "rows" | "tiled";
+  /** Invocations per workgroup. */
+  wg: number;
+  /** Rows each invocation owns (queries for forward and dQ, keys for dK/dV). */
+  rows: number;
+  /** Rows of the other side per online-softmax step (their scores stay in registers). */
+  block: number;
+  /** `tiled` only: rows per workgroup-memory tile (a multiple of `block`). */
+  tile?: number;
+  /** Dot products into a vec4 accumulator ("vec") or a scalar fma chain ("scalar"). */
+  dot?: "vec" | "scalar";
+}
+
+/** The variant of each of the three kernels. */
+export interface AttentionPlan {
+  forward: AttentionVariant;
+  dq: AttentionVariant;
+  dkv: AttentionVariant;
+}
+
+/**
+ * The plan used before `tuneAttention` has measured one: the register-blocked
+ * family, which is correct and reasonable everywhere (on llvmpipe it is the
+ * measured winner; see bench/attention.ts).
+ */
+export const DEFAULT_ATTENTION_PLAN: AttentionPlan = {
+  forward: { kind: "rows", wg: 16, rows: 2, block: 4, dot: "vec" },
+  dq: { kind: "rows", wg: 16, rows: 2, block: 4, dot: "vec" },
+  dkv: { kind: "rows", wg: 16, rows: 1, block: 4, dot: "vec" },
+};
+
+/** Options of `attention` and `attentionBackward`. */
+export interface AttentionOptions {
+  /** Number of heads H; qkv's last dimension must be 3·H·Dh. */
+  heads: number;
+  /** Score scale; defaults to 1/sqrt(Dh). */
+  scale?: number;
+  /** Force one variant for every kernel (tests, benchmarks); else the tuned or default plan. */
+  variant?: AttentionVariant;
+  /**
+   * Largest binding in bytes; defaults to (and is capped at) the adapter's
+   * `maxStorageBufferBindingSize`. Tests lower it to exercise the batch split.
+   */
+  maxBindingBytes?: number;
+}
+
+// -------------------------------------------------------------- WGSL builder
+
+const NEG = "-3.0e38";
+/** How far (in log units) a score may exceed the reference max before o is rescaled. */
+const RESCALE_SLACK = "8.0";
+
+/** Which kernel a source is for. */
+export type AttentionOp = "fwd" | "dq" | "dkv";
+type Op = AttentionOp;
+
+/** A per-row stream of the "other side" (keys for fwd/dq, queries for dkv). */
+interface Stream {
+  name: string;
+  /** Storage array it is read from. */
+  arr: string;
+  /** Elements per row: DV for vectors, 1 for scalars (lse, D). */
+  width: number;
+  /** WGSL type of one element. */
+  type: string;
+  /** Address of the first element of row `r` (an expression in `r`). */
+  at: (r: string) => string;
+}
+
+/** What the body of the block loop may ask: element `c` of stream row `i`, and its row index. */
+interface BlockAccess {
+  get: (name: string, i: number, c?: number) => string;
+  idx: (i: number) => string;
+}
+
+class Src {
+  readonly lines: string[] = [];
+  push(indent: number, ...ls: string[]): void {
+    for (const l of ls) this.lines.push("  ".repeat(indent) + l);
+  }
+  toString(): string {
+    return this.lines.join("\n");
+  }
+}
+
+/** Shapes and choices every generator needs. */
+interface Gen {
+  op: Op;
+  v: Required<Omit<AttentionVariant, "tile">> & { tile: number };
+  dh: number;
+  /** Vector width of storage accesses: 4 (vec4f) or 1 (f32). */
+  w: 1 | 4;
+}
+
+const vt = (g: Gen) => (g.w === 4 ? "vec4f" : "f32");
+const splat = (g: Gen, x: string) => (g.w === 4 ? `vec4f(${x})` : x);
+const zero = (g: Gen) => (g.w === 4 ? "vec4f(0.0)" : "0.0");
+
+/** Declares a dot-product accumulator. */
+function accDecl(g: Gen, name: string): string {
+  return g.v.dot === "vec" || g.w === 1 ? `var ${name} = ${zero(g)};` : `var ${name} = 0.0;`;
+}
+
+/** Adds a·b (one chunk) into the accumulator. */
+function accAdd(g: Gen, acc: string, a: string, b: string): string {
+  if (g.w === 1 || g.v.dot === "vec") return `${acc} = fma(${a}, ${b}, ${acc});`;
+  return ["x", "y", "z", "w"].map((e) => `${acc} = fma(${a}.${e}, ${b}.${e}, ${acc});`).join(" ");
+}
+
+/** The scalar value of an accumulator. */
+function accSum(g: Gen, acc: string): string {
+  if (g.w === 4 && g.v.dot === "vec") return `((${acc}.x + ${acc}.y) + (${acc}.z + ${acc}.w))`;
+  return acc;
+}
+
+/** Header: uniform block, bindings and the workgroup prologue shared by all three kernels. */
+function header(bindings: [string, "read" | "read_write", string][]): Src {
+  const s = new Src();
+  s.push(
+    0,
+    "struct P {",
+    "  T: u32, heads: u32, nblk: u32, nwg: u32,",
+    "  qkvB: u32, outB: u32, doutB: u32, lseB: u32, dB: u32, dqkvB: u32,",
+    "  scale: f32, row0: u32,",
+    "}",
+  );
+  bindings.forEach(([name, access, type], i) => {
+    s.push(0, `@group(0) @binding(${i}) var<storage, ${access}> ${name}: array<${type}>;`);
+  });
+  s.push(0, `@group(0) @binding(${bindings.length}) var<uniform> prm: P;`);
+  return s;
+}
+
+function prologue(s: Src, g: Gen): void {
+  const dv = g.dh / g.w;
+  const per = g.v.wg * g.v.rows;
+  s.push(
+    0,
+    `@compute @workgroup_size(${g.v.wg})`,
+    "fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,",
+    "        @builtin(local_invocation_index) lid: u32) {",
+  );
+  s.push(
+    1,
+    "let flat = wid.x + wid.y * nwg.x;",
+    "if (flat >= prm.nwg) { return; }",
+    "let T = prm.T;",
+    "let H = prm.heads;",
+    "let blk = flat % prm.nblk;",
+    "let bh = flat / prm.nblk;",
+    "let h = bh % H;",
+    "let b = bh / H;",
+    "// qkv row stride and merged-heads row stride, in storage elements",
+    `let rs = H * ${3 * dv}u;`,
+    `let ms = H * ${dv}u;`,
+    "let tok = prm.qkvB + b * T * rs;",
+    `let qOff = h * ${dv}u;`,
+    `let kOff = (H + h) * ${dv}u;`,
+    `let vOff = (2u * H + h) * ${dv}u;`,
+    "let sbase = (b * H + h) * T; // row 0 of this (b, h) in lse and D",
+  );
+  for (let r = 0; r < g.v.rows; r++) {
+    s.push(
+      1,
+      `let row${r} = prm.row0 + blk * ${per}u + ${r * g.v.wg}u + lid;`,
+      `let ld${r} = min(row${r}, T - 1u);`,
+    );
+  }
+}
+
+/**
+ * The loop over the other side's rows in steps of `block`, reading them from
+ * storage (`rows`) or from workgroup-memory tiles (`tiled`). `body` emits one
+ * step given accessors for the step's rows.
+ */
+function blockLoop(s: Src, g: Gen, streams: Stream[], body: (a: BlockAccess) => void): void {
+  const kb = g.v.block;
+  if (g.v.kind === "rows") {
+    s.push(1, `for (var j0 = 0u; j0 < T; j0 += ${kb}u) {`);
+    for (let i = 0; i < kb; i++) {
+      s.push(2, `let j${i} = min(j0 + ${i}u, T - 1u);`);
+      for (const st of streams) s.push(2, `let a${st.name}${i} = ${st.at(`j${i}`)};`);
+    }
+    body({
+      get: (name, i, c = 0) => {
+        const st = streams.find((x) => x.name === name)!;
+        return `${st.arr}[a${name}${i}${c ? ` + ${c}u` : ""}]`;
+      },
+      idx: (i) => (i === 0 ? "j0" : `j0 + ${i}u`),
+    });
+    s.push(1, "}");
+    return;
+  }
+  const kt = g.v.tile;
+  s.push(1, `for (var t0 = 0u; t0 < T; t0 += ${kt}u) {`);
+  s.push(2, "workgroupBarrier(); // the previous tile is no longer read");
+  for (const st of streams) {
+    const n = kt * st.width;
+    s.push(2, `for (var e = lid; e < ${n}u; e += ${g.v.wg}u) {`);
+    if (st.width === 1) {
+      s.push(3, `ts_${st.name}[e] = ${st.arr}[${st.at("min(t0 + e, T - 1u)")}];`);
+    } else {
+      s.push(
+        3,
+        `let r = min(t0 + e / ${st.width}u, T - 1u);`,
+        `ts_${st.name}[e] = ${st.arr}[${st.at("r")} + e % ${st.width}u];`,
+      );
+    }
+    s.push(2, "}");
+  }
+  s.push(2, "workgroupBarrier(); // the tile is complete");
+  s.push(2, `let tn = min(${kt}u, T - t0);`);
+  s.push(2, `for (var jj = 0u; jj < tn; jj += ${kb}u) {`);
+  body({
+    get: (name, i, c = 0) => {
+      const st = streams.find((x) => x.name === name)!;
+      const row = i === 0 ? "jj" : `(jj + ${i}u)`;
+      const at = st.width === 1 ? row : `${row} * ${st.width}u${c ? ` + ${c}u` : ""}`;
+      return `ts_${name}[${at}]`;
+    },
+    idx: (i) => (i === 0 ? "t0 + jj" : `t0 + jj + ${i}u`),
+  });
+  s.push(2, "}");
+  s.push(1, "}");
+}
+
+/** Workgroup-memory declarations of the tiled family. */
+function tileDecls(g: Gen, streams: Stream[]): string[] {
+  if (g.v.kind !== "tiled") return [];
+  return streams.map((st) =>
+    `var<workgroup> ts_${st.name}: array<${st.type}, ${g.v.tile * st.width}>;`
+  );
+}
+
+/** Forward: out = softmax(q kᵀ·scale) v per head, and lse. */
+function forwardSource(g: Gen): string {
+  const dv = g.dh / g.w;
+  const R = g.v.rows;
+  const KB = g.v.block;
+  const T = vt(g);
+  const s = header([["qkv", "read", T], ["out", "read_write", T], [
+    "lse",
+    "read_write",
+    "f32",
+  ]]);
+  const streams: Stream[] = [
+    { name: "k", arr: "qkv", width: dv, type: T, at: (r) => `tok + ${r} * rs + kOff` },
+    { name: "v", arr: "qkv", width: dv, type: T, at: (r) => `tok + ${r} * rs + vOff` },
+  ];
+  s.push(0, ...tileDecls(g, streams));
+  prologue(s, g);
+  for (let r = 0; r < R; r++) {
+    s.push(1, `let qa${r} = tok + ld${r} * rs + qOff;`);
+    for (let c = 0; c < dv; c++) s.push(1, `let q${r}_${c} = qkv[qa${r} + ${c}u] * prm.scale;`);
+    s.push(1, `var m${r} = ${NEG};`, `var l${r} = 0.0;`);
+    for (let c = 0; c < dv; c++) s.push(1, `var o${r}_${c} = ${zero(g)};`);
+  }
+  const ind = g.v.kind === "rows" ? 2 : 3;
+  blockLoop(s, g, streams, (a) => {
+    for (let r = 0; r < R; r++) for (let i = 0; i < KB; i++) s.push(ind, accDecl(g, `s${r}_${i}`));
+    for (let c = 0; c < dv; c++) {
+      for (let i = 0; i < KB; i++) {
+        s.push(ind, `let k${i}_${c} = ${a.get("k", i, c)};`);
+        for (let r = 0; r < R; r++) {
+          s.push(ind, accAdd(g, `s${r}_${i}`, `q${r}_${c}`, `k${i}_${c}`));
+        }
+      }
+    }
+    for (let r = 0; r < R; r++) {
+      for (let i = 0; i < KB; i++) {
+        // The first row of a step is always < T (steps start below T).
+        const sum = accSum(g, `s${r}_${i}`);
+        s.push(
+          ind,
+          i === 0
+            ? `let t${r}_${i} = ${sum};`
+            : `let t${r}_${i} = select(${sum}, ${NEG}, ${a.idx(i)} >= T);`,
+        );
+      }
+      const mx = Array.from({ length: KB }, (_, i) => `t${r}_${i}`).reduce((x, y) =>
+        `max(${x}, ${y})`
+      );
+      // Lazy rescaling: the reference max m moves only when a score exceeds it by more than
+      // RESCALE_SLACK, so p = exp(s − m) ≤ e^8 (no overflow) and the O(Dh) rescale of o
+      // runs a few times per row instead of once per step.
+      s.push(ind, `let mx${r} = ${mx};`, `if (mx${r} > m${r} + ${RESCALE_SLACK}) {`);
+      s.push(ind + 1, `let cr = exp(m${r} - mx${r});`, `l${r} = l${r} * cr;`);
+      for (let c = 0; c < dv; c++) s.push(ind + 1, `o${r}_${c} = o${r}_${c} * cr;`);
+      s.push(ind + 1, `m${r} = mx${r};`);
+      s.push(ind, "}");
+      for (let i = 0; i < KB; i++) s.push(ind, `let p${r}_${i} = exp(t${r}_${i} - m${r});`);
+      const ps = Array.from({ length: KB }, (_, i) => `p${r}_${i}`).join(" + ");
+      s.push(ind, `l${r} = l${r} + ${ps};`);
+    }
+    for (let c = 0; c < dv; c++) {
+      for (let i = 0; i < KB; i++) {
+        s.push(ind, `let v${i}_${c} = ${a.get("v", i, c)};`);
+        for (let r = 0; r < R; r++) {
+          s.push(ind, `o${r}_${c} = fma(${splat(g, `p${r}_${i}`)}, v${i}_${c}, o${r}_${c});`);
+        }
+      }
+    }
+  });
+  for (let r = 0; r < R; r++) {
+    s.push(1, `let inv${r} = 1.0 / l${r};`, `if (row${r} < T) {`);
+    s.push(2, `let oa = prm.outB + (b * T + row${r}) * ms + qOff;`);
+    for (let c = 0; c < dv; c++) s.push(2, `out[oa + ${c}u] = o${r}_${c} * inv${r};`);
+    s.push(2, `lse[prm.lseB + sbase + row${r}] = m${r} + log(l${r});`, "}");
+  }
+  s.push(0, "}");
+  return s.toString();
+}
+
+/** Backward, query side: D = rowsum(dout∘out) and dQ = scale · Σ_j p(dp − D) k_j. */
+function dqSource(g: Gen): string {
+  const dv = g.dh / g.w;
+  const R = g.v.rows;
+  const KB = g.v.block;
+  const T = vt(g);
+  const s = header([
+    ["qkv", "read", T],
+    ["out", "read", T],
+    ["dout", "read", T],
+    ["lse", "read", "f32"],
+    ["dd", "read_write", "f32"],
+    ["dqkv", "read_write", T],
+  ]);
+  const streams: Stream[] = [
+    { name: "k", arr: "qkv", width: dv, type: T, at: (r) => `tok + ${r} * rs + kOff` },
+    { name: "v", arr: "qkv", width: dv, type: T, at: (r) => `tok + ${r} * rs + vOff` },
+  ];
+  s.push(0, ...tileDecls(g, streams));
+  prologue(s, g);
+  for (let r = 0; r < R; r++) {
+    s.push(
+      1,
+      `let qa${r} = tok + ld${r} * rs + qOff;`,
+      `let ra${r} = (b * T + ld${r}) * ms + qOff;`,
+    );
+    s.push(1, accDecl(g, `dsum${r}`));
+    for (let c = 0; c < dv; c++) {
+      s.push(
+        1,
+        `let q${r}_${c} = qkv[qa${r} + ${c}u] * prm.scale;`,
+        `let do${r}_${c} = dout[prm.doutB + ra${r} + ${c}u];`,
+        accAdd(g, `dsum${r}`, `do${r}_${c}`, `out[prm.outB + ra${r} + ${c}u]`),
+      );
+    }
+    s.push(
+      1,
+      `let D${r} = ${accSum(g, `dsum${r}`)};`,
+      `let ls${r} = lse[prm.lseB + sbase + ld${r}];`,
+      `if (row${r} < T) { dd[prm.dB + sbase + row${r}] = D${r}; }`,
+    );
+    for (let c = 0; c < dv; c++) s.push(1, `var g${r}_${c} = ${zero(g)};`);
+  }
+  const ind = g.v.kind === "rows" ? 2 : 3;
+  blockLoop(s, g, streams, (a) => {
+    for (let r = 0; r < R; r++) {
+      for (let i = 0; i < KB; i++) s.push(ind, accDecl(g, `s${r}_${i}`), accDecl(g, `e${r}_${i}`));
+    }
+    for (let c = 0; c < dv; c++) {
+      for (let i = 0; i < KB; i++) {
+        s.push(
+          ind,
+          `let k${i}_${c} = ${a.get("k", i, c)};`,
+          `let v${i}_${c} = ${a.get("v", i, c)};`,
+        );
+        for (let r = 0; r < R; r++) {
+          s.push(
+            ind,
+            accAdd(g, `s${r}_${i}`, `q${r}_${c}`, `k${i}_${c}`),
+            accAdd(g, `e${r}_${i}`, `do${r}_${c}`, `v${i}_${c}`),
+          );
+        }
+      }
+    }
+    for (let r = 0; r < R; r++) {
+      for (let i = 0; i < KB; i++) {
+        const p = `exp(${accSum(g, `s${r}_${i}`)} - ls${r})`;
+        s.push(
+          ind,
+          i === 0
+            ? `let p${r}_${i} = ${p};`
+            : `let p${r}_${i} = select(${p}, 0.0, ${a.idx(i)} >= T);`,
+        );
+        s.push(ind, `let ds${r}_${i} = p${r}_${i} * (${accSum(g, `e${r}_${i}`)} - D${r});`);
+      }
+    }
+    for (let c = 0; c < dv; c++) {
+      for (let i = 0; i < KB; i++) {
+        for (let r = 0; r < R; r++) {
+          s.push(ind, `g${r}_${c} = fma(${splat(g, `ds${r}_${i}`)}, k${i}_${c}, g${r}_${c});`);
+        }
+      }
+    }
+  });
+  for (let r = 0; r < R; r++) {
+    s.push(1, `if (row${r} < T) {`, `  let ga = prm.dqkvB + (b * T + row${r}) * rs + qOff;`);
+    for (let c = 0; c < dv; c++) s.push(2, `dqkv[ga + ${c}u] = g${r}_${c} * prm.scale;`);
+    s.push(1, "}");
+  }
+  s.push(0, "}");
+  return s.toString();
+}
+
+/** Backward, key side: dV = Σ_i p dout_i and dK = scale · Σ_i p(dp − D_i) q_i. */
+function dkvSource(g: Gen): string {
+  const dv = g.dh / g.w;
+  const R = g.v.rows;
+  const KB = g.v.block;
+  const T = vt(g);
+  const s = header([
+    ["qkv", "read", T],
+    ["dout", "read", T],
+    ["lse", "read", "f32"],
+    ["dd", "read", "f32"],
+    ["dqkv", "read_write", T],
+  ]);
+  const streams: Stream[] = [
+    { name: "q", arr: "qkv", width: dv, type: T, at: (r) => `tok + ${r} * rs + qOff` },
+    {
+      name: "o",
+      arr: "dout",
+      width: dv,
+      type: T,
+      at: (r) => `prm.doutB + (b * T + ${r}) * ms + qOff`,
+    },
+    { name: "l", arr: "lse", width: 1, type: "f32", at: (r) => `prm.lseB + sbase + ${r}` },
+    { name: "d", arr: "dd", width: 1, type: "f32", at: (r) => `prm.dB + sbase + ${r}` },
+  ];
+  s.push(0, ...tileDecls(g, streams));
+  prologue(s, g);
+  for (let r = 0; r < R; r++) {
+    s.push(1, `let ka${r} = tok + ld${r} * rs;`);
+    for (let c = 0; c < dv; c++) {
+      // k is pre-scaled so q·k' is the scaled score; dK gets the scale at the end.
+      s.push(
+        1,
+        `let k${r}_${c} = qkv[ka${r} + kOff + ${c}u] * prm.scale;`,
+        `let v${r}_${c} = qkv[ka${r} + vOff + ${c}u];`,
+      );
+    }
+    for (let c = 0; c < dv; c++) {
+      s.push(1, `var gk${r}_${c} = ${zero(g)};`, `var gv${r}_${c} = ${zero(g)};`);
+    }
+  }
+  const ind = g.v.kind === "rows" ? 2 : 3;
+  blockLoop(s, g, streams, (a) => {
+    for (let r = 0; r < R; r++) {
+      for (let i = 0; i < KB; i++) s.push(ind, accDecl(g, `s${r}_${i}`), accDecl(g, `e${r}_${i}`));
+    }
+    for (let c = 0; c < dv; c++) {
+      for (let i = 0; i < KB; i++) {
+        s.push(
+          ind,
+          `let q${i}_${c} = ${a.get("q", i, c)};`,
+          `let o${i}_${c} = ${a.get("o", i, c)};`,
+        );
+        for (let r = 0; r < R; r++) {
+          s.push(
+            ind,
+            accAdd(g, `s${r}_${i}`, `q${i}_${c}`, `k${r}_${c}`),
+            accAdd(g, `e${r}_${i}`, `o${i}_${c}`, `v${r}_${c}`),
+          );
+        }
+      }
+    }
+    for (let i = 0; i < KB; i++) {
+      s.push(ind, `let l${i} = ${a.get("l", i)};`, `let d${i} = ${a.get("d", i)};`);
+    }
+    for (let r = 0; r < R; r++) {
+      for (let i = 0; i < KB; i++) {
+        const p = `exp(${accSum(g, `s${r}_${i}`)} - l${i})`;
+        s.push(
+          ind,
+          i === 0
+            ? `let p${r}_${i} = ${p};`
+            : `let p${r}_${i} = select(${p}, 0.0, ${a.idx(i)} >= T);`,
+        );
+        s.push(ind, `let ds${r}_${i} = p${r}_${i} * (${accSum(g, `e${r}_${i}`)} - d${i});`);
+      }
+    }
+    for (let c = 0; c < dv; c++) {
+      for (let i = 0; i < KB; i++) {
+        for (let r = 0; r < R; r++) {
+          s.push(
+            ind,
+            `gv${r}_${c} = fma(${splat(g, `p${r}_${i}`)}, o${i}_${c}, gv${r}_${c});`,
+            `gk${r}_${c} = fma(${splat(g, `ds${r}_${i}`)}, q${i}_${c}, gk${r}_${c});`,
+          );
+        }
+      }
+    }
+  });
+  for (let r = 0; r < R; r++) {
+    s.push(1, `if (row${r} < T) {`, `  let ga = prm.dqkvB + (b * T + row${r}) * rs;`);
+    for (let c = 0; c < dv; c++) {
+      s.push(
+        2,
+        `dqkv[ga + kOff + ${c}u] = gk${r}_${c} * prm.scale;`,
+        `dqkv[ga + vOff + ${c}u] = gv${r}_${c};`,
+      );
+    }
+    s.push(1, "}");
+  }
+  s.push(0, "}");
+  return s.toString();
+}
+
+const SOURCES: Record<Op, (g: Gen) => string> = {
+  fwd: forwardSource,
+  dq: dqSource,
+  dkv: dkvSource,
+};
+const BINDINGS: Record<Op, ("read" | "read_write")[]> = {
+  fwd: ["read", "read_write", "read_write"],
+  dq: ["read", "read", "read", "read", "read_write", "read_write"],
+  dkv: ["read", "read", "read", "read", "read_write"],
+};
+const NAMES: Record<Op, string> = {
+  fwd: "attention_fwd",
+  dq: "attention_bwd_dq",
+  dkv: "attention_bwd_dkv",
+};
+
+/** Bytes of the uniform block (12 scalar fields). */
+const UNIFORM_BYTES = 48;
+
+const kernelCache = new Map<string, Kernel>();
+
+/** Workgroup-memory bytes a tiled kernel of `op` needs per tile row. */
+function tileRowBytes(op: Op, dh: number): number {
+  return op === "dkv" ? (2 * dh + 2) * 4 : 2 * dh * 4;
+}
+
+/** Fills in defaults and checks a variant against the adapter's limits. */
+function resolveVariant(gpu: Gpu, op: Op, v: AttentionVariant, dh: number): Gen["v"] {
+  const where = `attention variant ${JSON.stringify(v)}`;
+  for (const k of ["wg", "rows", "block"] as const) {
+    if (!Number.isInteger(v[k]) || v[k] < 1) {
+      throw new RangeError(`${where}: '${k}' must be a positive integer`);
+    }
+  }
+  if (
+    v.wg > gpu.limits.maxComputeInvocationsPerWorkgroup ||
+    v.wg > gpu.limits.maxComputeWorkgroupSizeX
+  ) {
+    throw new GpuLimitError(
+      `${where}: workgroup of ${v.wg} exceeds this adapter's ${gpu.limits.maxComputeWorkgroupSizeX}`,
+    );
+  }
+  let tile = 0;
+  if (v.kind === "tiled") {
+    tile = v.tile ?? v.block * Math.max(1, Math.floor(v.wg / v.block));
+    if (tile % v.block !== 0) {
+      throw new RangeError(`${where}: 'tile' must be a multiple of 'block'`);
+    }
+    const bytes = tile * tileRowBytes(op, dh);
+    if (bytes > gpu.limits.maxComputeWorkgroupStorageSize) {
+      throw new GpuLimitError(
+        `${where}: a tile of ${tile} rows at head dim ${dh} needs ${bytes} B of workgroup ` +
+          `memory, over this adapter's ${gpu.limits.maxComputeWorkgroupStorageSize} B; use a smaller tile`,
+      );
+    }
+  } else if (v.kind !== "rows") {
+    throw new RangeError(`${where}: 'kind' must be "rows" or "tiled"`);
+  }
+  return { kind: v.kind, wg: v.wg, rows: v.rows, block: v.block, tile, dot: v.dot ?? "vec" };
+}
+
+function getKernel(op: Op, g: Gen): Kernel {
+  const v = g.v;
+  const key = `${v.kind}:wg${v.wg}:r${v.rows}:b${v.block}:t${v.tile}:${v.dot}:dh${g.dh}:w${g.w}`;
+  let k = kernelCache.get(op + key);
+  if (!k) {
+    k = kernel({
+      name: NAMES[op],
+      key,
+      bindings: BINDINGS[op],
+      uniformBytes: UNIFORM_BYTES,
+      source: () => SOURCES[op](g),
+    });
+    kernelCache.set(op + key, k);
+  }
+  return k;
+}
+
+/** The WGSL of one kernel (for inspection and tests). */
+export function attentionSource(
+  op: AttentionOp,
+  variant: AttentionVariant,
+  headDim: number,
+  vectorWidth: 1 | 4 = 4,
+): string {
+  const v = {
+    tile: variant.tile ?? variant.block * Math.max(1, Math.floor(variant.wg / variant.block)),
+    dot: variant.dot ?? "vec",
+    ...variant,
+  } as Gen["v"];
+  return SOURCES[op]({ op, v, dh: headDim, w: vectorWidth });
+}
+
+// ------------------------------------------------------------------ planning
+
+/** Shape of one attention call. */
+interface Dims {
+  B: number;
+  T: number;
+  H: number;
+  dh: number;
+  scale: number;
+}
+
+function checkDims(op: string, qkv: GpuTensor, opts: AttentionOptions): Dims {
+  const H = opts.heads;
+  if (!Number.isInteger(H) || H < 1) {
+    throw new RangeError(`${op}: opts.heads must be a positive integer, got ${H}`);
+  }
+  if (qkv.dtype !== "f32") throw new TypeError(`${op}: qkv must be f32, got ${qkv.dtype}`);
+  if (qkv.shape.length !== 3) {
+    throw new RangeError(`${op}: qkv must be [B, T, 3·H·Dh], got [${qkv.shape}]`);
+  }
+  const [B, T, C3] = qkv.shape;
+  if (C3 === 0 || C3 % (3 * H) !== 0) {
+    throw new RangeError(
+      `${op}: qkv [${qkv.shape}] has last dimension ${C3}, not a positive multiple of ` +
+        `3·heads = ${3 * H}; check opts.heads or the qkv Linear's output size`,
+    );
+  }
+  const dh = C3 / (3 * H);
+  const scale = opts.scale ?? 1 / Math.sqrt(dh);
+  if (!Number.isFinite(scale)) {
+    throw new RangeError(`${op}: opts.scale must be finite, got ${scale}`);
+  }
+  if (T > 0 && B * H * T > 2 ** 32 / 4 || B * T * C3 >= 2 ** 32) {
+    throw new GpuLimitError(`${op}: qkv [${qkv.shape}] is too large for 32-bit indices`);
+  }
+  return { B, T, H, dh, scale };
+}
+
+function checkShape(op: string, name: string, t: GpuTensor, shape: number[]): void {
+  const ok = t.dtype === "f32" && t.shape.length === shape.length &&
+    t.shape.every((d, i) => d === shape[i]);
+  if (!ok) {
+    throw new RangeError(
+      `${op}: ${name} must be f32 [${shape}] to match qkv, got ${t.dtype} [${t.shape}]`,
+    );
+  }
+}
+
+/** A tensor range bound from the aligned byte at or below its start. */
+interface Bound {
+  view: BufferView;
+  /** Elements between the bound offset and the data. */
+  base: number;
+}
+
+function bindRange(gpu: Gpu, t: GpuTensor, start: number, count: number): Bound {
+  const align = gpu.limits.minStorageBufferOffsetAlignment;
+  const byte = t.offset + start * 4;
+  const offset = Math.floor(byte / align) * align;
+  return {
+    view: { buffer: t.buffer, offset, size: byte - offset + count * 4 },
+    base: (byte - offset) / 4,
+  };
+}
+
+/**
+ * Splits the batch so every binding fits `limit` bytes. `perBatch` are the
+ * bytes of one batch element in each bound tensor. Returns [first, count]
+ * chunks covering [0, B).
+ */
+function batchChunks(
+  op: string,
+  B: number,
+  perBatch: number[],
+  limit: number,
+  align: number,
+): [number, number][] {
+  const worst = Math.max(...perBatch);
+  // A view may start up to align − 4 bytes before its data.
+  const fit = Math.floor((limit - (align - 4)) / worst);
+  if (fit < 1) {
+    throw new GpuLimitError(
+      `${op}: one batch element needs a ${worst} B binding, over the binding limit of ` +
+        `${limit} B (maxStorageBufferBindingSize); use fewer tokens or heads per call`,
+    );
+  }
+  const chunks: [number, number][] = [];
+  for (let b0 = 0; b0 < B; b0 += fit) chunks.push([b0, Math.min(fit, B - b0)]);
+  return chunks;
+}
+
+function bindingLimit(gpu: Gpu, opts: AttentionOptions): number {
+  const max = gpu.limits.maxStorageBufferBindingSize;
+  const o = opts.maxBindingBytes;
+  if (o === undefined) return max;
+  if (!(o > 0)) throw new RangeError(`attention: opts.maxBindingBytes must be positive, got ${o}`);
+  return Math.min(o, max);
+}
+
+const tuned = new WeakMap<Gpu, Map<number, AttentionPlan>>();
+
+function variantFor(gpu: Gpu, op: Op, d: Dims, opts: AttentionOptions): AttentionVariant {
+  if (opts.variant) return opts.variant;
+  const plan = tuned.get(gpu)?.get(d.dh) ?? DEFAULT_ATTENTION_PLAN;
+  return op === "fwd" ? plan.forward : op === "dq" ? plan.dq : plan.dkv;
+}
+
+/** Uniform block of one chunk. */
+function params(
+  d: Dims,
+  nblk: number,
+  nwg: number,
+  row0: number,
+  bases: Partial<Record<string, number>>,
+): Uint8Array {
+  return new Params(UNIFORM_BYTES)
+    .u32(d.T).u32(d.H).u32(nblk).u32(nwg)
+    .u32(bases.qkv ?? 0).u32(bases.out ?? 0).u32(bases.dout ?? 0)
+    .u32(bases.lse ?? 0).u32(bases.dd ?? 0).u32(bases.dqkv ?? 0)
+    .f32(d.scale).u32(row0).bytes;
+}
+
+/**
+ * Dispatches one kernel over the batch in chunks. `tensors` are bound in the
+ * kernel's order; `perBatch[i]` is tensor i's element count per batch element;
+ * `vec[i]` says whether the kernel reads it as vectors (base in vec units).
+ */
+function dispatchChunked(
+  gpu: Gpu,
+  op: Op,
+  d: Dims,
+  opts: AttentionOptions,
+  tensors: [string, GpuTensor, number, boolean][],
+): void {
+  const v = resolveVariant(gpu, op, variantFor(gpu, op, d, opts), d.dh);
+  const limit = bindingLimit(gpu, opts);
+  const align = gpu.limits.minStorageBufferOffsetAlignment;
+  const chunks = batchChunks(NAMES[op], d.B, tensors.map((t) => t[2] * 4), limit, align);
+  const passes = rowPasses(d.T, v);
+  for (const [b0, nb] of chunks) {
+    const bound = tensors.map(([name, t, per, vec]) => ({
+      name,
+      vec,
+      ...bindRange(gpu, t, b0 * per, nb * per),
+    }));
+    // vec4 access needs Dh and every vector base to be multiples of 4 elements.
+    const w: 1 | 4 = d.dh % 4 === 0 && bound.every((x) => !x.vec || x.base % 4 === 0) ? 4 : 1;
+    const bases: Record<string, number> = {};
+    for (const x of bound) bases[x.name] = x.vec ? x.base / w : x.base;
+    for (const pass of passes) {
+      const nwg = nb * d.H * pass.nblk;
+      gpu.dispatch(
+        getKernel(op, { op, v: pass.v, dh: d.dh, w }),
+        bound.map((x) => x.view),
+        grid(nwg, gpu.limits.maxComputeWorkgroupsPerDimension),
+        params(d, pass.nblk, nwg, pass.row0, bases),
+      );
+    }
+  }
+}
+
+/**
+ * Splits the T rows of each (batch, head) into full blocks of wg·rows rows
+ * and a tail run by the same variant with fewer rows per invocation (the
+ * smallest power of two that covers it), so a large `rows` does not pay for
+ * a mostly empty last block (T = 257 = 4·64 + 1).
+ */
+function rowPasses(T: number, v: Gen["v"]): { v: Gen["v"]; row0: number; nblk: number }[] {
+  const per = v.wg * v.rows;
+  const full = Math.floor(T / per);
+  const passes = full > 0 ? [{ v, row0: 0, nblk: full }] : [];
+  const rem = T - full * per;
+  if (rem > 0) {
+    let rows = 1;
+    while (rows < v.rows && rows * v.wg < rem) rows *= 2;
+    rows = Math.min(rows, v.rows);
+    passes.push({ v: { ...v, rows }, row0: full * per, nblk: Math.ceil(rem / (v.wg * rows)) });
+  }
+  return passes;
+}
+
+function dispatchForward(
+  gpu: Gpu,
+  d: Dims,
+  opts: AttentionOptions,
+  qkv: GpuTensor,
+  out: GpuTensor,
+  lse: GpuTensor,
+): void {
+  const row = d.H * d.dh;
+  dispatchChunked(gpu, "fwd", d, opts, [
+    ["qkv", qkv, d.T * 3 * row, true],
+    ["out", out, d.T * row, true],
+    ["lse", lse, d.H * d.T, false],
+  ]);
+}
+
+function dispatchDq(
+  gpu: Gpu,
+  d: Dims,
+  opts: AttentionOptions,
+  qkv: GpuTensor,
+  out: GpuTensor,
+  dout: GpuTensor,
+  lse: GpuTensor,
+  dd: GpuTensor,
+  dqkv: GpuTensor,
+): void {
+  const row = d.H * d.dh;
+  dispatchChunked(gpu, "dq", d, opts, [
+    ["qkv", qkv, d.T * 3 * row, true],
+    ["out", out, d.T * row, true],
+    ["dout", dout, d.T * row, true],
+    ["lse", lse, d.H * d.T, false],
+    ["dd", dd, d.H * d.T, false],
+    ["dqkv", dqkv, d.T * 3 * row, true],
+  ]);
+}
+
+function dispatchDkv(
+  gpu: Gpu,
+  d: Dims,
+  opts: AttentionOptions,
+  qkv: GpuTensor,
+  dout: GpuTensor,
+  lse: GpuTensor,
+  dd: GpuTensor,
+  dqkv: GpuTensor,
+): void {
+  const row = d.H * d.dh;
+  dispatchChunked(gpu, "dkv", d, opts, [
+    ["qkv", qkv, d.T * 3 * row, true],
+    ["dout", dout, d.T * row, true],
+    ["lse", lse, d.H * d.T, false],
+    ["dd", dd, d.H * d.T, false],
+    ["dqkv", dqkv, d.T * 3 * row, true],
+  ]);
+}
+
+// ------------------------------------------------------------------ dispatch
+
+/**
+ * Multi-head softmax attention on DINOv2's packed qkv [B, T, 3·H·Dh]:
+ * per head, softmax(q kᵀ · scale) v, no mask, no dropout. Returns the heads
+ * merged, out [B, T, H·Dh] (`out[b,t,h·Dh+d]`), and lse [B, H, T], the
+ * log-sum-exp of each query's scaled scores (kept for `attentionBackward`).
+ * The caller owns both.
+ */
+export function attention(
+  gpu: Gpu,
+  qkv: GpuTensor,
+  opts: AttentionOptions,
+): { out: GpuTensor; lse: GpuTensor } {
+  const d = checkDims("attention", qkv, opts);
+  const out = gpu.empty([d.B, d.T, d.H * d.dh], "f32", "attention.out");
+  const lse = gpu.empty([d.B, d.H, d.T], "f32", "attention.lse");
+  if (d.B * d.T === 0) return { out, lse };
+  dispatchForward(gpu, d, opts, qkv, out, lse);
+  return { out, lse };
+}
+
+/**
+ * Gradient of `attention` with respect to qkv, given the output gradient
+ * dout [B, T, H·Dh] and the forward's qkv, out and lse. Returns a fresh
+ * dqkv [B, T, 3·H·Dh] the caller owns. Deterministic (no atomics).
+ */
+export function attentionBackward(
+  gpu: Gpu,
+  dout: GpuTensor,
+  qkv: GpuTensor,
+  out: GpuTensor,
+  lse: GpuTensor,
+  opts: AttentionOptions,
+): GpuTensor {
+  const op = "attentionBackward";
+  const d = checkDims(op, qkv, opts);
+  const row = d.H * d.dh;
+  checkShape(op, "dout", dout, [d.B, d.T, row]);
+  checkShape(op, "out", out, [d.B, d.T, row]);
+  checkShape(op, "lse", lse, [d.B, d.H, d.T]);
+  const dqkv = gpu.empty([d.B, d.T, 3 * row], "f32", "attention.dqkv");
+  if (d.B * d.T === 0) return dqkv;
+  const dd = gpu.empty([d.B, d.H, d.T], "f32", "attention.D");
+  // dQ first: it also writes D, which the dK/dV kernel reads.
+  dispatchDq(gpu, d, opts, qkv, out, dout, lse, dd, dqkv);
+  dispatchDkv(gpu, d, opts, qkv, dout, lse, dd, dqkv);
+  gpu.release(dd);
+  return dqkv;
+}
+
+// ------------------------------------------------------------------- tuning
+
+/** Candidate variants for a head dim, fitting this adapter's workgroup memory. */
+export function attentionCandidates(
+  gpu: Gpu,
+  op: AttentionOp,
+  headDim: number,
+): AttentionVariant[] {
+  const all: AttentionVariant[] = [
+    { kind: "rows", wg: 16, rows: 2, block: 4, dot: "vec" },
+    { kind: "rows", wg: 16, rows: 1, block: 4, dot: "vec" },
+    { kind: "rows", wg: 32, rows: 1, block: 8, dot: "scalar" },
+    { kind: "tiled", wg: 64, rows: 1, block: 4, tile: 32, dot: "vec" },
+    { kind: "tiled", wg: 64, rows: 1, block: 4, tile: 16, dot: "vec" },
+  ];
+  return all.filter((v) => {
+    try {
+      resolveVariant(gpu, op, v, headDim);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/**
+ * Measures the candidate variants of each kernel on a sample shape and keeps
+ * the fastest per head dim for this Gpu; later `attention` and
+ * `attentionBackward` calls (without `opts.variant`) use it. Each kernel is
+ * timed alone (median of `iters` submits). Returns the plan.
+ */
+export async function tuneAttention(
+  gpu: Gpu,
+  shape: { batch?: number; tokens: number; heads: number; headDim: number },
+  opts: { candidates?: AttentionVariant[]; iters?: number } = {},
+): Promise<AttentionPlan> {
+  const B = shape.batch ?? 1;
+  const { tokens: T, heads: H, headDim: dh } = shape;
+  const n = B * T * 3 * H * dh;
+  const data = new Float32Array(n);
+  for (let i = 0; i < n; i++) data[i] = Math.sin(i * 0.7548776662) * 0.5; // deterministic fill
+  const qkv = gpu.tensor(data, [B, T, 3 * H * dh]);
+  const base: AttentionOptions = { heads: H, variant: DEFAULT_ATTENTION_PLAN.forward };
+  const d = checkDims("tuneAttention", qkv, base);
+  const { out, lse } = attention(gpu, qkv, base);
+  const dd = gpu.empty([B, H, T]);
+  const dqkv = gpu.empty([B, T, 3 * H * dh]);
+  const plan: Partial<AttentionPlan> = {};
+  for (const op of ["fwd", "dq", "dkv"] as const) {
+    let bestMs = Infinity;
+    for (const variant of opts.candidates ?? attentionCandidates(gpu, op, dh)) {
+      const o: AttentionOptions = { heads: H, variant };
+      const run = () => {
+        if (op === "fwd") dispatchForward(gpu, d, o, qkv, out, lse);
+        else if (op === "dq") dispatchDq(gpu, d, o, qkv, out, out, lse, dd, dqkv);
+        else dispatchDkv(gpu, d, o, qkv, out, lse, dd, dqkv);
+      };
+      run(); // compile and warm up
+      const times: number[] = [];
+      for (let i = 0; i < (opts.iters ?? 3); i++) {
+        const t = await gpu.time(run);
+        times.push(t.gpuMs ?? t.wallMs);
+      }
+      times.sort((a, b) => a - b);
+      const ms = times[times.length >> 1];
+      if (ms < bestMs) {
+        bestMs = ms;
+        plan[op === "fwd" ? "forward" : op] = variant;
+      }
+    }
+  }
+  gpu.release(qkv, out, lse, dd, dqkv);
+  let m = tuned.get(gpu);
+  if (!m) tuned.set(gpu, m = new Map());
+  m.set(dh, plan as AttentionPlan);
+  return plan as AttentionPlan;
+}
+
+/** The plan `attention` uses for `headDim` on this Gpu (tuned, else the default). */
+export function attentionPlan(gpu: Gpu, headDim: number): AttentionPlan {
+  return tuned.get(gpu)?.get(headDim) ?? DEFAULT_ATTENTION_PLAN;
+}
+
+// --------------------------------------------------------------- references
+
+function refDims(op: string, n: number, B: number, T: number, heads: number, dh: number) {
+  if (n !== B * T * 3 * heads * dh) {
+    throw new RangeError(
+      `${op}: qkv has ${n} elements, expected B·T·3·heads·dh = ${B}·${T}·3·${heads}·${dh}`,
+    );
+  }
+}
+
+/**
+ * Float64 forward: out [B, T, H·Dh] and lse [B, H, T] as Float64Arrays, on
+ * any numeric input (finite-difference checks perturb float64 inputs).
+ */
+export function attentionRef64(
+  qkv: ArrayLike<number>,
+  B: number,
+  T: number,
+  heads: number,
+  dh: number,
+  scale = 1 / Math.sqrt(dh),
+): { out: Float64Array; lse: Float64Array } {
+  refDims("attentionRef", qkv.length, B, T, heads, dh);
+  const H = heads;
+  const rs = 3 * H * dh;
+  const out = new Float64Array(B * T * H * dh);
+  const lse = new Float64Array(B * H * T);
+  const s = new Float64Array(T);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      for (let i = 0; i < T; i++) {
+        const qa = (b * T + i) * rs + h * dh;
+        let m = -Infinity;
+        for (let j = 0; j < T; j++) {
+          const ka = (b * T + j) * rs + (H + h) * dh;
+          let acc = 0;
+          for (let c = 0; c < dh; c++) acc += qkv[qa + c] * qkv[ka + c];
+          s[j] = acc * scale;
+          if (s[j] > m) m = s[j];
+        }
+        let l = 0;
+        for (let j = 0; j < T; j++) l += s[j] = Math.exp(s[j] - m);
+        const oa = (b * T + i) * H * dh + h * dh;
+        for (let j = 0; j < T; j++) {
+          const va = (b * T + j) * rs + (2 * H + h) * dh;
+          const p = s[j] / l;
+          for (let c = 0; c < dh; c++) out[oa + c] += p * qkv[va + c];
+        }
+        lse[(b * H + h) * T + i] = m + Math.log(l);
+      }
+    }
+  }
+  return { out, lse };
+}
+
+/** CPU forward reference (float64 accumulation): out [B, T, H·Dh] and lse [B, H, T]. */
+export function attentionRef(
+  qkv: Float32Array,
+  B: number,
+  T: number,
+  heads: number,
+  dh: number,
+  scale = 1 / Math.sqrt(dh),
+): { out: Float32Array; lse: Float32Array } {
+  const r = attentionRef64(qkv, B, T, heads, dh, scale);
+  return { out: Float32Array.from(r.out), lse: Float32Array.from(r.lse) };
+}
+
+/**
+ * CPU backward reference (float64 accumulation): dqkv [B, T, 3·H·Dh] of
+ * Σ dout ∘ attention(qkv), by the same equations as the kernels:
+ * P = softmax(S), dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − rowsum(dO ∘ O)),
+ * dQ = scale · dS K, dK = scale · dSᵀ Q.
+ */
+export function attentionBackwardRef(
+  dout: ArrayLike<number>,
+  qkv: ArrayLike<number>,
+  B: number,
+  T: number,
+  heads: number,
+  dh: number,
+  scale = 1 / Math.sqrt(dh),
+): Float32Array {
+  refDims("attentionBackwardRef", qkv.length, B, T, heads, dh);
+  const H = heads;
+  if (dout.length !== B * T * H * dh) {
+    throw new RangeError(
+      `attentionBackwardRef: dout has ${dout.length} elements, expected B·T·heads·dh = ${
+        B * T * H * dh
+      }`,
+    );
+  }
+  const rs = 3 * H * dh;
+  const { out } = attentionRef64(qkv, B, T, heads, dh, scale);
+  const g = new Float64Array(qkv.length);
+  const p = new Float64Array(T);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      for (let i = 0; i < T; i++) {
+        const qa = (b * T + i) * rs + h * dh;
+        const oa = (b * T + i) * H * dh + h * dh;
+        let m = -Infinity;
+        for (let j = 0; j < T; j++) {
+          const ka = (b * T + j) * rs + (H + h) * dh;
+          let acc = 0;
+          for (let c = 0; c < dh; c++) acc += qkv[qa + c] * qkv[ka + c];
+          p[j] = acc * scale;
+          if (p[j] > m) m = p[j];
+        }
+        let l = 0;
+        for (let j = 0; j < T; j++) l += p[j] = Math.exp(p[j] - m);
+        let D = 0;
+        for (let c = 0; c < dh; c++) D += dout[oa + c] * out[oa + c];
+        for (let j = 0; j < T; j++) {
+          const ka = (b * T + j) * rs + (H + h) * dh;
+          const va = ka + H * dh;
+          const pj = p[j] / l;
+          let dp = 0;
+          for (let c = 0; c < dh; c++) dp += dout[oa + c] * qkv[va + c];
+          const ds = pj * (dp - D) * scale;
+          for (let c = 0; c < dh; c++) {
+            g[va + c] += pj * dout[oa + c];
+            g[qa + c] += ds * qkv[ka + c];
+            g[ka + c] += ds * qkv[qa + c];
+          }
+        }
+      }
+    }
+  }
+  return Float32Array.from(g);
+}
