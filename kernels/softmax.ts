@@ -8,10 +8,11 @@
  * (layernorm, l2norm, koleo): how rows map to threads, the in-workgroup row
  * reductions and the splitting of long tensors into bindable row chunks.
  *
- * Numerics: max subtraction with an online (max, sum) pair per thread, so
- * logits of 1e4 at temperature 0.04 (2.5e5 after scaling) neither overflow
- * nor lose the small terms; one pass reads the row for (max, sum), a second
- * writes the result. `z = x / T` is a true division, as PyTorch does it.
+ * Numerics: max subtraction with an online (max, sum) pair per thread (the
+ * running sum is rescaled only when the max grows), so logits of 1e4 at
+ * temperature 0.04 (2.5e5 after scaling) neither overflow nor lose the small
+ * terms; one pass reads the row for (max, sum), a second writes the result.
+ * `z = x / T` is a true division, as PyTorch does it.
  */
 import { GpuLimitError } from "./errors.ts";
 import { FLAT_WORKGROUP_INDEX, grid, type Kernel, kernel, Params } from "./kernel.ts";
@@ -319,16 +320,13 @@ const MAXSUM: [string, string, string] = [
   "vec2f(max(a.x, b.x), a.y * exp(a.x - max(a.x, b.x)) + b.y * exp(b.x - max(a.x, b.x)))",
 ];
 const SUM: [string, string, string] = ["rowSum", "f32", "a + b"];
-const MAX: [string, string, string] = ["rowMax", "f32", "max(a, b)"];
 
 type FwdMode = "softmax" | "log" | "ce";
 
 /**
- * softmax: max pass, then a pass that writes exp(z − max) and sums it, then a
- * scale pass over y (one exp per element: exp is what bounds a software
- * adapter, and the row is cache-resident for the re-reads).
- * log / ce: one online (max, sum) pass, then a pass that writes z − max − log Σ
- * (and, for ce, sums t · logp).
+ * One online (max, sum) pass over the row, then a pass that writes
+ * lp = z − max − log Σ (log), exp(lp) (softmax), or lp while summing t · lp
+ * (ce). Two reads of x, one write: exp costs ~1 per element in each pass.
  */
 function fwdKernel(mode: FwdMode, w: 1 | 4, l: RowLayout, tempTensor: boolean): Kernel {
   const ce = mode === "ce";
@@ -338,26 +336,7 @@ function fwdKernel(mode: FwdMode, w: 1 | 4, l: RowLayout, tempTensor: boolean): 
   if (tempTensor) bindings.push("read");
   const tb = ce ? 4 : 2;
   const ub = bindings.length;
-  const body = mode === "softmax"
-    ? `
-  var m = ${F32_LOWEST};
-  if (valid) {
-    ${ROW_LOOP} { m = max(m, hmax(x[base + c] / tauv)); }
-  }
-  m = rowMax(m, lid);
-  var s = 0.0;
-  if (valid) {
-    ${ROW_LOOP} {
-      let e = exp(x[base + c] / tauv - m);
-      y[base + c] = e;
-      s += hsum(e);
-    }
-  }
-  let inv = 1.0 / rowSum(s, lid);
-  if (valid) {
-    ${ROW_LOOP} { y[base + c] *= inv; }
-  }`
-    : `
+  const body = `
   // Online (max, sum): rescale the running sum only when the max grows.
   var m = ${F32_LOWEST};
   var s = 0.0;
@@ -376,15 +355,17 @@ function fwdKernel(mode: FwdMode, w: 1 | 4, l: RowLayout, tempTensor: boolean): 
   if (valid) {
     ${ROW_LOOP} {
       let lp = (x[base + c] / tauv - m) - logS;
-      y[base + c] = lp;${ce ? "\n      acc += hsum(tg[base + c] * lp);" : ""}
+      y[base + c] = ${mode === "softmax" ? "exp(lp)" : "lp"};${
+    ce ? "\n      acc += hsum(tg[base + c] * lp);" : ""
+  }
     }
   }${
-      ce
-        ? `
+    ce
+      ? `
   let total = rowSum(acc, lid);
   if (valid && t == 0u) { loss[p.rowBase + row] = -total; }`
-        : ""
-    }`;
+      : ""
+  }`;
   return kernel({
     name: `${ce ? "xent_soft" : mode === "log" ? "log_softmax" : "softmax"}_fwd`,
     key: `w${w}${layoutKey(l)}${tempTensor ? "T" : ""}`,
@@ -399,7 +380,7 @@ ${ce ? "@group(0) @binding(3) var<storage, read_write> loss: array<f32>;" : ""}
 @group(0) @binding(${ub}) var<uniform> p: P;
 ${tempWgsl(tempTensor, tb)}
 ${vecWgsl(w)}
-${rowWgsl(l, mode === "softmax" ? [MAX, SUM] : ce ? [MAXSUM, SUM] : [MAXSUM])}
+${rowWgsl(l, ce ? [MAXSUM, SUM] : [MAXSUM])}
 @compute @workgroup_size(WG)
 fn main(${ROW_BUILTINS}) {${ROW_PROLOGUE}
   let n = p.cols / ${w}u;
