@@ -239,7 +239,9 @@ async function rawRgb(img: sharp.Sharp, w: number, h: number): Promise<Uint8Arra
 export async function encodeCell(bytes: Uint8Array, opts: EncodeOptions): Promise<EncodedCell> {
   const { img, info, crop } = await cellPipeline(bytes, opts);
   if (opts.format === "jpg") img.jpeg({ quality: opts.quality ?? 95, chromaSubsampling: "4:4:4" });
-  else img.png();
+  // Adaptive row filters, as Pillow and libpng choose: half the size of
+  // libvips' unfiltered default (45 vs 87 KiB per 224 px cell) for ~20% more time.
+  else img.png({ adaptiveFiltering: true });
   try {
     const data = await img.toBuffer();
     return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), info, crop };
@@ -269,7 +271,7 @@ export async function readImageFile(path: string): Promise<Uint8Array> {
 }
 
 /** Revision of the cell-making rules (see `imageCodecVersion`). */
-const CELL_REVISION = 1;
+const CELL_REVISION = 2;
 
 /**
  * What produces the pixels and the encoded bytes: this module's revision and
