@@ -417,7 +417,7 @@ gpuTest(
       const ga = gpu.tensor(a, as);
       const gb = gpu.tensor(b, bs);
       const gdy = gpu.tensor(dy, outShape);
-      const { da, db } = matmulBackward(gpu, gdy, ga, gb, o);
+      const { da, db } = matmulBackward(gpu, gdy, ga, gb, o, { variant: SMALL_REG });
       assert(da && db, "both gradients returned");
       assert(da.shape.join() === as.join() && db.shape.join() === bs.join(), "gradient shapes");
       const fa = finiteDifference((x) => loss64(x, as, b, bs, dy, o), a);
@@ -427,7 +427,7 @@ gpuTest(
       const what = `[${as}]·[${bs}] tA${+transA} tB${+transB}`;
       assertClose(await gpu.readF32(da), fa, { rtol: 1e-5, atol: 1e-5 }, `da ${what}`);
       assertClose(await gpu.readF32(db), fb, { rtol: 1e-5, atol: 1e-5 }, `db ${what}`);
-      const only = matmulBackward(gpu, gdy, ga, gb, { ...o, needA: false });
+      const only = matmulBackward(gpu, gdy, ga, gb, { ...o, needA: false }, { variant: SMALL_REG });
       assert(only.da === undefined && only.db !== undefined, "needA: false skips da");
       gpu.release(ga, gb, gdy, da, db, only.db);
     }
@@ -474,7 +474,7 @@ gpuTest(
       const a = gpu.tensor(fx(c, "a"), fxShape(c, "a_shape"));
       const b = gpu.tensor(fx(c, "b"), fxShape(c, "b_shape"));
       const alpha = fixture.cases[c].alpha as number;
-      const y = matmul(gpu, a, b, { transA: true, transB: true, alpha });
+      const y = matmul(gpu, a, b, { transA: true, transB: true, alpha }, { variant: SMALL_REG });
       assertClose(await gpu.readF32(y), fx(c, "y"), tol(9), c);
       gpu.release(a, b, y);
     }
@@ -491,6 +491,7 @@ gpuTest(
       const x = gpu.tensor(fx(c, "x"), fxShape(c, "x_shape"));
       const w = gpu.tensor(fx(c, "w"), fxShape(c, "w_shape"));
       const dy = gpu.tensor(fx(c, "dy"), [2, 4, 5]);
+      // The default (tuned or fallback) variant: the path the autodiff graph takes.
       const { da, db } = matmulBackward(gpu, dy, x, w, { transB: true });
       assertClose(await gpu.readF32(da!), fx(c, "dx"), tol(5), "dx");
       assertClose(await gpu.readF32(db!), fx(c, "dw"), tol(8), "dw (summed over the batch)");
