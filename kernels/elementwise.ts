@@ -46,6 +46,8 @@ export type UnaryOp =
  * for z ≥ 1 (relative error ≤ ~1e-5, from rounding of z² inside exp).
  * |x| < 1: x·P(x²), degree 6. |x| ≥ 1: erfc(z) = exp(−z²)·R(1/(1 + z/2)),
  * degree 8, fitted on [1, 12]; past 12 erfc underflows f32 anyway.
+ * Both pieces are computed and selected (no branch): on llvmpipe divergent
+ * branches cost ~30 % more than evaluating both. NaN passes through.
  * Exported for fused epilogues (matmul) so every GELU in bloom agrees.
  */
 export const ERF_WGSL = `
@@ -55,27 +57,32 @@ fn erfc_tail(z: f32) -> f32 {
     t * (0.07287221 + t * (0.067630395 + t * (-0.21599838 + t * 0.09047089)))))));
   return exp(-z * z) * r;
 }
+fn erf_small(x: f32) -> f32 {
+  let w = x * x;
+  return x * (1.1283792 + w * (-0.3761263 + w * (0.11283612 + w * (-0.02685481 +
+    w * (0.0051900535 + w * (-0.0008024354 + w * 7.89821e-05))))));
+}
 fn erf_f32(x: f32) -> f32 {
   let z = abs(x);
-  if (z < 1.0) {
-    let w = x * x;
-    return x * (1.1283792 + w * (-0.3761263 + w * (0.11283612 + w * (-0.02685481 +
-      w * (0.0051900535 + w * (-0.0008024354 + w * 7.89821e-05))))));
-  }
-  let e = 1.0 - erfc_tail(min(z, 12.0));
-  return select(e, -e, x < 0.0);
+  let e = 1.0 - erfc_tail(clamp(z, 1.0, 12.0));
+  let r = select(select(e, -e, x < 0.0), erf_small(x), z < 1.0);
+  // clamp() of a NaN is implementation-defined: pass NaN through on the bits.
+  return select(r, x, (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u);
 }`;
 
 /**
  * WGSL exact-erf GELU and its derivative (PyTorch's nn.GELU()): on the far
  * negative side 1 + erf(x/√2) is computed as erfc(|x|/√2), so tiny outputs
- * keep their relative accuracy instead of cancelling to 0. Needs `ERF_WGSL`.
+ * keep their relative accuracy instead of cancelling to 0. Branch-free like
+ * `erf_f32`; NaN propagates through the factor x. Needs `ERF_WGSL`.
  */
 export const GELU_WGSL = `
 fn gelu_cdf(x: f32) -> f32 {
   let z = x * 0.70710677;
-  if (z < -1.0) { return 0.5 * erfc_tail(-z); }
-  return 0.5 * (1.0 + erf_f32(z));
+  let a = abs(z);
+  let e = 0.5 * erfc_tail(clamp(a, 1.0, 12.0));
+  let tail = select(1.0 - e, e, z < 0.0);
+  return select(tail, 0.5 + 0.5 * erf_small(z), a < 1.0);
 }
 fn gelu_f32(x: f32) -> f32 { return x * gelu_cdf(x); }
 fn gelu_grad_f32(x: f32) -> f32 { return gelu_cdf(x) + x * 0.3989423 * exp(-0.5 * x * x); }`;

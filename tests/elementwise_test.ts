@@ -555,3 +555,22 @@ gpuTest("elementwise: maps split over the binding limit give the same results", 
   });
   gpu.release(tx, tb, ...outs);
 });
+
+gpuTest("elementwise: activations at ±Inf, NaN and saturation agree with torch", async (gpu) => {
+  const e = sect("edges");
+  const x = arr(e.x);
+  const tx = gpu.tensor(x);
+  const ones = gpu.tensor(new Float32Array(x.length).fill(1));
+  for (
+    const [name, fwd, bwd] of [["gelu", gelu, geluBackward], ["silu", silu, siluBackward]] as const
+  ) {
+    const g = e[name] as Json;
+    const [y, dx] = await gpu.readMany([fwd(gpu, tx), bwd(gpu, ones, tx)]);
+    // NaN and ±Inf must match exactly; finite values to f32 rounding.
+    assertClose(y, arr(g.y), { rtol: 1e-6, atol: 0 }, `${name}(x)`);
+    assertClose(dx, arr(g.dx), { rtol: 1e-6, atol: 0 }, `${name}'(x)`);
+  }
+  const erf = await gpuErf(gpu, new Float32Array([Infinity, -Infinity, NaN]));
+  assertEquals([...erf], [1, -1, NaN]);
+  gpu.release(tx, ones);
+});
