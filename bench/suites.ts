@@ -1,4 +1,8 @@
 /** Every benchmark suite, in run order. Add a suite by importing it here. */
 import type { BenchSuite } from "./harness.ts";
+import { ingestSuite } from "./ingest.ts";
+import { normsSuite } from "./norms.ts";
+import { optimSuite } from "./optim.ts";
+import { pointwiseSuite } from "./pointwise.ts";
 
-export const suites: BenchSuite[] = [];
+export const suites: BenchSuite[] = [pointwiseSuite, normsSuite, optimSuite, ingestSuite];
