@@ -841,7 +841,7 @@ export function gatherRows(gpu: Gpu, x: GpuTensor, idx: GpuTensor): GpuTensor {
 const sortKernels = new Map<string, Kernel>();
 
 /** Bitonic sort support: pack (idx, position) pairs, one compare-exchange step, and lookups. */
-function sortKernel(stage: "init" | "step" | "accumulate", vec: boolean): Kernel {
+function sortKernel(stage: "init" | "step" | "starts" | "accumulate", vec: boolean): Kernel {
   const key = `${stage}|${vec}`;
   let k = sortKernels.get(key);
   if (k) return k;
@@ -890,43 +890,53 @@ ${head}
   }
 }`,
     });
+  } else if (stage === "starts") {
+    k = kernel({
+      name: "scatter_rows_starts",
+      bindings: ["read", "read_write"],
+      uniformBytes: 16,
+      source: () => `
+struct P { m: u32, n: u32, pad0: u32, pad1: u32 }
+@group(0) @binding(0) var<storage, read> keys: array<vec2<u32>>;
+@group(0) @binding(1) var<storage, read_write> starts: array<u32>;
+@group(0) @binding(2) var<uniform> p: P;
+${head}
+  if (e > p.n) { return; }
+  // First sorted position whose key is ≥ e: row e's sources are [starts[e], starts[e + 1]).
+  var lo = 0u;
+  var hi = p.m;
+  while (lo < hi) {
+    let mid = (lo + hi) / 2u;
+    if (keys[mid].x < e) { lo = mid + 1u; } else { hi = mid; }
+  }
+  starts[e] = lo;
+}`,
+    });
   } else {
     const T = vec ? "vec4<f32>" : "f32";
     k = kernel({
       name: "scatter_rows_acc",
       key,
-      bindings: ["read", "read", "read_write"],
-      uniformBytes: 24,
+      bindings: ["read", "read", "read", "read_write"],
+      uniformBytes: 16,
       source: () => `
-struct P { m: u32, n: u32, d: u32, sshift: u32, dshift: u32, pad: u32 }
+struct P { n: u32, d: u32, sshift: u32, pad: u32 }
 @group(0) @binding(0) var<storage, read> src: array<${T}>;
 @group(0) @binding(1) var<storage, read> keys: array<vec2<u32>>;
-@group(0) @binding(2) var<storage, read_write> dst: array<${T}>;
-@group(0) @binding(3) var<uniform> p: P;
-// First sorted position whose key is ≥ r.
-fn lowerBound(r: u32) -> u32 {
-  var lo = 0u;
-  var hi = p.m;
-  while (lo < hi) {
-    let mid = (lo + hi) / 2u;
-    if (keys[mid].x < r) { lo = mid + 1u; } else { hi = mid; }
-  }
-  return lo;
-}
+@group(0) @binding(2) var<storage, read> starts: array<u32>;
+@group(0) @binding(3) var<storage, read_write> dst: array<${T}>;
+@group(0) @binding(4) var<uniform> p: P;
 ${head}
   if (e >= p.n * p.d) { return; }
   let r = e / p.d;
-  let j = e % p.d;
-  // The sources of row r are sorted positions [lo, hi), in ascending source order:
-  // a fixed summation order, so the result is deterministic.
-  let lo = lowerBound(r);
+  let j = e - r * p.d;
+  // Sources of row r in ascending source order: a fixed summation order, so the
+  // result is deterministic.
   var acc = ${T}(0.0);
-  for (var q = lo; q < p.m; q++) {
-    let kv = keys[q];
-    if (kv.x != r) { break; }
-    acc += src[p.sshift + kv.y * p.d + j];
+  for (var q = starts[r]; q < starts[r + 1u]; q++) {
+    acc += src[p.sshift + keys[q].y * p.d + j];
   }
-  dst[p.dshift + e] = acc;
+  dst[e] = acc;
 }`,
     });
   }
@@ -994,15 +1004,23 @@ export function scatterRows(
       );
     }
   }
+  const starts = gpu.empty([n + 1], "u32", "scatter_starts");
+  gpu.dispatch(
+    sortKernel("starts", false),
+    [keys, starts],
+    grid(Math.ceil((n + 1) / 64)),
+    new Params(16).u32(m).u32(n).bytes,
+  );
   const vec = d % 4 === 0 && (src.offset / 4) % 4 === 0;
   const V = vec ? 4 : 1;
   const s = bindWindow(gpu, src, 0, src.numel);
   gpu.dispatch(
     sortKernel("accumulate", vec),
-    [s.view, keys, y],
+    [s.view, keys, starts, y],
     grid(Math.ceil((n * d) / V / 64)),
-    new Params(24).u32(m).u32(n).u32(d / V).u32(s.shift / V).u32(0).bytes,
+    new Params(16).u32(n).u32(d / V).u32(s.shift / V).bytes,
   );
+  gpu.release(starts);
   gpu.release(keys);
   return y;
 }
