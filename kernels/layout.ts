@@ -555,7 +555,7 @@ export function permute(gpu: Gpu, x: GpuTensor, perm: number[]): GpuTensor {
   const r = dims.length;
   const q = is.indexOf(1);
   const blocked = is[r - 1] !== 1 && q >= 0 && dims[r - 1] % 4 === 0 && dims[q] % 4 === 0 &&
-    (x.offset / 4) % 4 === 0 && x.size <= gpu.limits.maxStorageBufferBindingSize;
+    (x.offset / 4) % 4 === 0 && x.numel <= bindableElements(gpu);
   if (!blocked) {
     stridedMap(gpu, {
       name: "permute",

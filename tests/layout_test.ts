@@ -268,6 +268,7 @@ gpuTest("layout: the strided map splits work over the binding limit", async (gpu
   const big = gpu.tensor(rng.floats(4 * 2048), [4, 2048]);
   try {
     limits.maxStorageBufferBindingSize = 8192; // 2048 floats: one [1000] row per window
+    const before = gpu.stats().dispatches;
     stridedMap(gpu, {
       name: "test_add",
       body: "return x0 + x1;",
@@ -275,6 +276,7 @@ gpuTest("layout: the strided map splits work over the binding limit", async (gpu
       inputs: [{ t: tx, strides: [1000, 1] }, { t: tb, strides: [0, 1] }],
       out: { t: y, strides: [1000, 1] },
     });
+    assertEquals(gpu.stats().dispatches - before, 3, "one window per [1000] row");
     // Rank-1 (flat) case; a transpose whose every slice is too wide cannot be split.
     const flat = permute(gpu, tx.reshape([3000]), [0]);
     assertThrows(() => transpose(gpu, big), GpuLimitError, /maxStorageBufferBindingSize/);
