@@ -69,6 +69,8 @@ async function measure(name: string, input: string, iters: number): Promise<Benc
     const ours: number[] = [];
     const theirs: number[] = [];
     let images = 0;
+    let ourBytes = 0;
+    let pillowBytes = 0;
     // One untimed run loads libvips and warms the file cache for both.
     await runIngest({ input, layout: "imagefolder", out: join(tmp, "warm"), workers }, {
       progress: false,
@@ -81,9 +83,13 @@ async function measure(name: string, input: string, iters: number): Promise<Benc
       );
       ours.push(s.samples / ((performance.now() - t0) / 1000));
       images = s.samples;
+      ourBytes = s.manifest.shards.reduce((n, x) => n + x.bytes, 0);
       await Deno.remove(join(tmp, `run${i}`), { recursive: true });
       const p = await pillowRate(input, join(tmp, "pillow.tar"));
-      if (p !== null) theirs.push(p);
+      if (p !== null) {
+        theirs.push(p);
+        pillowBytes = (await Deno.stat(join(tmp, "pillow.tar"))).size;
+      }
     }
     const rate = median(ours);
     const peak = theirs.length ? median(theirs) : NaN;
@@ -94,8 +100,12 @@ async function measure(name: string, input: string, iters: number): Promise<Benc
       peak,
       peakName: "pillow 1 process",
       ratio: rate / peak,
-      note: `${images} images, ${workers} workers, median of ${iters}; target ratio ≥ 1.5` +
-        (theirs.length ? "" : "; Pillow unavailable"),
+      note: `${images} images, ${workers} workers, median of ${iters}; ` +
+        `tar KiB/image ours ${(ourBytes / images / 1024).toFixed(1)}` +
+        (theirs.length
+          ? ` vs Pillow ${(pillowBytes / images / 1024).toFixed(1)}`
+          : "; Pillow unavailable") +
+        "; target ratio ≥ 1.5",
     };
   } finally {
     await Deno.remove(tmp, { recursive: true });
