@@ -1,0 +1,346 @@
+/**
+ * Model-level inference benchmarks: the DINOv2 ViT forward (random weights, inference graph,
+ * CLS after the final norm) next to PyTorch CPU running the same model from
+ * scripts/reference/dinov2_ref.py in the same run (scripts/bench/torch_vit.py), plus the same
+ * forward as GFLOP/s against the adapter's FMA peak; and a ViT-B memory check: a batch whose
+ * activations exceed the adapter's binding limit must run (the kernels split large bindings),
+ * reported with its time and the buffer pool's peak bytes.
+ *
+ * FLOPs counted (`vitForwardFlops`): 2·rows·in·out for every linear layer (patch embedding,
+ * qkv, proj, fc1/fc2 or w12/w3) and 4·T²·D per block for attention (QKᵀ and PV, all heads);
+ * biases, norms, softmax, GELU and the position add are not counted.
+ */
+import { ParamArena } from "../graph/arena.ts";
+import { Graph } from "../graph/graph.ts";
+import { Params } from "../graph/params.ts";
+import { type VitConfig, vitConfig, vitForward, vitParamSpecs } from "../graph/vit.ts";
+import type { HeadConfig } from "../graph/heads.ts";
+import { type MatmulShape, tuneMatmul } from "../kernels/matmul.ts";
+import { fmtBytes } from "../kernels/pool.ts";
+import { Gpu } from "../kernels/runtime.ts";
+import type { GpuTensor } from "../kernels/tensor.ts";
+import { initialValue, seeded } from "../pipelines/train/trainer.ts";
+import { type BenchRow, type BenchSuite, computeRow, type Peaks, timeGpu } from "./harness.ts";
+import { type PeerOutcome, peerRow, peerScript, runPeer } from "./peers.ts";
+
+// ------------------------------------------------------------------ shapes and FLOPs
+
+/** One linear layer as the graph runs it: `rows` input rows of `inDim` → `outDim`. */
+export interface LinearUse {
+  rows: number;
+  inDim: number;
+  outDim: number;
+  /** Whether backward needs the input's gradient (false for the patch embedding: pixels). */
+  inputGrad: boolean;
+}
+
+/** Patch grid and tokens per image of a ViT at `image` px. */
+export function tokenCounts(cfg: VitConfig, image: number): { patches: number; tokens: number } {
+  const g = Math.floor(image / cfg.patch);
+  if (g < 1) throw new RangeError(`image ${image} px is smaller than one ${cfg.patch} px patch`);
+  return { patches: g * g, tokens: 1 + cfg.registers + g * g };
+}
+
+/** Every linear layer of a ViT forward over `images` images (one entry per distinct shape). */
+export function vitLinears(cfg: VitConfig, images: number, image: number): LinearUse[] {
+  const { patches, tokens } = tokenCounts(cfg, image);
+  const D = cfg.dim;
+  const H = cfg.mlpHidden;
+  const rows = images * tokens;
+  const out: LinearUse[] = [
+    { rows: images * patches, inDim: 3 * cfg.patch * cfg.patch, outDim: D, inputGrad: false },
+    { rows, inDim: D, outDim: 3 * D, inputGrad: true },
+    { rows, inDim: D, outDim: D, inputGrad: true },
+  ];
+  if (cfg.ffn === "mlp") {
+    out.push({ rows, inDim: D, outDim: H, inputGrad: true });
+    out.push({ rows, inDim: H, outDim: D, inputGrad: true });
+  } else {
+    out.push({ rows, inDim: D, outDim: 2 * H, inputGrad: true });
+    out.push({ rows, inDim: H, outDim: D, inputGrad: true });
+  }
+  return out;
+}
+
+/** The four linear layers of a DINO/iBOT head applied to `rows` rows. */
+export function headLinears(head: HeadConfig, rows: number): LinearUse[] {
+  return [
+    { rows, inDim: head.inDim, outDim: head.hidden, inputGrad: true },
+    { rows, inDim: head.hidden, outDim: head.hidden, inputGrad: true },
+    { rows, inDim: head.hidden, outDim: head.bottleneck, inputGrad: true },
+    { rows, inDim: head.bottleneck, outDim: head.prototypes, inputGrad: true },
+  ];
+}
+
+/**
+ * The matmul shapes these linears run (graph/rules.ts `linear`): forward x·Wᵀ; with
+ * `training`, also dx = dy·W (where the input needs a gradient) and dW = dyᵀ·x. Sorted by
+ * work, so that tuning measures each shape class on its cheapest member.
+ */
+export function linearMatmulShapes(uses: readonly LinearUse[], training: boolean): MatmulShape[] {
+  const out: MatmulShape[] = [];
+  for (const u of uses) {
+    if (u.rows === 0) continue;
+    out.push({ M: u.rows, N: u.outDim, K: u.inDim, transB: true });
+    if (!training) continue;
+    if (u.inputGrad) out.push({ M: u.rows, N: u.inDim, K: u.outDim });
+    out.push({ M: u.outDim, N: u.inDim, K: u.rows, transA: true });
+  }
+  return out.sort((a, b) => a.M * a.N * a.K - b.M * b.N * b.K);
+}
+
+/** FLOPs of one ViT forward over `batch` images (what is counted: see the top of this file). */
+export function vitForwardFlops(cfg: VitConfig, batch: number, image: number): number {
+  const { tokens } = tokenCounts(cfg, image);
+  const [patch, ...block] = vitLinears(cfg, batch, image);
+  const lin = (u: LinearUse) => 2 * u.rows * u.inDim * u.outDim;
+  const perBlock = block.reduce((s, u) => s + lin(u), 0) + 4 * batch * tokens * tokens * cfg.dim;
+  return lin(patch) + cfg.depth * perBlock;
+}
+
+// ------------------------------------------------------------------ model set-up
+
+/** A ViT arena with DINOv2's (seeded) initialisation, no gradients. */
+export function randomVit(gpu: Gpu, cfg: VitConfig, seed = 0): ParamArena {
+  const specs = vitParamSpecs(cfg);
+  const arena = ParamArena.create(gpu, specs);
+  const rand = seeded(seed);
+  for (const s of specs) arena.set(s.name, initialValue(s, rand));
+  return arena;
+}
+
+/** Uploads `n` standard-normal floats (stand-ins for normalised images). */
+export function randomTensor(gpu: Gpu, shape: readonly number[], seed = 1): GpuTensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const rand = seeded(seed);
+  const x = new Float32Array(n);
+  for (let i = 0; i < n; i += 2) {
+    // Box–Muller pairs: two normals per two uniforms.
+    const r = Math.sqrt(-2 * Math.log(Math.max(rand(), 1e-12)));
+    const t = 2 * Math.PI * rand();
+    x[i] = r * Math.cos(t);
+    if (i + 1 < n) x[i + 1] = r * Math.sin(t);
+  }
+  return gpu.tensor(x, shape);
+}
+
+/**
+ * Tunes the matmul shape classes `shapes` fall in (cached ones cost nothing) and says how long
+ * it took, for the row's note.
+ */
+export async function tuneFor(gpu: Gpu, shapes: readonly MatmulShape[]): Promise<string> {
+  const t0 = performance.now();
+  const r = await tuneMatmul(gpu, shapes);
+  const fresh = r.filter((x) => !x.cached).length;
+  const s = ((performance.now() - t0) / 1000).toFixed(0);
+  return `matmul tuned: ${r.length} classes (${fresh} measured now, ${s} s)`;
+}
+
+/** One forward of `cfg` over `images`, CLS after the final norm copied into `sink` [B, D]. */
+function forwardOnce(
+  gpu: Gpu,
+  arena: ParamArena,
+  cfg: VitConfig,
+  images: GpuTensor,
+  sink: GpuTensor,
+): void {
+  const g = new Graph(gpu, { training: false });
+  try {
+    const ps = new Params(g, arena, { trainable: false });
+    const out = vitForward(ps, cfg, g.input(images), { outputs: ["clsNorm"] });
+    gpu.copy(out.clsNorm!.value, sink);
+  } finally {
+    g.dispose();
+  }
+}
+
+/** Throws unless every value is finite and they are not all equal (a forward that really ran). */
+async function checkOutput(gpu: Gpu, sink: GpuTensor, what: string): Promise<void> {
+  const v = await gpu.readF32(sink);
+  const bad = v.findIndex((x) => !Number.isFinite(x));
+  if (bad >= 0) throw new Error(`${what}: output element ${bad} is ${v[bad]}`);
+  if (v.every((x) => x === v[0])) throw new Error(`${what}: every output element is ${v[0]}`);
+}
+
+// ------------------------------------------------------------------ plan
+
+/** One forward row: a named model at a batch and image size. */
+export interface ForwardCase {
+  /** Row name, e.g. "vit_small forward b32". */
+  name: string;
+  vit: VitConfig;
+  batch: number;
+  image: number;
+  /** Arguments that make scripts/bench/torch_vit.py build the same model. */
+  peerArgs: string[];
+}
+
+/** What the suite runs: speed rows, the memory row, and how often. */
+export interface ModelPlan {
+  forward: ForwardCase[];
+  /** Run once (plus a batch-1 warm-up that compiles the pipelines); null: no memory row. */
+  memory: ForwardCase | null;
+  warmup: number;
+  iters: number;
+}
+
+/** torch_vit.py arguments for a config. */
+export function vitPeerArgs(cfg: VitConfig, batch: number, image: number): string[] {
+  if (cfg.registers > 0 || cfg.posInterp !== "runtime") {
+    throw new RangeError("torch_vit.py builds register-free models with runtime interpolation");
+  }
+  return [
+    ...(cfg.arch === "custom" ? [] : ["--arch", cfg.arch]),
+    ...["--dim", cfg.dim, "--depth", cfg.depth, "--heads", cfg.heads, "--mlp", cfg.mlpHidden],
+    ...["--ffn", cfg.ffn, "--patch", cfg.patch, "--pos-grid", cfg.posGrid],
+    ...["--batch", batch, "--image", image],
+  ].map(String);
+}
+
+function forwardCase(arch: "vit_small" | "vit_base", batch: number): ForwardCase {
+  const vit = vitConfig(arch);
+  return {
+    name: `${arch} forward b${batch}`,
+    vit,
+    batch,
+    image: 224,
+    peerArgs: vitPeerArgs(vit, batch, 224),
+  };
+}
+
+/** The benchmark's shapes: ViT-S b32 and ViT-B b64 (quick: b4 and b8), 224 px. */
+export function modelPlan(quick: boolean): ModelPlan {
+  return {
+    forward: [forwardCase("vit_small", quick ? 4 : 32)],
+    memory: forwardCase("vit_base", quick ? 8 : 64),
+    warmup: 1,
+    iters: quick ? 2 : 3,
+  };
+}
+
+// ------------------------------------------------------------------ rows
+
+async function forwardRows(
+  gpu: Gpu,
+  peaks: Peaks,
+  c: ForwardCase,
+  plan: ModelPlan,
+  opts: ModelSuiteOptions,
+): Promise<BenchRow[]> {
+  const { vit, batch: B, image: S } = c;
+  const arena = randomVit(gpu, vit);
+  const images = randomTensor(gpu, [B, 3, S, S]);
+  const sink = gpu.empty([B, vit.dim]);
+  try {
+    const notes = [`${S} px, random weights`];
+    if (opts.tune ?? true) {
+      notes.push(await tuneFor(gpu, linearMatmulShapes(vitLinears(vit, B, S), false)));
+    }
+    const ms = await timeGpu(gpu, () => forwardOnce(gpu, arena, vit, images, sink), {
+      warmup: plan.warmup,
+      iters: plan.iters,
+    });
+    await checkOutput(gpu, sink, c.name);
+    notes.push(`median of ${plan.iters} after ${plan.warmup} warm-up`);
+    const peer: PeerOutcome = opts.peers ?? true
+      ? await runPeer(peerScript("torch_vit.py"), [
+        ...c.peerArgs,
+        ...["--warmup", String(plan.warmup), "--iters", String(plan.iters)],
+      ])
+      : { ok: false, reason: "peers disabled" };
+    const flops = vitForwardFlops(vit, B, S);
+    return [
+      peerRow(c.name, ms, B, peer, "pytorch cpu", notes.join("; ")),
+      computeRow(
+        `${c.name} compute`,
+        flops,
+        ms,
+        peaks,
+        `${(flops / 1e9).toFixed(1)} GFLOP: 2·rows·in·out per linear + 4·T²·D attention per block`,
+      ),
+    ];
+  } finally {
+    gpu.release(images, sink);
+    arena.destroy();
+  }
+}
+
+/**
+ * The memory check, on a fresh device so the pool's peak is this model's alone: a batch-1
+ * forward compiles the pipelines, then one forward at the case's batch is timed and its output
+ * checked. Falls back to the shared device (and says so) where a second device cannot be made.
+ */
+async function memoryRow(shared: Gpu, peaks: Peaks, c: ForwardCase): Promise<BenchRow> {
+  let gpu: Gpu;
+  let own = true;
+  try {
+    gpu = await Gpu.create();
+  } catch {
+    gpu = shared;
+    own = false;
+  }
+  const { vit, batch: B, image: S } = c;
+  const before = gpu.pool.stats();
+  const arena = randomVit(gpu, vit);
+  const paramBytes = gpu.pool.stats().liveBytes - before.liveBytes;
+  try {
+    const warmImages = randomTensor(gpu, [1, 3, S, S]);
+    const warmSink = gpu.empty([1, vit.dim]);
+    forwardOnce(gpu, arena, vit, warmImages, warmSink);
+    await gpu.sync();
+    gpu.release(warmImages, warmSink);
+    const images = randomTensor(gpu, [B, 3, S, S]);
+    const sink = gpu.empty([B, vit.dim]);
+    const t = await gpu.time(() => forwardOnce(gpu, arena, vit, images, sink));
+    await checkOutput(gpu, sink, c.name);
+    gpu.release(images, sink);
+    const after = gpu.pool.stats();
+    const limit = gpu.limits.maxStorageBufferBindingSize;
+    const { tokens } = tokenCounts(vit, S);
+    const widest = B * tokens * Math.max(vit.mlpHidden, 3 * vit.dim) * 4;
+    const peak = own || after.peakLiveBytes > before.peakLiveBytes
+      ? `pool peak ${fmtBytes(after.peakLiveBytes - (own ? 0 : before.liveBytes))}`
+      : `pool peak not above the earlier ${fmtBytes(before.peakLiveBytes)}`;
+    return computeRow(
+      c.name,
+      vitForwardFlops(vit, B, S),
+      t.gpuMs ?? t.wallMs,
+      peaks,
+      `one forward, output finite; ${peak} (params ${fmtBytes(paramBytes)}); widest activation ` +
+        `${fmtBytes(widest)} vs binding limit ${fmtBytes(limit)}` +
+        (own ? "" : "; shared device (a second one could not be made)"),
+    );
+  } finally {
+    arena.destroy();
+    if (own) gpu.destroy();
+  }
+}
+
+// ------------------------------------------------------------------ suite
+
+/** Knobs of the model suite (the smoke test turns off peers and tuning, and shrinks shapes). */
+export interface ModelSuiteOptions {
+  /** Shapes per mode (default `modelPlan`). */
+  plan?: (quick: boolean) => ModelPlan;
+  /** Run the PyTorch peer (default true); off, the rows say "peers disabled". */
+  peers?: boolean;
+  /** Tune the forward's matmul classes before timing (default true; cached classes are free). */
+  tune?: boolean;
+}
+
+/** The model suite with these options. */
+export function makeModelSuite(opts: ModelSuiteOptions = {}): BenchSuite {
+  return {
+    name: "model",
+    async run({ gpu, peaks, quick }) {
+      const plan = (opts.plan ?? modelPlan)(quick);
+      const rows: BenchRow[] = [];
+      for (const c of plan.forward) rows.push(...await forwardRows(gpu, peaks, c, plan, opts));
+      if (plan.memory) rows.push(await memoryRow(gpu, peaks, plan.memory));
+      return rows;
+    },
+  };
+}
+
+/** ViT-S forward next to PyTorch CPU, its GFLOP/s, and the ViT-B memory check. */
+export const modelSuite: BenchSuite = makeModelSuite();

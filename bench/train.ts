@@ -1,0 +1,203 @@
+/**
+ * Training-step benchmarks: bloom's whole DinoBloom step (pipelines/train/trainer.ts: teacher
+ * forward and targets, student forward and backward with DINO, iBOT and KoLeo, per-module
+ * clipping, AdamW, EMA, one read-back) in images/s, next to PyTorch CPU running the same step
+ * in the same run (scripts/bench/torch_train_step.py). An image is one source image with its
+ * two 224 px global crops; both sides use the same iBOT masks (batchMasks, written to .npy for
+ * the peer) and DinoBloom's real heads (2048 hidden, 256 bottleneck, 65,536 prototypes).
+ */
+import { join } from "node:path";
+import { writeNpy } from "../data/npy.ts";
+import { dinobloomConfig, PRESETS, type TrainConfig } from "../pipelines/train/config.ts";
+import { type BatchMasks, batchMasks, MaskingGenerator } from "../pipelines/train/masking.ts";
+import { seeded, Trainer } from "../pipelines/train/trainer.ts";
+import { vitConfig } from "../graph/vit.ts";
+import type { MatmulShape } from "../kernels/matmul.ts";
+import type { Gpu } from "../kernels/runtime.ts";
+import { type BenchRow, type BenchSuite, timeHost } from "./harness.ts";
+import {
+  headLinears,
+  linearMatmulShapes,
+  randomTensor,
+  tokenCounts,
+  tuneFor,
+  vitLinears,
+} from "./model.ts";
+import { type PeerOutcome, peerRow, peerScript, runPeer } from "./peers.ts";
+
+/** iBOT masks for `batch` images (2·batch crops, crop-major) as the trainer's data would give. */
+export function stepMasks(cfg: TrainConfig, batch: number, seed = 5): BatchMasks {
+  const grid = cfg.imageSize / cfg.vit.patch;
+  return batchMasks(new MaskingGenerator(grid), 2 * batch, seeded(seed), {
+    probability: cfg.maskProbability,
+    ratio: cfg.maskRatio,
+  });
+}
+
+/**
+ * Every matmul shape one Trainer.step runs for `batch` images with `masks`: per micro-batch of
+ * m images, the teacher's forward (2m crops, its heads on 2m CLS rows and the masked tokens)
+ * and the student's forward and backward of the same.
+ */
+export function trainStepMatmulShapes(
+  cfg: TrainConfig,
+  batch: number,
+  masks: BatchMasks,
+): MatmulShape[] {
+  const m = Math.min(cfg.microBatch, batch);
+  const { patches } = tokenCounts(cfg.vit, cfg.imageSize);
+  const shapes: MatmulShape[] = [];
+  for (let first = 0; first < batch; first += m) {
+    // Masked tokens of this micro-batch: images first … first+m−1 of each crop.
+    let count = 0;
+    for (const c of [0, 1]) {
+      const lo = (c * batch + first) * patches;
+      for (let i = lo; i < lo + m * patches; i++) count += masks.masks[i];
+    }
+    const uses = [
+      ...vitLinears(cfg.vit, 2 * m, cfg.imageSize),
+      ...headLinears(cfg.head, 2 * m),
+      ...headLinears(cfg.head, count),
+    ];
+    shapes.push(...linearMatmulShapes(uses, false), ...linearMatmulShapes(uses, true));
+  }
+  return shapes.sort((a, b) => a.M * a.N * a.K - b.M * b.N * b.K);
+}
+
+/** One training row: a config at a batch. */
+export interface TrainCase {
+  /** Row name, e.g. "train step vit_small b8". */
+  name: string;
+  cfg: TrainConfig;
+  batch: number;
+}
+
+/** What the suite runs, and how often. */
+export interface TrainPlan {
+  cases: TrainCase[];
+  warmup: number;
+  iters: number;
+}
+
+function trainCase(name: string, cfg: TrainConfig, batch: number): TrainCase {
+  return { name, cfg: { ...cfg, batch, microBatch: batch }, batch };
+}
+
+/**
+ * ViT-S b8 and b32 with DinoBloom's heads at 224 px and the demo preset (112 px, small heads)
+ * at b32; quick mode: the demo preset at b4 only.
+ */
+export function trainPlan(quick: boolean): TrainPlan {
+  const demo = PRESETS.demo();
+  if (quick) {
+    return { cases: [trainCase("train step small model b4", demo, 4)], warmup: 1, iters: 2 };
+  }
+  const small = (b: number) => dinobloomConfig(vitConfig("vit_small"), b);
+  return {
+    cases: [
+      trainCase("train step vit_small b8", small(8), 8),
+      trainCase("train step vit_small b32", small(32), 32),
+      trainCase("train step small model b32", demo, 32),
+    ],
+    warmup: 1,
+    iters: 3,
+  };
+}
+
+/** torch_train_step.py arguments for a config (masks file and timing added by the caller). */
+export function trainPeerArgs(cfg: TrainConfig, batch: number): string[] {
+  const v = cfg.vit;
+  if (v.ffn !== "mlp" || v.registers > 0) {
+    throw new RangeError("torch_train_step.py builds MLP-FFN models without registers");
+  }
+  if (v.posGrid * v.patch !== cfg.imageSize) {
+    // Neither side then interpolates position embeddings, so the interpolation mode cannot differ.
+    throw new RangeError(
+      `train bench: imageSize ${cfg.imageSize} must equal posGrid·patch (${v.posGrid * v.patch})`,
+    );
+  }
+  if (cfg.centering !== "sinkhorn_knopp") {
+    throw new RangeError("torch_train_step.py times Sinkhorn-Knopp centering only");
+  }
+  const h = cfg.head;
+  return [
+    ...["--dim", v.dim, "--depth", v.depth, "--heads", v.heads, "--mlp", v.mlpHidden],
+    ...["--patch", v.patch, "--pos-grid", v.posGrid, "--image", cfg.imageSize, "--batch", batch],
+    ...["--hidden", h.hidden, "--bottleneck", h.bottleneck, "--prototypes", h.prototypes],
+    ...["--clip", cfg.clipGrad, "--koleo-eps", cfg.koleoEps],
+    ...["--patch-embed-lr-mult", cfg.patchEmbedLrMult],
+  ].map(String);
+}
+
+async function trainRow(
+  gpu: Gpu,
+  c: TrainCase,
+  plan: TrainPlan,
+  opts: TrainSuiteOptions,
+): Promise<BenchRow> {
+  const { cfg, batch: B } = c;
+  const S = cfg.imageSize;
+  const peerArgs = trainPeerArgs(cfg, B);
+  const masks = stepMasks(cfg, B);
+  const trainer = await Trainer.create(gpu, cfg);
+  const crops = randomTensor(gpu, [2 * B, 3, S, S]);
+  try {
+    const notes = [
+      `${2 * B} crops ${S} px, ${cfg.head.prototypes} prototypes, ${masks.count} masked patches`,
+    ];
+    if (opts.tune ?? true) notes.push(await tuneFor(gpu, trainStepMatmulShapes(cfg, B, masks)));
+    const ms = await timeHost(() => trainer.step(crops, masks), {
+      warmup: plan.warmup,
+      iters: plan.iters,
+    });
+    notes.push(`median of ${plan.iters} after ${plan.warmup} warm-up`);
+    let peer: PeerOutcome = { ok: false, reason: "peers disabled" };
+    if (opts.peers ?? true) {
+      const dir = await Deno.makeTempDir({ prefix: "bloom-bench-train-" });
+      try {
+        const file = join(dir, "masks.npy");
+        await writeNpy(file, {
+          dtype: "u8",
+          shape: [2 * B, masks.masks.length / (2 * B)],
+          data: masks.masks,
+        });
+        peer = await runPeer(peerScript("torch_train_step.py"), [
+          ...peerArgs,
+          ...["--masks", file, "--warmup", String(plan.warmup), "--iters", String(plan.iters)],
+        ]);
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    }
+    return peerRow(c.name, ms, B, peer, "pytorch cpu", notes.join("; "));
+  } finally {
+    gpu.release(crops);
+    trainer.destroy();
+  }
+}
+
+/** Knobs of the training suite (the smoke test turns off peers and tuning, and shrinks shapes). */
+export interface TrainSuiteOptions {
+  /** Shapes per mode (default `trainPlan`). */
+  plan?: (quick: boolean) => TrainPlan;
+  /** Run the PyTorch peer (default true); off, the rows say "peers disabled". */
+  peers?: boolean;
+  /** Tune the step's matmul classes before timing (default true; cached classes are free). */
+  tune?: boolean;
+}
+
+/** The training suite with these options. */
+export function makeTrainSuite(opts: TrainSuiteOptions = {}): BenchSuite {
+  return {
+    name: "train",
+    async run({ gpu, quick }) {
+      const plan = (opts.plan ?? trainPlan)(quick);
+      const rows: BenchRow[] = [];
+      for (const c of plan.cases) rows.push(await trainRow(gpu, c, plan, opts));
+      return rows;
+    },
+  };
+}
+
+/** DinoBloom training steps (ViT-S b8, b32, the demo model) next to PyTorch CPU. */
+export const trainSuite: BenchSuite = makeTrainSuite();

@@ -1,0 +1,214 @@
+/**
+ * The model and training benchmarks on tiny shapes, so they cannot rot: both suites run in quick
+ * mode with peers and tuning off (no Python), and their rows must be finite and consistent. Also
+ * what the rows rest on: the FLOP count against one derived from the parameter specs, the matmul
+ * shapes tuned against those the forward and the training step really request, and the peer
+ * protocol (parsing, and a missing interpreter or an unavailable torch giving a skipped row).
+ */
+import { Graph } from "../graph/graph.ts";
+import { Params } from "../graph/params.ts";
+import { type VitConfig, vitConfig, vitForward, vitParamSpecs } from "../graph/vit.ts";
+import { matmulTuner, shapeClass } from "../kernels/matmul.ts";
+import type { Gpu } from "../kernels/runtime.ts";
+import { dinobloomConfig } from "../pipelines/train/config.ts";
+import { Trainer } from "../pipelines/train/trainer.ts";
+import type { BenchRow, Peaks } from "../bench/harness.ts";
+import {
+  linearMatmulShapes,
+  makeModelSuite,
+  type ModelPlan,
+  randomTensor,
+  randomVit,
+  vitForwardFlops,
+  vitLinears,
+  vitPeerArgs,
+} from "../bench/model.ts";
+import { parsePeerOutput, peerRow, runPeer } from "../bench/peers.ts";
+import { makeTrainSuite, stepMasks, trainStepMatmulShapes } from "../bench/train.ts";
+import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { gpuTest } from "./helpers.ts";
+
+const TINY: VitConfig = {
+  arch: "custom",
+  dim: 32,
+  depth: 2,
+  heads: 2,
+  mlpHidden: 64,
+  ffn: "mlp",
+  patch: 14,
+  registers: 0,
+  posGrid: 2,
+  eps: 1e-6,
+  posInterp: "runtime",
+};
+
+/** Made-up peaks: the rows are ratios to whatever the run measured; here only consistency counts. */
+const PEAKS: Peaks = { fmaGflops: 50, copyGbps: 10 };
+
+const tinyTrain = () =>
+  dinobloomConfig({ ...TINY, posGrid: 4, posInterp: "size" }, 2, {
+    head: { inDim: 32, hidden: 32, bottleneck: 16, prototypes: 64 },
+    imageSize: 56,
+    microBatch: 2,
+  });
+
+function checkRow(r: BenchRow) {
+  assert(Number.isFinite(r.ms) && r.ms > 0, `${r.name}: ms ${r.ms}`);
+  assert(r.note && r.note.length > 0, `${r.name}: no note`);
+}
+
+/** Shape classes the matmuls of `fn` look up, via the process-wide tuner. */
+function requestedClasses(gpu: Gpu, fn: () => void): Set<string> {
+  const tuner = matmulTuner();
+  const seen = new Set<string>();
+  const orig = tuner.lookup;
+  tuner.lookup = (adapter, key) => {
+    if (adapter === gpu.adapter.name && key !== "default") seen.add(key);
+    return orig.call(tuner, adapter, key);
+  };
+  try {
+    fn();
+  } finally {
+    tuner.lookup = orig;
+  }
+  return seen;
+}
+
+const classes = (shapes: ReturnType<typeof linearMatmulShapes>) =>
+  new Set(
+    shapes.map((s) =>
+      shapeClass(s.M, s.N, s.K, s.batch ?? 1, s.transA ?? false, s.transB ?? false)
+    ),
+  );
+
+gpuTest("bench smoke: the model suite runs in quick mode on a tiny ViT", async (gpu) => {
+  const plan = (quick: boolean): ModelPlan => {
+    assert(quick, "the smoke test runs quick mode");
+    return {
+      forward: [{ name: "tiny forward b2", vit: TINY, batch: 2, image: 28, peerArgs: [] }],
+      memory: { name: "tiny forward b3", vit: TINY, batch: 3, image: 28, peerArgs: [] },
+      warmup: 1,
+      iters: 1,
+    };
+  };
+  const rows = await makeModelSuite({ plan, peers: false, tune: false })
+    .run({ gpu, peaks: PEAKS, quick: true });
+  assertEquals(rows.map((r) => r.name), [
+    "tiny forward b2",
+    "tiny forward b2 compute",
+    "tiny forward b3",
+  ]);
+  rows.forEach(checkRow);
+  const [speed, compute, memory] = rows;
+  // Images/s is the batch over the time; the peer was off, so its reference is NaN and said so.
+  assert(Math.abs(speed.rate! - 2 / (speed.ms / 1000)) <= 1e-9 * speed.rate!);
+  assert(Number.isNaN(speed.peak) && Number.isNaN(speed.ratio));
+  assert(speed.note!.includes("skipped: peers disabled"), speed.note);
+  assertEquals(compute.ms, speed.ms);
+  assert(Math.abs(compute.gflops! - vitForwardFlops(TINY, 2, 28) / compute.ms / 1e6) < 1e-9);
+  assert(Math.abs(compute.ratio - compute.gflops! / PEAKS.fmaGflops) < 1e-12);
+  assert(/pool peak \d/.test(memory.note!), memory.note);
+});
+
+gpuTest("bench smoke: the training suite runs in quick mode on a tiny model", async (gpu) => {
+  const rows = await makeTrainSuite({
+    plan: () => ({
+      cases: [{ name: "tiny step b2", cfg: tinyTrain(), batch: 2 }],
+      warmup: 1,
+      iters: 1,
+    }),
+    peers: false,
+    tune: false,
+  }).run({ gpu, peaks: PEAKS, quick: true });
+  assertEquals(rows.map((r) => r.name), ["tiny step b2"]);
+  rows.forEach(checkRow);
+  assert(Math.abs(rows[0].rate! - 2 / (rows[0].ms / 1000)) <= 1e-9 * rows[0].rate!);
+  assert(rows[0].note!.includes("64 prototypes") && rows[0].note!.includes("skipped"));
+});
+
+Deno.test("bench: ViT FLOPs = 2·weights·rows + 4·T²·D per block, from the parameter specs", () => {
+  for (const [cfg, B, S] of [[TINY, 3, 42], [vitConfig("vit_small"), 32, 224]] as const) {
+    const T = 1 + (S / 14) ** 2;
+    let flops = 0;
+    for (const s of vitParamSpecs(cfg)) {
+      const n = s.shape.reduce((a, b) => a * b, 1);
+      if (s.name === "patch_embed.proj.weight") flops += 2 * n * B * (T - 1);
+      else if (s.name.startsWith("blocks.") && s.name.endsWith("weight") && s.shape.length === 2) {
+        flops += 2 * n * B * T;
+      }
+    }
+    flops += cfg.depth * 4 * B * T * T * cfg.dim;
+    assertEquals(vitForwardFlops(cfg, B, S), flops);
+  }
+  // ViT-S/14 at 224 px: ~5.5 GMAC of linears (timm's figure scaled from 518 px) + 0.6 of attention.
+  const perImage = vitForwardFlops(vitConfig("vit_small"), 1, 224) / 1e9;
+  assert(perImage > 12 && perImage < 12.5, `${perImage} GFLOP`);
+});
+
+gpuTest("bench: the tuned matmul shapes cover what the forward requests", (gpu) => {
+  const arena = randomVit(gpu, TINY);
+  const images = randomTensor(gpu, [3, 3, 42, 42]);
+  const seen = requestedClasses(gpu, () => {
+    const g = new Graph(gpu, { training: false });
+    vitForward(new Params(g, arena), TINY, g.input(images), { outputs: ["clsNorm"] });
+    g.dispose();
+  });
+  assertEquals(seen, classes(linearMatmulShapes(vitLinears(TINY, 3, 42), false)));
+  gpu.release(images);
+  arena.destroy();
+});
+
+gpuTest("bench: the tuned matmul shapes cover what a training step requests", async (gpu) => {
+  const cfg = { ...tinyTrain(), batch: 4, microBatch: 2 };
+  const masks = stepMasks(cfg, 4);
+  assert(masks.count > 0, "the masks must exercise the iBOT head");
+  const trainer = await Trainer.create(gpu, cfg);
+  const crops = randomTensor(gpu, [8, 3, 56, 56]);
+  let step: Promise<unknown> = Promise.resolve();
+  // The step encodes every matmul before its first await (the metrics read-back).
+  const seen = requestedClasses(gpu, () => {
+    step = trainer.step(crops, masks);
+  });
+  await step;
+  assertEquals(seen, classes(trainStepMatmulShapes(cfg, 4, masks)));
+  gpu.release(crops);
+  trainer.destroy();
+});
+
+Deno.test("bench peers: the JSON protocol, with errors that name the peer and the field", () => {
+  const ok = parsePeerOutput(
+    'noise\n{"peer": "p", "ms": [3, 1, 2], "items": 4, "torch": "1.13"}\n',
+    "p.py",
+  );
+  assert(ok.ok);
+  assertEquals(ok.medianMs, 2);
+  assertEquals(ok.rate, 2000);
+  assertEquals(ok.info.torch, "1.13");
+  const off = parsePeerOutput('{"peer": "p", "unavailable": "no torch"}', "p.py");
+  assertEquals(off, { ok: false, reason: "no torch" });
+  assertThrows(() => parsePeerOutput("", "p.py"), Error, "p.py: printed nothing");
+  assertThrows(() => parsePeerOutput("Traceback", "p.py"), Error, "not JSON");
+  assertThrows(() => parsePeerOutput('{"ms": [], "items": 1}', "p.py"), Error, "'ms'");
+  assertThrows(() => parsePeerOutput('{"ms": [1], "items": 0}', "p.py"), Error, "'items'");
+  const row = peerRow("r", 500, 8, ok, "pytorch cpu", "n");
+  assertEquals([row.rate, row.peak, row.ratio], [16, 2000, 16 / 2000]);
+  assertThrows(
+    () => vitPeerArgs({ ...TINY, registers: 4 }, 1, 28),
+    RangeError,
+    "register-free",
+  );
+});
+
+Deno.test("bench peers: a missing interpreter or torch gives a skipped row, not a crash", async () => {
+  const missing = await runPeer("x.py", [], { python: "/nonexistent/python3" });
+  assert(!missing.ok && missing.reason.includes("/nonexistent/python3"), JSON.stringify(missing));
+  // /bin/echo stands in for a peer that reports torch unavailable on stdout.
+  const unavailable = await runPeer('{"peer": "x", "unavailable": "no module named torch"}', [], {
+    python: "/bin/echo",
+  });
+  assertEquals(unavailable, { ok: false, reason: "no module named torch" });
+  const failing = await runPeer("-c", ["exit 3"], { python: "/bin/sh" });
+  assert(!failing.ok && failing.reason.includes("exited with 3"), JSON.stringify(failing));
+  const row = peerRow("r", 100, 2, unavailable, "pytorch cpu", "n");
+  assert(Number.isNaN(row.ratio) && row.note!.includes("no module named torch"));
+});
