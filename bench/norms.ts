@@ -95,7 +95,7 @@ export const normsSuite: BenchSuite = {
   async run(ctx: BenchContext): Promise<BenchRow[]> {
     // Kernels run with the layout the trainer would pick after tuning on this adapter.
     const cap = await tuneRowKernels(ctx.gpu);
-    const note = `≤${cap} threads/row (tuned)`;
+    const note = `≤${cap} threads/row (tuned for this adapter)`;
     const tokens = (ctx.quick ? 8 : 32) * 257;
     const rows: BenchRow[] = [];
     rows.push(...await layerNormRows(ctx, tokens, 384, note));

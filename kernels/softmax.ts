@@ -14,6 +14,7 @@
  * terms; one pass reads the row for (max, sum), a second writes the result.
  * `z = x / T` is a true division, as PyTorch does it.
  */
+import { type AutotuneCache, type Autotuner, newAutotuner } from "./autotune.ts";
 import { GpuLimitError } from "./errors.ts";
 import { FLAT_WORKGROUP_INDEX, grid, type Kernel, kernel, Params } from "./kernel.ts";
 import { fmtBytes } from "./pool.ts";
@@ -71,17 +72,49 @@ export function rowLayout(units: number, req: LayoutRequest = {}): RowLayout {
 
 const rowCaps = new WeakMap<Gpu, number>();
 
-/**
- * The most threads per row the default layouts use on `gpu`: 256 (what GPUs
- * want) until `tuneRowKernels` or `setRowThreadCap` says otherwise.
- */
-export function rowThreadCap(gpu: Gpu): number {
-  return rowCaps.get(gpu) ?? MAX_ROW_THREADS;
+/** Cache key of the adapter-wide cap (one choice serves every norm kernel). */
+const CAP_KEY = "cap";
+
+function validCap(cap: number): boolean {
+  return Number.isInteger(cap) && cap >= 1 && cap <= MAX_ROW_THREADS && (cap & (cap - 1)) === 0;
 }
 
-/** Sets the cap on threads per row for `gpu` (a tuning result kept elsewhere, or a test). */
-export function setRowThreadCap(gpu: Gpu, cap: number): void {
-  if (!Number.isInteger(cap) || cap < 1 || cap > MAX_ROW_THREADS || (cap & (cap - 1)) !== 0) {
+/** A tuner of the row thread cap on `cache` (op "rows"; candidates stored as "cap<N>"). */
+export function newRowTuner(cache?: AutotuneCache): Autotuner<number> {
+  return newAutotuner<number>("rows", {
+    id: (c) => `cap${c}`,
+    parse: (id) => {
+      const m = /^cap(\d+)$/.exec(id);
+      return m && validCap(Number(m[1])) ? Number(m[1]) : null;
+    },
+  }, cache);
+}
+
+let sharedRowTuner: Autotuner<number> | null = null;
+
+/** The process-wide row tuner (its cache file: see `autotune.ts`). */
+export function rowTuner(): Autotuner<number> {
+  sharedRowTuner ??= newRowTuner();
+  return sharedRowTuner;
+}
+
+/**
+ * The most threads per row the default layouts use on `gpu`: the override
+ * set with `setRowThreadCap`, else the tuned choice for this adapter
+ * (`tuneRowKernels`, cached across processes), else 256 (what GPUs want).
+ * Never measures.
+ */
+export function rowThreadCap(gpu: Gpu): number {
+  return rowCaps.get(gpu) ?? rowTuner().lookup(gpu.adapter.name, CAP_KEY) ?? MAX_ROW_THREADS;
+}
+
+/** Overrides the cap on threads per row for `gpu` (null: back to the tuned choice). */
+export function setRowThreadCap(gpu: Gpu, cap: number | null): void {
+  if (cap === null) {
+    rowCaps.delete(gpu);
+    return;
+  }
+  if (!validCap(cap)) {
     throw new RangeError(`the row thread cap must be a power of two in 1..256, got ${cap}`);
   }
   rowCaps.set(gpu, cap);
@@ -695,48 +728,53 @@ export function crossEntropySoftBackwardRef(
 
 // ------------------------------------------------------------------ tuning
 
+/** Options of `tuneRowKernels`. */
+export interface RowTuneOptions {
+  /** Caps to measure (default 1, 8, 64, 256). */
+  candidates?: readonly number[];
+  /** Where the choice is recorded (default: the process-wide `rowTuner()`). */
+  tuner?: Autotuner<number>;
+  /** Measure again even when this adapter has a recorded choice. */
+  force?: boolean;
+}
+
 /**
- * Measures which cap on threads per row suits this adapter and sets it
- * (`setRowThreadCap`): wide rows (a softmax over 16,384 classes) and narrow
- * ones (a log-softmax over 384, like a ViT-S layer norm row), each timed for
- * every candidate, interleaved over a few rounds; the cap with the smallest
- * sum of times relative to each probe's best wins. GPUs favour many threads
- * per row; llvmpipe favours one (cap 1: no barrier anywhere, and a barrier
- * slows a whole shader there, measured 3–5x on these kernels). Takes about
- * two seconds on llvmpipe. Returns the cap chosen.
+ * Measures which cap on threads per row suits this adapter and records it
+ * (`rowThreadCap` then returns it, in this and later processes). Each
+ * candidate runs two probes: wide rows (a softmax over 16,384 classes) and
+ * narrow ones (a log-softmax over 384, like a ViT-S layer-norm row); rounds
+ * interleave the candidates and the median of the summed times counts. GPUs
+ * favour many threads per row; llvmpipe favours one (cap 1: no barrier at
+ * all, and a barrier slows a whole shader there). About two seconds on
+ * llvmpipe; nothing when a choice is cached. Returns the cap chosen.
  */
-export async function tuneRowKernels(
-  gpu: Gpu,
-  candidates: readonly number[] = [1, 8, 64, MAX_ROW_THREADS],
-): Promise<number> {
+export async function tuneRowKernels(gpu: Gpu, opts: RowTuneOptions = {}): Promise<number> {
+  const candidates = opts.candidates ?? [1, 8, 64, MAX_ROW_THREADS];
+  const tuner = opts.tuner ?? rowTuner();
   const probes: [number, number, FwdMode][] = [[16, 16384, "softmax"], [1024, 384, "log"]];
-  const best = candidates.map(() => probes.map(() => Infinity));
   const inputs = probes.map(([rows, cols]) => {
     const data = new Float32Array(rows * cols);
     for (let i = 0; i < data.length; i++) data[i] = Math.sin(i * 0.37) * 4;
     return gpu.tensor(data, [rows, cols]);
   });
   const saved = rowCaps.get(gpu);
+  const compiled = new Set<number>();
   try {
-    for (let round = 0; round < 3; round++) {
-      for (let ci = 0; ci < candidates.length; ci++) {
-        setRowThreadCap(gpu, candidates[ci]);
-        for (let pi = 0; pi < probes.length; pi++) {
-          const run = () => gpu.release(runFwd(gpu, probes[pi][2], "tune", inputs[pi], null, {}).y);
-          if (round === 0) run(); // compile outside the timing
-          const t = await gpu.time(run);
-          best[ci][pi] = Math.min(best[ci][pi], t.gpuMs ?? t.wallMs);
-        }
+    const r = await tuner.tuneWith(gpu.adapter.name, CAP_KEY, candidates, async (cap) => {
+      setRowThreadCap(gpu, cap);
+      let ms = 0;
+      for (const [i, [, , mode]] of probes.entries()) {
+        const run = () => gpu.release(runFwd(gpu, mode, "tuneRowKernels", inputs[i], null, {}).y);
+        if (!compiled.has(cap)) run(); // compile outside the timing
+        const t = await gpu.time(run);
+        ms += t.gpuMs ?? t.wallMs;
       }
-    }
+      compiled.add(cap);
+      return ms;
+    }, { force: opts.force });
+    return r.choice;
   } finally {
     gpu.release(...inputs);
-    if (saved === undefined) rowCaps.delete(gpu);
-    else rowCaps.set(gpu, saved);
+    setRowThreadCap(gpu, saved ?? null);
   }
-  const floor = probes.map((_, pi) => Math.min(...best.map((b) => b[pi])));
-  const score = best.map((b) => b.reduce((acc, ms, pi) => acc + ms / floor[pi], 0));
-  const chosen = candidates[score.indexOf(Math.min(...score))];
-  setRowThreadCap(gpu, chosen);
-  return chosen;
 }

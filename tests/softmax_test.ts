@@ -1,4 +1,5 @@
 /** Softmax, log-softmax and soft cross-entropy: references, finite differences, PyTorch. */
+import { AutotuneCache } from "../kernels/autotune.ts";
 import { GpuLimitError } from "../kernels/errors.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import {
@@ -10,6 +11,7 @@ import {
   logSoftmaxBackward,
   logSoftmaxBackwardRef,
   logSoftmaxRef,
+  newRowTuner,
   rowChunks,
   rowLayout,
   rowThreadCap,
@@ -341,19 +343,25 @@ gpuTest(
       workgroupSize: 64,
     });
     assertThrows(() => setRowThreadCap(gpu, 12), RangeError, "power of two");
-    // Tuning picks one of the candidates, sets it, and the kernels still agree with the reference.
-    const before = rowThreadCap(gpu);
+    // Tuning (in a memory-only cache) picks one of the candidates and records it; the
+    // override takes precedence, and the kernels agree with the reference under either cap.
+    const tuner = newRowTuner(new AutotuneCache({ path: null }));
+    const cap = await tuneRowKernels(gpu, { candidates: [1, 256], tuner });
+    assert(cap === 1 || cap === 256, `tuned cap ${cap}`);
+    assertEquals(tuner.lookup(gpu.adapter.name, "cap"), cap);
+    assertEquals(await tuneRowKernels(gpu, { candidates: [1, 256], tuner }), cap, "cached");
     try {
-      const cap = await tuneRowKernels(gpu, [8, 256]);
-      assert(cap === 8 || cap === 256, `tuned cap ${cap}`);
-      assertEquals(rowThreadCap(gpu), cap);
-      const x = new Rng(9).normals(3 * 5000);
-      const xt = gpu.tensor(x, [3, 5000]);
-      const [y] = await take(gpu, softmax(gpu, xt));
-      gpu.release(xt);
-      assertClose(y, softmaxRef(x, 5000), softmaxTol(x, 1), `softmax under cap ${cap}`);
+      for (const c of [1, 256]) {
+        setRowThreadCap(gpu, c);
+        assertEquals(rowThreadCap(gpu), c);
+        const x = new Rng(9).normals(3 * 5000);
+        const xt = gpu.tensor(x, [3, 5000]);
+        const [y] = await take(gpu, softmax(gpu, xt));
+        gpu.release(xt);
+        assertClose(y, softmaxRef(x, 5000), softmaxTol(x, 1), `softmax under cap ${c}`);
+      }
     } finally {
-      setRowThreadCap(gpu, before);
+      setRowThreadCap(gpu, null);
     }
   },
 );
