@@ -18,9 +18,9 @@ import type { Gpu } from "./runtime.ts";
 export interface TuneRecord {
   /** Id of the chosen candidate. */
   choice: string;
-  /** Its median time, in milliseconds. */
+  /** Its best time, in milliseconds (for the adapter-wide "default" record: a score). */
   ms: number;
-  /** Median time of every candidate measured; null where it failed. */
+  /** Best time of every candidate measured; null where it failed. */
   timings: Record<string, number | null>;
   /** When it was measured (ISO 8601). */
   at: string;
@@ -213,7 +213,7 @@ export interface TuneResult<C> {
 
 /** Options of `Autotuner.tune`. */
 export interface TuneOptions {
-  /** Timed calls per candidate (interleaved across candidates; the median counts). */
+  /** Timed calls per candidate (interleaved across candidates; the fastest counts). */
   iters?: number;
   /** Measure again even when a record exists. */
   force?: boolean;
@@ -245,7 +245,8 @@ export class Autotuner<C> {
   /**
    * Measures every candidate with `measure` (milliseconds; null or a throw marks it failed)
    * and records the fastest. Rounds are interleaved — each round times every candidate once —
-   * so drift on a shared machine hits all candidates alike; the median per candidate counts.
+   * so drift on a shared machine hits all candidates alike. The fastest call of each counts:
+   * on a shared machine noise only ever adds time, so the minimum is the least biased.
    */
   async tuneWith(
     adapter: string,
@@ -281,7 +282,7 @@ export class Autotuner<C> {
     let bestMs = Infinity;
     for (const [i, c] of candidates.entries()) {
       const ts = times.get(i);
-      const med = !failed.has(i) && ts ? median(ts) : null;
+      const med = !failed.has(i) && ts ? Math.min(...ts) : null;
       timings[this.codec.id(c)] = med;
       if (med !== null && med < bestMs) {
         best = i;
@@ -326,12 +327,6 @@ export class Autotuner<C> {
       return t.gpuMs ?? t.wallMs;
     }, opts);
   }
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 let sharedCache: AutotuneCache | null = null;
