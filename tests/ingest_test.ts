@@ -591,7 +591,7 @@ Deno.test("resume: a killed run finishes on rerun with the same shards as an uni
     // Kill as soon as the first shard is finished and recorded (its record in
     // .ingest/ comes right after the rename): later shards are unwritten or partial.
     let recorded: string[] = [];
-    for (let t = 0; t < 3000 && recorded.length === 0; t++) {
+    for (let t = 0; t < 6000 && recorded.length === 0; t++) {
       await new Promise((r) => setTimeout(r, 5));
       try {
         recorded = [...Deno.readDirSync(join(killed, ".ingest"))].map((e) => e.name)
