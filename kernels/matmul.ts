@@ -1043,7 +1043,11 @@ function checkF32(name: string, t: GpuTensor): void {
  * multiply touches must lie inside its tensor. Splits the dispatch when a binding would exceed
  * the adapter's limit.
  */
-export function matmulStrided(gpu: Gpu, spec: MatmulStridedSpec, internal: MatmulInternal = {}) {
+export function matmulStrided(
+  gpu: Gpu,
+  spec: MatmulStridedSpec,
+  internal: MatmulInternal = {},
+): void {
   const { a, b, out, M, N, K } = spec;
   const transA = spec.transA ?? false;
   const transB = spec.transB ?? false;
