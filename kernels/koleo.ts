@@ -16,7 +16,15 @@ import { grid, type Kernel, kernel, Params } from "./kernel.ts";
 import { l2Normalize, l2NormalizeBackwardRef, l2NormalizeRef } from "./l2norm.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
-import { F32_LOWEST, ROW_LOOP, rowLayout, rowsCols, rowSegment, rowWgsl } from "./softmax.ts";
+import {
+  F32_LOWEST,
+  ROW_LOOP,
+  rowLayout,
+  rowsCols,
+  rowSegment,
+  rowWgsl,
+  vecWgsl,
+} from "./softmax.ts";
 
 /** Options of KoLeo: DinoBloom's eps 1e-4 (normalise and log) and PairwiseDistance's 1e-8. */
 export interface KoleoOptions {
@@ -61,8 +69,7 @@ struct P { rows: u32, cols: u32, pdistEps: f32 }
 @group(0) @binding(1) var<storage, read_write> nn: array<u32>;
 @group(0) @binding(2) var<storage, read_write> dist: array<f32>;
 @group(0) @binding(3) var<uniform> p: P;
-alias V = ${w === 4 ? "vec4f" : "f32"};
-fn hsum(v: V) -> f32 { return ${w === 4 ? "dot(v, V(1.0))" : "v"}; }
+${vecWgsl(w)}
 // (dot, index as f32: exact below 2^24 rows); a beats b if larger, or equal with a lower index.
 fn better(a: vec2f, b: vec2f) -> vec2f {
   if (a.x > b.x || (a.x == b.x && a.y < b.y)) { return a; }
@@ -149,8 +156,7 @@ struct P { rows: u32, cols: u32, eps: f32, pdistEps: f32 }
 @group(0) @binding(5) var<storage, read> dist: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dx: array<V>;
 @group(0) @binding(7) var<uniform> p: P;
-alias V = ${w === 4 ? "vec4f" : "f32"};
-fn hsum(v: V) -> f32 { return ${w === 4 ? "dot(v, V(1.0))" : "v"}; }
+${vecWgsl(w)}
 ${rowWgsl(l, [["rowSum", "f32", "a + b"]])}
 // dL/dd_i / d_i; a zero distance has no direction (torch's norm gradient is 0 there).
 fn coef(i: u32) -> f32 {

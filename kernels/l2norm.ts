@@ -30,6 +30,7 @@ import {
   rowThreadCap,
   rowView,
   rowWgsl,
+  vecWgsl,
 } from "./softmax.ts";
 
 /** Options of the normalisation kernels. */
@@ -39,12 +40,6 @@ export interface L2NormOptions {
 }
 
 type Mode = "l2" | "wn";
-
-function vecAlias(w: 1 | 4): string {
-  return w === 4
-    ? "alias V = vec4f;\nfn hsum(v: V) -> f32 { return dot(v, V(1.0)); }"
-    : "alias V = f32;\nfn hsum(v: V) -> f32 { return v; }";
-}
 
 /** Forward: l2 writes x / max(n, eps); wn writes x · (g / n). Both write n. */
 function fwdKernel(mode: Mode, w: 1 | 4, l: RowLayout): Kernel {
@@ -63,7 +58,7 @@ struct P { rows: u32, cols: u32, rowBase: u32, eps: f32 }
 @group(0) @binding(2) var<storage, read_write> norm: array<f32>;
 ${wn ? "@group(0) @binding(3) var<storage, read> gain: array<f32>;" : ""}
 @group(0) @binding(${wn ? 4 : 3}) var<uniform> p: P;
-${vecAlias(w)}
+${vecWgsl(w)}
 ${rowWgsl(l, [["rowSum", "f32", "a + b"]])}
 @compute @workgroup_size(WG)
 fn main(${ROW_BUILTINS}) {${ROW_PROLOGUE}
@@ -111,7 +106,7 @@ struct P { rows: u32, cols: u32, rowBase: u32, eps: f32 }
 ${wn ? "@group(0) @binding(4) var<storage, read> gain: array<f32>;" : ""}
 ${wn ? "@group(0) @binding(5) var<storage, read_write> dgain: array<f32>;" : ""}
 @group(0) @binding(${wn ? 6 : 4}) var<uniform> p: P;
-${vecAlias(w)}
+${vecWgsl(w)}
 ${rowWgsl(l, [["rowSum", "f32", "a + b"]])}
 @compute @workgroup_size(WG)
 fn main(${ROW_BUILTINS}) {${ROW_PROLOGUE}

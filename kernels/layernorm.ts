@@ -29,18 +29,13 @@ import {
   rowView,
   rowWgsl,
   SEGMENT_LANES,
+  vecWgsl,
 } from "./softmax.ts";
 
 /** Options of the layer-norm kernels. */
 export interface LayerNormOptions {
   /** Threads per row (power of two ≤ 256); the default suits the row length. */
   threadsPerRow?: number;
-}
-
-function vecAlias(w: 1 | 4): string {
-  return w === 4
-    ? "alias V = vec4f;\nfn hsum(v: V) -> f32 { return dot(v, V(1.0)); }"
-    : "alias V = f32;\nfn hsum(v: V) -> f32 { return v; }";
 }
 
 /**
@@ -75,7 +70,7 @@ struct P { rows: u32, cols: u32, rowBase: u32, eps: f32 }
 @group(0) @binding(4) var<storage, read_write> mean: array<f32>;
 @group(0) @binding(5) var<storage, read_write> rstd: array<f32>;
 @group(0) @binding(6) var<uniform> p: P;
-${vecAlias(w)}
+${vecWgsl(w)}
 ${rowWgsl(l, [SUM])}
 const CPT = ${cpt}u;
 @compute @workgroup_size(WG)
@@ -130,7 +125,7 @@ struct P { rows: u32, cols: u32, rowBase: u32, K: u32, blockBase: u32 }
 @group(0) @binding(5) var<storage, read_write> dx: array<V>;
 @group(0) @binding(6) var<storage, read_write> part: array<V>;
 @group(0) @binding(7) var<uniform> p: P;
-${vecAlias(w)}
+${vecWgsl(w)}
 ${rowWgsl(l, [SUM2])}
 const CPT = ${cpt}u;
 ${combine ? `var<workgroup> comb: array<V, ${2 * units}>;` : ""}
@@ -230,7 +225,7 @@ struct P { count: u32, width: u32 }
 @group(0) @binding(0) var<storage, read> part: array<V>;
 @group(0) @binding(1) var<storage, read_write> out: array<V>;
 @group(0) @binding(2) var<uniform> p: P;
-${vecAlias(w)}
+${vecWgsl(w)}
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {

@@ -335,8 +335,8 @@ function widthOf(cols: number): 1 | 4 {
   return cols % 4 === 0 ? 4 : 1;
 }
 
-/** WGSL helpers over a W-wide value: horizontal sum and max, splat. */
-function vecWgsl(w: 1 | 4): string {
+/** WGSL `V` (f32, or vec4f for rows read 4 columns at a time) with its horizontal sum and max. */
+export function vecWgsl(w: 1 | 4): string {
   return w === 4
     ? `alias V = vec4f;
 fn hsum(v: V) -> f32 { return dot(v, V(1.0)); }
