@@ -217,6 +217,12 @@ export interface TuneOptions {
   iters?: number;
   /** Measure again even when a record exists. */
   force?: boolean;
+  /**
+   * After the first round, stop re-measuring candidates this many times slower than the best
+   * so far (default 4): a hopeless candidate on a big shape (a workgroup-memory kernel on a
+   * CPU adapter) would otherwise dominate the tuning time. Its first time is still recorded.
+   */
+  dropSlowerThan?: number;
 }
 
 /** Chooses among candidates of one op by measurement, per shape class, with a cache. */
@@ -264,9 +270,15 @@ export class Autotuner<C> {
     const iters = Math.max(1, opts.iters ?? 3);
     const times = new Map<number, number[]>();
     const failed = new Set<number>();
+    const drop = opts.dropSlowerThan ?? 4;
+    const dropped = new Set<number>();
     for (let round = 0; round < iters; round++) {
+      if (round === 1) {
+        const fastest = Math.min(...[...times.values()].map((t) => t[0]));
+        for (const [i, t] of times) if (t[0] > drop * fastest) dropped.add(i);
+      }
       for (const [i, c] of candidates.entries()) {
-        if (failed.has(i)) continue;
+        if (failed.has(i) || dropped.has(i)) continue;
         let ms: number | null;
         try {
           ms = await measure(c);

@@ -60,6 +60,11 @@ Deno.test("autotune: records the fastest candidate with every timing, failures a
   assert(again.cached && f.calls.length === 7, "cached result reused");
   const forced = await t.tuneWith("adapter A", "k1", ["slow"], f.measure, { force: true });
   assertEquals(forced.choice, "slow");
+  // A candidate 4× slower than the best after the first round is not measured again.
+  const g = fakeTimes({ slow: 10, fast: 2 });
+  await t.tuneWith("adapter A", "k3", ["slow", "fast"], g.measure, { iters: 3 });
+  assertEquals(g.calls, ["slow", "fast", "fast", "fast"]);
+  assertEquals(t.cache.get("adapter A", "op", "k3")?.timings, { slow: 10, fast: 2 });
   await assertRejects(
     () => t.tuneWith("adapter A", "k2", ["broken"], f.measure),
     Error,
