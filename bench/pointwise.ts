@@ -1,7 +1,7 @@
 /**
  * Pointwise kernels at DINOv2 shapes (257 tokens, batch 32; dims 384/768, MLP hidden
- * 1536/3072): bias add, GELU, SwiGLU, row and column sums, the attention head permute, a
- * transpose and the gather of masked rows. All are memory-bound: each row reports bytes read +
+ * 1536/3072): bias add, GELU, SwiGLU, row, column and whole-tensor sums, the attention head
+ * permute, a transpose and the gather of masked rows. All are memory-bound: each row reports bytes read +
  * written per call against the copy bandwidth measured in the same run (target ≥ 0.5).
  */
 import { add, gelu, swiglu } from "../kernels/elementwise.ts";
@@ -101,6 +101,16 @@ function cases(gpu: Gpu, batch: number, d: number, hidden: number): (() => Case)
         run: () => sum(gpu, x, { axis: 0 }),
         bytes: (n * hidden + hidden) * 4,
         note: `${tag}, bias gradient, two-stage`,
+      };
+    },
+    () => {
+      const x = random(gpu, [n, hidden]);
+      return {
+        name: `sum all [${n}·${hidden}]`,
+        inputs: [x],
+        run: () => sum(gpu, x, { axis: "all" }),
+        bytes: (n * hidden + 1) * 4,
+        note: `${tag}, ${((n * hidden) / 1e6).toFixed(1)} M values, multi-stage`,
       };
     },
     () => {
