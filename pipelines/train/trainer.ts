@@ -14,6 +14,7 @@
  * difference: the reference searches each GPU's share of the batch).
  */
 import { writePth } from "../../data/pth_writer.ts";
+import { openSafetensors, writeSafetensors } from "../../data/safetensors.ts";
 import type { TensorData } from "../../data/record.ts";
 import { openCheckpoint, resamplePosEmbed } from "../../graph/checkpoint.ts";
 import { ParamArena, type ParamSpec } from "../../graph/arena.ts";
@@ -575,6 +576,103 @@ export class Trainer {
   /** Optimiser state chunks, for the resume file. */
   get optimizerState(): { m: GpuTensor[]; v: GpuTensor[]; centers: GpuTensor[] } {
     return { m: this.#m, v: this.#v, centers: [this.#centers.dino, this.#centers.ibot] };
+  }
+
+  /**
+   * Writes everything a resumed run needs — student, teacher, AdamW moments,
+   * centres, the iteration and the caller's `extra` (data position, RNG
+   * state) — as one safetensors file, atomically.
+   */
+  async saveState(path: string, extra: Record<string, unknown> = {}): Promise<void> {
+    const tensors = new Map<string, TensorData>();
+    for (const [tag, arena] of [["student", this.student], ["teacher", this.teacher]] as const) {
+      const values = await arena.readAll();
+      for (const p of arena.order) {
+        tensors.set(`${tag}.${p.name}`, {
+          dtype: "f32",
+          shape: p.shape,
+          data: values.get(p.name)!,
+        });
+      }
+    }
+    const chunks = [
+      ...this.#m.map((t, i) => [`adam_m.${i}`, t] as const),
+      ...this.#v.map((t, i) => [`adam_v.${i}`, t] as const),
+      ["center.dino", this.#centers.dino] as const,
+      ["center.ibot", this.#centers.ibot] as const,
+    ];
+    for (const [name, t] of chunks) {
+      tensors.set(name, { dtype: "f32", shape: t.shape, data: await this.gpu.readF32(t) });
+    }
+    const meta = { iteration: this.iteration, config: this.cfg, ...extra };
+    await writeSafetensors(path, tensors, { "bloom.resume": JSON.stringify(meta) });
+  }
+
+  /**
+   * Restores a trainer from `saveState`'s file. The configuration must match
+   * the file's (same shapes); returns the caller's `extra` fields.
+   */
+  static async restore(
+    gpu: Gpu,
+    path: string,
+    cfg?: TrainConfig,
+  ): Promise<{ trainer: Trainer; extra: Record<string, unknown> }> {
+    const f = await openSafetensors(path);
+    try {
+      const raw = f.metadata["bloom.resume"];
+      if (!raw) {
+        throw new Error(`${path} is not a bloom resume file (no bloom.resume metadata)`);
+      }
+      const meta = JSON.parse(raw) as
+        & { iteration: number; config: TrainConfig }
+        & Record<string, unknown>;
+      const config = cfg ?? meta.config;
+      for (
+        const k of ["dim", "depth", "heads", "mlpHidden", "ffn", "posGrid", "registers"] as const
+      ) {
+        if (config.vit[k] !== meta.config.vit[k]) {
+          throw new Error(
+            `${path}: the run was started with vit.${k} = ${
+              meta.config.vit[k]
+            }, the config now says ` +
+              `${config.vit[k]}; resume with the original config`,
+          );
+        }
+      }
+      if (JSON.stringify(config.head) !== JSON.stringify(meta.config.head)) {
+        throw new Error(
+          `${path}: the heads differ from the run's (${JSON.stringify(meta.config.head)})`,
+        );
+      }
+      const specs = Trainer.specs(config);
+      const student = ParamArena.create(gpu, specs, { grads: true });
+      const teacher = ParamArena.create(gpu, specs);
+      for (const s of specs) {
+        student.set(s.name, await f.tensor(`student.${s.name}`).f32());
+        teacher.set(s.name, await f.tensor(`teacher.${s.name}`).f32());
+      }
+      const t = new Trainer(gpu, config, student, teacher);
+      const put = async (name: string, dst: GpuTensor) => {
+        const rec = f.tensor(name);
+        if (rec.numel !== dst.numel) {
+          throw new Error(
+            `${path}: ${name} has ${rec.numel} values, the trainer expects ${dst.numel}`,
+          );
+        }
+        gpu.write(dst, await rec.f32());
+      };
+      for (let i = 0; i < t.#m.length; i++) {
+        await put(`adam_m.${i}`, t.#m[i]);
+        await put(`adam_v.${i}`, t.#v[i]);
+      }
+      await put("center.dino", t.#centers.dino);
+      await put("center.ibot", t.#centers.ibot);
+      t.iteration = meta.iteration;
+      const { iteration: _i, config: _c, ...extra } = meta;
+      return { trainer: t, extra };
+    } finally {
+      f.close();
+    }
   }
 
   /** Frees everything on the GPU. */
