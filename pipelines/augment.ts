@@ -4,8 +4,10 @@
  *
  * Training crops, from a batch of uint8 RGB images `[B, S, S, 3]` (packed in
  * u32 words by `gpu.uploadBytes`) to f32 `[2B, 3, N, N]`, crop-major (crop 1
- * of every image, then crop 2), in four kernels:
+ * of every image, then crop 2), in these kernels:
  *
+ * 0. `augment_unpack_rgb`: one word per source pixel, so a bicubic tap is one
+ *    aligned load (both crops of an image read it).
  * 1. `augment_luma_rows`: for crops whose ColorJitter has a contrast op, the
  *    grayscale sum of each output row of the image as it stands just before
  *    contrast (torch blends with the mean of the grayscale of the *current*
@@ -117,10 +119,10 @@ struct U {
 /** Resampling and colour ops, shared by the luma pre-pass and the main kernel. */
 const PIXEL_WGSL = `
 const PW = ${PARAM_WORDS}u;
-fn byte_at(i: u32) -> f32 { return f32((img[i >> 2u] >> ((i & 3u) * 8u)) & 255u); }
+// One source pixel, unscaled (0 … 255): \`img\` holds one word per pixel (augment_unpack_rgb).
 fn texel(base: u32, x: u32, y: u32) -> vec3f {
-  let i = base + (y * u.S + x) * 3u;
-  return vec3f(byte_at(i), byte_at(i + 1u), byte_at(i + 2u)) / 255.0;
+  let w = img[base + y * u.S + x];
+  return vec3f(f32(w & 255u), f32((w >> 8u) & 255u), f32((w >> 16u) & 255u));
 }
 // Keys' cubic convolution weights for taps idx-1 … idx+2 at fraction t (PyTorch's A).
 fn cubic_w(t: f32) -> vec4f {
@@ -151,7 +153,7 @@ fn warp(c: u32, ox: u32, oy: u32) -> vec3f {
   let wy = cubic_w(clamp(sy - fyi, 0.0, 1.0));
   let ix = i32(fxi);
   let iy = i32(fyi);
-  let base = u32(prm[p + ${P_IMAGE}u]) * u.S * u.S * 3u;
+  let base = u32(prm[p + ${P_IMAGE}u]) * u.S * u.S;
   // PyTorch's order: interpolate along x within each row, then weight the rows.
   var acc = vec3f(0.0);
   for (var i = 0; i < 4; i++) {
@@ -163,7 +165,8 @@ fn warp(c: u32, ox: u32, oy: u32) -> vec3f {
     }
     acc += wy[i] * row;
   }
-  return clamp(acc, vec3f(0.0), vec3f(1.0));
+  // One division per pixel instead of one per tap; exact for the identity weights (0, 1, 0, 0).
+  return clamp(acc / 255.0, vec3f(0.0), vec3f(1.0));
 }
 fn gray(c: vec3f) -> f32 { return 0.2989 * c.x + 0.587 * c.y + 0.114 * c.z; }
 fn blend(a: vec3f, b: vec3f, r: f32) -> vec3f {
@@ -213,6 +216,31 @@ fn color_op(k: u32, col: vec3f, p: u32, mean: f32) -> vec3f {
     default: { return adjust_hue(col, f); }
   }
 }`;
+
+/**
+ * Repacks the uint8 RGB batch (3 bytes per pixel, straddling words) into one
+ * word per pixel, so that each of the warp's 16 taps is one aligned load
+ * instead of three byte extractions. Both crops of an image share it.
+ */
+const unpackKernel = kernel({
+  name: "augment_unpack_rgb",
+  bindings: ["read", "read_write"],
+  uniformBytes: UNIFORM_BYTES,
+  source: () =>
+    `${UNIFORM_WGSL}
+@group(0) @binding(0) var<storage, read> src: array<u32>;
+@group(0) @binding(1) var<storage, read_write> dst: array<u32>;
+@group(0) @binding(2) var<uniform> u: U;
+fn byte_at(i: u32) -> u32 { return (src[i >> 2u] >> ((i & 3u) * 8u)) & 255u; }
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let idx = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
+  if (idx >= u.total) { return; }
+  let i = idx * 3u;
+  dst[idx] = byte_at(i) | (byte_at(i + 1u) << 8u) | (byte_at(i + 2u) << 16u);
+}`,
+});
 
 const lumaRowsKernel = kernel({
   name: "augment_luma_rows",
@@ -485,6 +513,21 @@ export function applyCropParams(
   } else {
     prm = gpu.tensor(encodeCropParams(params, cfg), [crops * PARAM_WORDS], "augment params");
   }
+  const pixels = batch.count * S * S;
+  if (4 * pixels > gpu.limits.maxStorageBufferBindingSize) {
+    throw new GpuLimitError(
+      `${op}: the repacked batch (4 B per pixel, ${4 * pixels} B) exceeds ` +
+        `maxStorageBufferBindingSize (${gpu.limits.maxStorageBufferBindingSize} B); use batches ` +
+        `of at most ${Math.floor(gpu.limits.maxStorageBufferBindingSize / (4 * S * S))} images`,
+    );
+  }
+  const rgb = gpu.empty([pixels], "u32", "augment rgb words");
+  gpu.dispatch(
+    unpackKernel,
+    [images, rgb],
+    grid(Math.ceil(pixels / WG)),
+    uniforms(pixels, N, S, 0, cfg),
+  );
   const perCrop = 3 * N * N;
   for (const [c0, c1] of chunks(gpu, op, crops, perCrop * 4, batch.chunkCrops)) {
     const n = c1 - c0;
@@ -495,7 +538,7 @@ export function applyCropParams(
     const dst = out.view(c0 * perCrop, [n, 3, N, N]);
     gpu.dispatch(
       lumaRowsKernel,
-      [images, prm, rows],
+      [rgb, prm, rows],
       grid(Math.ceil((n * N) / WG)),
       uniforms(n * N, N, S, c0, cfg),
     );
@@ -503,7 +546,7 @@ export function applyCropParams(
     const total = n * N * N;
     gpu.dispatch(
       warpColorKernel,
-      [images, prm, means, tmp],
+      [rgb, prm, means, tmp],
       grid(Math.ceil(total / WG)),
       uniforms(total, N, S, c0, cfg),
     );
@@ -512,6 +555,7 @@ export function applyCropParams(
     gpu.dispatch(blurColsKernel, [prm, tmp2, dst], grid(Math.ceil((3 * total) / WG)), u3);
     gpu.release(rows, means, tmp, tmp2);
   }
+  gpu.release(rgb);
   if (prm !== batch.paramTensor) gpu.release(prm);
   return out;
 }
@@ -632,10 +676,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     let rb = base + (ay.lo + i) * u.S * 3u;
     for (var j = 0u; j < ax.n; j++) {
       let q = rb + (ax.lo + j) * 3u;
-      row += tri(ax, j) * vec3f(byte_at(q), byte_at(q + 1u), byte_at(q + 2u)) / 255.0;
+      row += tri(ax, j) * vec3f(byte_at(q), byte_at(q + 1u), byte_at(q + 2u));
     }
     acc += tri(ay, i) * row;
   }
+  acc = acc / 255.0;
   let o = (idx / nn) * 3u * nn + pix;
   dst[o] = (acc.x - u.m0) / u.s0;
   dst[o + nn] = (acc.y - u.m1) / u.s1;
