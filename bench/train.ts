@@ -13,16 +13,10 @@ import { type BatchMasks, batchMasks, MaskingGenerator } from "../pipelines/trai
 import { seeded, Trainer } from "../pipelines/train/trainer.ts";
 import { vitConfig } from "../graph/vit.ts";
 import type { MatmulShape } from "../kernels/matmul.ts";
+import { fmtBytes } from "../kernels/pool.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { type BenchRow, type BenchSuite, timeHost } from "./harness.ts";
-import {
-  headLinears,
-  linearMatmulShapes,
-  randomTensor,
-  tokenCounts,
-  tuneFor,
-  vitLinears,
-} from "./model.ts";
+import { headLinears, linearMatmulShapes, randomTensor, tuneFor, vitLinears } from "./model.ts";
 import { type PeerOutcome, peerRow, peerScript, runPeer } from "./peers.ts";
 
 /** iBOT masks for `batch` images (2·batch crops, crop-major) as the trainer's data would give. */
@@ -45,15 +39,8 @@ export function trainStepMatmulShapes(
   masks: BatchMasks,
 ): MatmulShape[] {
   const m = Math.min(cfg.microBatch, batch);
-  const { patches } = tokenCounts(cfg.vit, cfg.imageSize);
   const shapes: MatmulShape[] = [];
-  for (let first = 0; first < batch; first += m) {
-    // Masked tokens of this micro-batch: images first … first+m−1 of each crop.
-    let count = 0;
-    for (const c of [0, 1]) {
-      const lo = (c * batch + first) * patches;
-      for (let i = lo; i < lo + m * patches; i++) count += masks.masks[i];
-    }
+  for (const count of maskedPerMicroBatch(masks, batch, m)) {
     const uses = [
       ...vitLinears(cfg.vit, 2 * m, cfg.imageSize),
       ...headLinears(cfg.head, 2 * m),
@@ -62,6 +49,45 @@ export function trainStepMatmulShapes(
     shapes.push(...linearMatmulShapes(uses, false), ...linearMatmulShapes(uses, true));
   }
   return shapes.sort((a, b) => a.M * a.N * a.K - b.M * b.N * b.K);
+}
+
+/** Masked tokens in each micro-batch of `m` images (both crops of images p·m … p·m+m−1). */
+export function maskedPerMicroBatch(masks: BatchMasks, batch: number, m: number): number[] {
+  const patches = masks.masks.length / (2 * batch);
+  const out: number[] = [];
+  for (let first = 0; first < batch; first += m) {
+    let count = 0;
+    for (const c of [0, 1]) {
+      const lo = (c * batch + first) * patches;
+      for (let i = lo; i < lo + m * patches; i++) count += masks.masks[i];
+    }
+    out.push(count);
+  }
+  return out;
+}
+
+/**
+ * The largest micro-batch (a divisor of `batch`, at least 2 for KoLeo's pairs) whose head
+ * logits fit one binding: the weight gradient of a head's prototype layer binds the logits'
+ * gradient [rows, prototypes] whole (kernels/matmul.ts cannot split a transposed A), so every
+ * micro-batch's masked tokens and CLS rows must stay within ⌊limit / (4·prototypes)⌋ rows.
+ */
+export function fitMicroBatch(
+  cfg: TrainConfig,
+  batch: number,
+  masks: BatchMasks,
+  bindingLimit: number,
+): number {
+  const maxRows = Math.floor(bindingLimit / (4 * cfg.head.prototypes));
+  for (let m = Math.min(cfg.microBatch, batch); m >= 2; m--) {
+    if (batch % m !== 0 || 2 * m > maxRows) continue;
+    if (maskedPerMicroBatch(masks, batch, m).every((c) => c <= maxRows)) return m;
+  }
+  throw new RangeError(
+    `train bench: no micro-batch of batch ${batch} keeps the [rows, ${cfg.head.prototypes}] ` +
+      `head logits within ${maxRows} rows (the binding limit); use fewer prototypes or a batch ` +
+      "with more divisors",
+  );
 }
 
 /** One training row: a config at a batch. */
@@ -135,22 +161,28 @@ async function trainRow(
   plan: TrainPlan,
   opts: TrainSuiteOptions,
 ): Promise<BenchRow> {
-  const { cfg, batch: B } = c;
-  const S = cfg.imageSize;
-  const peerArgs = trainPeerArgs(cfg, B);
-  const masks = stepMasks(cfg, B);
+  const B = c.batch;
+  const S = c.cfg.imageSize;
+  const peerArgs = trainPeerArgs(c.cfg, B);
+  const masks = stepMasks(c.cfg, B);
+  const micro = fitMicroBatch(c.cfg, B, masks, gpu.limits.maxStorageBufferBindingSize);
+  const cfg = { ...c.cfg, microBatch: micro };
+  const before = gpu.pool.stats().peakLiveBytes;
   const trainer = await Trainer.create(gpu, cfg);
   const crops = randomTensor(gpu, [2 * B, 3, S, S]);
   try {
     const notes = [
       `${2 * B} crops ${S} px, ${cfg.head.prototypes} prototypes, ${masks.count} masked patches`,
     ];
+    if (micro < B) notes.push(`micro-batch ${micro} (head logits binding limit)`);
     if (opts.tune ?? true) notes.push(await tuneFor(gpu, trainStepMatmulShapes(cfg, B, masks)));
     const ms = await timeHost(() => trainer.step(crops, masks), {
       warmup: plan.warmup,
       iters: plan.iters,
     });
     notes.push(`median of ${plan.iters} after ${plan.warmup} warm-up`);
+    const peak = gpu.pool.stats().peakLiveBytes;
+    if (peak > before) notes.push(`pool peak ${fmtBytes(peak)}`);
     let peer: PeerOutcome = { ok: false, reason: "peers disabled" };
     if (opts.peers ?? true) {
       const dir = await Deno.makeTempDir({ prefix: "bloom-bench-train-" });

@@ -24,7 +24,13 @@ import {
   vitPeerArgs,
 } from "../bench/model.ts";
 import { parsePeerOutput, peerRow, runPeer } from "../bench/peers.ts";
-import { makeTrainSuite, stepMasks, trainStepMatmulShapes } from "../bench/train.ts";
+import {
+  fitMicroBatch,
+  makeTrainSuite,
+  maskedPerMicroBatch,
+  stepMasks,
+  trainStepMatmulShapes,
+} from "../bench/train.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest } from "./helpers.ts";
 
@@ -173,6 +179,21 @@ gpuTest("bench: the tuned matmul shapes cover what a training step requests", as
   assertEquals(seen, classes(trainStepMatmulShapes(cfg, 4, masks)));
   gpu.release(crops);
   trainer.destroy();
+});
+
+Deno.test("bench: the micro-batch keeps every head's logits within one binding", () => {
+  const cfg = { ...tinyTrain(), batch: 4, microBatch: 4 };
+  const masks = stepMasks(cfg, 4);
+  const halves = maskedPerMicroBatch(masks, 4, 2);
+  assertEquals(halves.length, 2);
+  assertEquals(halves[0] + halves[1], masks.count);
+  assertEquals(maskedPerMicroBatch(masks, 4, 4), [masks.count]);
+  const rowBytes = 4 * cfg.head.prototypes;
+  assertEquals(fitMicroBatch(cfg, 4, masks, rowBytes * masks.count), 4);
+  const most = Math.max(...halves, 4);
+  assert(most < masks.count, "the masks must differ between the halves for this test");
+  assertEquals(fitMicroBatch(cfg, 4, masks, rowBytes * most), 2);
+  assertThrows(() => fitMicroBatch(cfg, 4, masks, rowBytes * (most - 1)), RangeError, "rows");
 });
 
 Deno.test("bench peers: the JSON protocol, with errors that name the peer and the field", () => {
