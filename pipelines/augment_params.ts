@@ -164,7 +164,7 @@ export function checkAugmentConfig(cfg: AugmentConfig): void {
   }
   if (!(cfg.hue >= 0 && cfg.hue <= 0.5)) bad("hue", "in [0, 0.5]", cfg.hue);
   const [g0, g1] = cfg.blurSigma;
-  if (!(g0 > 0 && g0 <= g1 && Number.isFinite(g1))) bad("blurSigma", "0 < min ≤ max", g0);
+  if (!(g0 > 0 && g0 <= g1 && Number.isFinite(g1))) bad("blurSigma", "0 < min ≤ max", [g0, g1]);
   if (!Number.isInteger(cfg.blurKernel) || cfg.blurKernel < 1 || cfg.blurKernel % 2 === 0) {
     bad("blurKernel", "an odd positive integer", cfg.blurKernel);
   }
