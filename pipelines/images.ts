@@ -5,10 +5,17 @@
  * Every image takes the same road: decode (sharp/libvips; BMP through
  * `ingest/bmp.ts`), optional crop, alpha composited on white, any colour
  * space (grey, palette, CMYK, 16-bit) to 8-bit sRGB, then a square resize
- * to `size`×`size` with Lanczos-3 that does not keep the aspect ratio — the
- * reference's Pillow `resize((224, 224), LANCZOS)` (RECIPE.md §2): libvips for
- * reductions (equal to Pillow's to rounding), Pillow's own algorithm for
- * enlargements (`ingest/lanczos.ts`).
+ * to `size`×`size` that does not keep the aspect ratio, with one of two
+ * filters (`CellOptions.resample`):
+ * - "lanczos" (default; ingest and training): the reference's Pillow
+ *   `resize((224, 224), LANCZOS)` (RECIPE.md §2): libvips for reductions
+ *   (equal to Pillow's to rounding), Pillow's own algorithm for enlargements
+ *   (`ingest/resample.ts`), bit-exact.
+ * - "bilinear" (evaluation, RECIPE.md §3): torchvision's `Resize((S, S))` on
+ *   a PIL image, i.e. Pillow's antialiased `resize((S, S), BILINEAR)`, always
+ *   with Pillow's own algorithm (`ingest/resample.ts`): bit-exact. libvips'
+ *   linear kernel is off by up to 14 levels when reducing and ~90 when
+ *   enlarging, so it only decodes, crops and converts on this road.
  *
  * Invariants:
  * - No EXIF auto-rotation: PIL does not apply it either, and cells have no
@@ -20,7 +27,7 @@
  */
 import sharp from "sharp";
 import { BmpError, bmpSize, decodeBmp, isBmp } from "./ingest/bmp.ts";
-import { resizeLanczosRgb } from "./ingest/lanczos.ts";
+import { RESAMPLE_FILTERS, type ResampleFilter, resizeRgb } from "./ingest/resample.ts";
 
 /** Why an image was refused; `reason` is what errors.jsonl records. */
 export class ImageError extends Error {
@@ -58,6 +65,12 @@ export interface CellOptions {
   crop?: Region;
   /** Refuse sources (or crops) whose shorter side is below this (default 1). */
   minSize?: number;
+  /**
+   * Resize filter, Pillow's definition (default "lanczos", what ingest and
+   * training use; "bilinear" is the evaluation protocol's torchvision
+   * `Resize`). A source already `size`×`size` is returned unfiltered by both.
+   */
+  resample?: ResampleFilter;
 }
 
 /** Output encoding of an ingested cell. */
@@ -177,19 +190,34 @@ export function clampRegion(r: Region, width: number, height: number): Region {
 }
 
 /**
- * The shared part of both roads: crop, size check, flatten, sRGB, resize.
- * Pure reductions run in libvips (Lanczos-3, as Pillow's to rounding); a
- * resize that enlarges either axis decodes to RGB at the source size and
- * resamples with `resizeLanczosRgb`, Pillow's algorithm (libvips enlarges
- * half a pixel off; see `ingest/lanczos.ts`). Returns a sharp pipeline that
- * yields the final `size`×`size` RGB image.
+ * The final `size`×`size` RGB image of a cell: still a libvips pipeline
+ * (`img`), or pixels already computed here (`pixels`).
  */
-async function cellPipeline(
-  bytes: Uint8Array,
-  opts: CellOptions,
-): Promise<{ img: sharp.Sharp; info: ImageInfo; crop?: Region }> {
+type Cell =
+  & { info: ImageInfo; crop?: Region }
+  & (
+    | { img: sharp.Sharp; pixels?: undefined }
+    | { img?: undefined; pixels: Uint8Array }
+  );
+
+/**
+ * The shared part of both roads: crop, size check, flatten, sRGB, resize.
+ * Lanczos reductions run in libvips (Lanczos-3, as Pillow's to rounding); a
+ * Lanczos resize that enlarges either axis, and every bilinear resize,
+ * decodes to RGB at the source size and resamples with `resizeRgb`, Pillow's
+ * algorithm (libvips enlarges half a pixel off and rounds its linear kernel
+ * differently; see `ingest/resample.ts`).
+ */
+async function cellPipeline(bytes: Uint8Array, opts: CellOptions): Promise<Cell> {
   if (!Number.isInteger(opts.size) || opts.size < 1) {
     throw new RangeError(`cell size must be a positive integer, got ${opts.size}`);
+  }
+  const resample = opts.resample ?? "lanczos";
+  if (!RESAMPLE_FILTERS.includes(resample)) {
+    throw new RangeError(
+      `cell resample must be ${RESAMPLE_FILTERS.map((f) => `"${f}"`).join(" or ")}, ` +
+        `got ${JSON.stringify(resample)}`,
+    );
   }
   const { img, info } = await open(bytes);
   const crop = opts.crop ? clampRegion(opts.crop, info.width, info.height) : undefined;
@@ -202,7 +230,7 @@ async function cellPipeline(
   }
   if (crop) img.extract(crop);
   img.flatten({ background: { r: 255, g: 255, b: 255 } });
-  if (opts.size <= w && opts.size <= h) {
+  if (resample === "lanczos" && opts.size <= w && opts.size <= h) {
     img
       .resize(opts.size, opts.size, { fit: "fill", kernel: "lanczos3", fastShrinkOnLoad: false })
       .toColourspace("srgb")
@@ -210,12 +238,8 @@ async function cellPipeline(
     return { img, info, crop };
   }
   const rgb = await rawRgb(img.toColourspace("srgb").removeAlpha(), w, h);
-  const out = resizeLanczosRgb(rgb, w, h, opts.size, opts.size);
-  return {
-    img: sharp(out, { raw: { width: opts.size, height: opts.size, channels: 3 } }),
-    info,
-    crop,
-  };
+  if (w === opts.size && h === opts.size) return { pixels: rgb, info, crop }; // Pillow: a copy
+  return { pixels: resizeRgb(rgb, w, h, opts.size, opts.size, resample), info, crop };
 }
 
 /** Runs a pipeline to raw RGB bytes, checking the shape it promised. */
@@ -237,7 +261,10 @@ async function rawRgb(img: sharp.Sharp, w: number, h: number): Promise<Uint8Arra
 
 /** Decodes, crops, converts and resizes an image, then encodes it as PNG or JPEG. */
 export async function encodeCell(bytes: Uint8Array, opts: EncodeOptions): Promise<EncodedCell> {
-  const { img, info, crop } = await cellPipeline(bytes, opts);
+  const cell = await cellPipeline(bytes, opts);
+  const { info, crop } = cell;
+  const img = cell.img ??
+    sharp(cell.pixels, { raw: { width: opts.size, height: opts.size, channels: 3 } });
   if (opts.format === "jpg") img.jpeg({ quality: opts.quality ?? 95, chromaSubsampling: "4:4:4" });
   // Adaptive row filters, as Pillow and libpng choose: half the size of
   // libvips' unfiltered default (45 vs 87 KiB per 224 px cell) for ~20% more time.
@@ -252,8 +279,9 @@ export async function encodeCell(bytes: Uint8Array, opts: EncodeOptions): Promis
 
 /** Decodes, crops, converts and resizes an image to raw RGB [size, size, 3]. */
 export async function decodeCell(bytes: Uint8Array, opts: CellOptions): Promise<RgbCell> {
-  const { img, info, crop } = await cellPipeline(bytes, opts);
-  return { pixels: await rawRgb(img, opts.size, opts.size), info, crop };
+  const cell = await cellPipeline(bytes, opts);
+  const pixels = cell.pixels ?? (await rawRgb(cell.img, opts.size, opts.size));
+  return { pixels, info: cell.info, crop: cell.crop };
 }
 
 /** Reads a file and describes read failures (missing, a directory, no permission) plainly. */

@@ -15,11 +15,17 @@
  *   with `manifest.splits`.
  * - The same seed and epoch give the same order, whatever the decode timing.
  * - A sample that fails to decode is skipped and reported, never fatal.
+ * - Sample indices (`range`, `Batch.indices`) count every sample of the
+ *   unshuffled order, failed ones included, so they never depend on what
+ *   decoded. A manifest's per-shard `samples` is trusted to skip whole shards
+ *   before `range`'s start unopened; a streamed shard that disagrees with it
+ *   is an error when `range` is set (the indices would be shifted).
  */
 import { join } from "node:path";
 import type { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
 import { decodeCell, readImageFile, type Region, setImageThreads } from "./images.ts";
+import { RESAMPLE_FILTERS, type ResampleFilter } from "./ingest/resample.ts";
 import { enumerate, type Layout } from "./ingest/layouts.ts";
 import { readManifest } from "./ingest/manifest.ts";
 import { orderedMap } from "./ingest/ordered.ts";
@@ -42,6 +48,13 @@ export interface Batch {
   /** Class index per image, -1 where unlabelled. */
   labels: Int32Array;
   keys: string[];
+  /**
+   * Each image's index in the loader's unshuffled order (what `range`
+   * counts), so a consumer can resume after the last one even when samples
+   * failed; -1 when shuffling tar files given without a manifest (their
+   * offsets are unknown).
+   */
+  indices: number[];
   /** The sample's json (shards) or what is known of a file (folders). */
   meta: Record<string, unknown>[];
   /** Images in this batch (the last one may be short). */
@@ -55,6 +68,19 @@ export interface LoaderOptions {
   batchSize: number;
   /** Image side; default: the manifest's size, else 224. Shards of another size are resized. */
   size?: number;
+  /**
+   * Resize filter for images not already `size`×`size` (default "lanczos",
+   * as ingest and training; "bilinear" is torchvision's `Resize`, the
+   * evaluation protocol). See `CellOptions.resample`.
+   */
+  resample?: ResampleFilter;
+  /**
+   * Only samples [start, end) of the unshuffled order: the ones before
+   * `start` are passed over without decoding (whole manifest shards without
+   * opening them). `end` beyond the data (or `Infinity`) means "to the end";
+   * `start` beyond it is an error. Not allowed with `seed`.
+   */
+  range?: [number, number];
   /** Manifest splits to read (default: all, in shard order). */
   split?: string | string[];
   /** Shuffle with this seed (default: no shuffle, stable order). */
@@ -92,6 +118,8 @@ export interface LoaderStats {
 /** A sample before decoding: encoded bytes (shards) or a path (folders). */
 interface RawSample {
   key: string;
+  /** Index in the unshuffled order (-1: unknown, see `Batch.indices`). */
+  index: number;
   label: number;
   meta: Record<string, unknown>;
   bytes?: Uint8Array;
@@ -106,6 +134,8 @@ type Source =
   | {
     kind: "shards";
     shards: string[];
+    /** Samples per shard (from the manifest), else null. */
+    counts: number[] | null;
     classes: string[];
     size: number | null;
     total: number | null;
@@ -160,7 +190,7 @@ async function resolveSource(source: string | string[], opts: LoaderOptions): Pr
     for (const p of paths) {
       if (!(await exists(p))) throw new Error(`openLoader: shard ${p} does not exist`);
     }
-    return { kind: "shards", shards: paths, classes: [], size: null, total: null };
+    return { kind: "shards", shards: paths, counts: null, classes: [], size: null, total: null };
   }
   if (paths.length !== 1) {
     throw new Error("openLoader: several sources must all be .tar shards; pass one folder or list");
@@ -183,6 +213,7 @@ async function resolveSource(source: string | string[], opts: LoaderOptions): Pr
       return {
         kind: "shards",
         shards: shards.map((s) => join(p, s.name)),
+        counts: shards.map((s) => s.samples),
         classes: m.classes,
         size: m.size,
         total: shards.reduce((n, s) => n + s.samples, 0),
@@ -201,8 +232,9 @@ async function resolveSource(source: string | string[], opts: LoaderOptions): Pr
   }
   const en = await enumerateFiles(p, opts.layout);
   for (const e of en.errors) (opts.onError ?? warn)(e.path, e.reason);
-  const samples: RawSample[] = en.samples.map((s) => ({
+  const samples: RawSample[] = en.samples.map((s, index) => ({
     key: s.key,
+    index,
     label: s.label === null ? -1 : en.classes.indexOf(s.label),
     meta: { source: s.rel, label: s.label, ...(s.patient ? { patient: s.patient } : {}) },
     path: s.path,
@@ -219,15 +251,52 @@ function warn(where: string, reason: string): void {
 
 const dec = new TextDecoder();
 
-/** Streams raw samples of shards in the given order, through a seeded shuffle buffer. */
-async function* shardSamples(
-  shards: string[],
-  shuffle: { rand: () => number; buffer: number } | null,
-  onError: (where: string, reason: string) => void,
-): AsyncGenerator<RawSample> {
+/** How `shardSamples` walks the shards. */
+interface ShardWalk {
+  /** Shard paths in unshuffled order. */
+  shards: string[];
+  /** Samples per shard (manifest), or null when unknown. */
+  counts: number[] | null;
+  /** Visiting order: indices into `shards` (shuffled or 0, 1, …). */
+  order: number[];
+  /** Sample index range [start, end) of the unshuffled order, or null for all. */
+  range: [number, number] | null;
+  shuffle: { rand: () => number; buffer: number } | null;
+  onError: (where: string, reason: string) => void;
+}
+
+/**
+ * Streams raw samples of shards in `order`, through a seeded shuffle buffer.
+ * With a range (never shuffled) samples before its start are passed over as
+ * tar members, without decoding, and whole shards before it (counts known)
+ * are not opened; streaming stops at its end.
+ */
+async function* shardSamples(w: ShardWalk): AsyncGenerator<RawSample> {
+  const { shards, counts, range, shuffle, onError } = w;
+  const start = range?.[0] ?? 0;
+  const end = range?.[1] ?? Infinity;
+  const offsets = counts && prefixSums(counts);
   const buf: RawSample[] = [];
-  for (const shard of shards) {
+  let next = 0; // index of the next sample in the unshuffled order (unshuffled walks)
+  for (const i of w.order) {
+    if (next >= end) break;
+    const shard = shards[i];
+    if (counts && next + counts[i] <= start) {
+      next += counts[i]; // wholly before the range: not opened
+      continue;
+    }
+    let inShard = 0;
+    let stopped = false;
     for await (const s of readShardSamples(shard)) {
+      const index = shuffle ? (offsets ? offsets[i] + inShard : -1) : next++;
+      inShard++;
+      if (range) {
+        if (index < start) continue; // before the range: read past, never decoded
+        if (index >= end) {
+          stopped = true;
+          break;
+        }
+      }
       const ext = IMAGE_MEMBERS.find((e) => s.files.has(e));
       const where = `${shard}:${s.key}`;
       if (!ext) {
@@ -247,6 +316,7 @@ async function* shardSamples(
       const label = clsBytes ? parseInt(dec.decode(clsBytes), 10) : -1;
       const raw: RawSample = {
         key: s.key,
+        index,
         label: Number.isFinite(label) ? label : -1,
         meta,
         bytes: s.files.get(ext)!,
@@ -266,11 +336,33 @@ async function* shardSamples(
       buf[j] = raw;
       yield out;
     }
+    if (range && counts && !stopped && inShard !== counts[i]) {
+      throw new Error(
+        `loader: shard ${shard} holds ${inShard} samples but manifest.json says ${counts[i]}, ` +
+          `so sample indices (range) would be shifted; re-run the ingest of this dataset`,
+      );
+    }
+  }
+  if (range && next < start) {
+    throw new RangeError(
+      `loader: range start ${start} is beyond the ${next} samples of ${shards.length} shard(s)`,
+    );
   }
   if (shuffle) {
     shuffleInPlace(buf, shuffle.rand);
     yield* buf;
   }
+}
+
+/** [0, c0, c0 + c1, …]: the index of each shard's first sample. */
+function prefixSums(counts: number[]): number[] {
+  const out: number[] = [];
+  let n = 0;
+  for (const c of counts) {
+    out.push(n);
+    n += c;
+  }
+  return out;
 }
 
 /** A prepared data source; iterate `batches(epoch)` once per epoch. */
@@ -289,7 +381,9 @@ export class Loader {
     this.#opts = opts;
     this.classes = source.classes;
     this.size = opts.size ?? (source.kind === "shards" ? source.size : null) ?? 224;
-    this.length = source.kind === "files" ? source.samples.length : source.total;
+    const total = source.kind === "files" ? source.samples.length : source.total;
+    const r = opts.range;
+    this.length = total === null ? null : r ? Math.min(r[1], total) - r[0] : total;
   }
 
   /**
@@ -307,20 +401,25 @@ export class Loader {
     const rand = o.seed === undefined ? null : mulberry32(mixSeed(o.seed, epoch));
 
     let raw: AsyncIterable<RawSample> | Iterable<RawSample>;
-    if (this.#source.kind === "files") {
-      raw = rand ? shuffleInPlace([...this.#source.samples], rand) : this.#source.samples;
+    const src = this.#source;
+    if (src.kind === "files") {
+      if (rand) raw = shuffleInPlace([...src.samples], rand);
+      else raw = o.range ? src.samples.slice(o.range[0], o.range[1]) : src.samples;
     } else {
-      const shards = rand ? shuffleInPlace([...this.#source.shards], rand) : this.#source.shards;
-      raw = shardSamples(
-        shards,
-        rand ? { rand, buffer: Math.max(1, o.shuffleBuffer ?? 512) } : null,
+      const order = [...src.shards.keys()];
+      raw = shardSamples({
+        shards: src.shards,
+        counts: src.counts,
+        order: rand ? shuffleInPlace(order, rand) : order,
+        range: o.range ?? null,
+        shuffle: rand ? { rand, buffer: Math.max(1, o.shuffleBuffer ?? 512) } : null,
         onError,
-      );
+      });
     }
     const decoded = orderedMap(raw, async (s) => {
       try {
         const bytes = s.bytes ?? (await readImageFile(s.path!));
-        const cell = await decodeCell(bytes, { size: S, crop: s.crop });
+        const cell = await decodeCell(bytes, { size: S, crop: s.crop, resample: o.resample });
         const meta = s.bytes
           ? s.meta
           : { ...s.meta, width: cell.info.width, height: cell.info.height };
@@ -349,6 +448,7 @@ export class Loader {
           cur.pixels.set(d.pixels!, cur.count * S * S * 3);
           cur.labels[cur.count] = d.s.label;
           cur.keys.push(d.s.key);
+          cur.indices.push(d.s.index);
           cur.meta.push(d.meta);
           cur.count++;
           if (cur.count === B) {
@@ -391,6 +491,7 @@ function newBatch(B: number, S: number): Batch {
     pixels: new Uint8Array(B * S * S * 3),
     labels: new Int32Array(B),
     keys: [],
+    indices: [],
     meta: [],
     count: 0,
     size: S,
@@ -421,7 +522,47 @@ export async function openLoader(source: string | string[], opts: LoaderOptions)
   if (opts.prefetch !== undefined && !(Number.isInteger(opts.prefetch) && opts.prefetch >= 1)) {
     throw new RangeError(`openLoader: prefetch must be an integer ≥ 1, got ${opts.prefetch}`);
   }
-  return new Loader(await resolveSource(source, opts), opts);
+  if (opts.resample !== undefined && !RESAMPLE_FILTERS.includes(opts.resample)) {
+    throw new RangeError(
+      `openLoader: resample must be ${RESAMPLE_FILTERS.map((f) => `"${f}"`).join(" or ")}, ` +
+        `got ${JSON.stringify(opts.resample)}`,
+    );
+  }
+  if (opts.range !== undefined) checkRange(opts.range, opts.seed);
+  const src = await resolveSource(source, opts);
+  const total = src.kind === "files" ? src.samples.length : src.total;
+  if (opts.range && total !== null && opts.range[0] > total) {
+    throw new RangeError(
+      `openLoader: range start ${opts.range[0]} is beyond the ${total} samples of ` +
+        `${[source].flat().join(", ")}${opts.split === undefined ? "" : ` (split ${opts.split})`}`,
+    );
+  }
+  return new Loader(src, opts);
+}
+
+/** Validates `range`: integers, 0 ≤ start ≤ end (end may be Infinity), and no shuffling. */
+function checkRange(range: unknown, seed: number | undefined): void {
+  const show = Array.isArray(range)
+    ? `[${range.map(String).join(", ")})`
+    : JSON.stringify(range) ?? String(range);
+  if (!Array.isArray(range) || range.length !== 2) {
+    throw new RangeError(`openLoader: range must be [start, end), got ${show}`);
+  }
+  const [start, end] = range;
+  if (!Number.isInteger(start) || start < 0) {
+    throw new RangeError(`openLoader: range start must be an integer ≥ 0, got ${show}`);
+  }
+  if (!(Number.isInteger(end) || end === Infinity) || end < start) {
+    throw new RangeError(
+      `openLoader: range end must be an integer ≥ start (or Infinity: to the end), got ${show}`,
+    );
+  }
+  if (seed !== undefined) {
+    throw new Error(
+      `openLoader: range ${show} counts samples in the unshuffled order, so it cannot be ` +
+        `combined with seed ${seed} (shuffling); drop one of them`,
+    );
+  }
 }
 
 /**

@@ -1,6 +1,7 @@
 /**
  * `pipelines/loader.ts`: order, seeded shuffling, batching, folder sources,
- * bad samples, bounded prefetch, and the GPU upload.
+ * bad samples, bounded prefetch, sample ranges, the resize filter, and the
+ * GPU upload.
  */
 import sharp from "sharp";
 import { join } from "node:path";
@@ -10,6 +11,7 @@ import { decodeCell } from "../pipelines/images.ts";
 import { runIngest } from "../pipelines/ingest/run.ts";
 import { readManifest } from "../pipelines/ingest/manifest.ts";
 import { readShardSamples } from "../pipelines/ingest/webdataset.ts";
+import { tarEnd, tarEntry } from "../data/tar.ts";
 import { type Batch, openLoader, uploadBatch } from "../pipelines/loader.ts";
 
 const CLASSES = ["bas", "eos", "lym"];
@@ -256,5 +258,216 @@ gpuTest("uploadBatch puts the batch's bytes on the GPU", async (gpu) => {
     const back = await gpu.readBytes(t);
     assertEquals(Array.from(back.subarray(0, batch.pixels.length)), Array.from(batch.pixels));
     gpu.release(t);
+  });
+});
+
+/** Writes a tar shard by hand: one PNG (or given bytes) and a .cls per sample. */
+async function writeShard(path: string, samples: { key: string; png: Uint8Array }[]) {
+  const parts = samples.flatMap((s) => [
+    tarEntry(`${s.key}.cls`, new TextEncoder().encode("0")),
+    tarEntry(`${s.key}.png`, s.png),
+  ]);
+  const bytes = new Uint8Array(parts.reduce((n, p) => n + p.length, 0) + tarEnd().length);
+  let at = 0;
+  for (const p of [...parts, tarEnd()]) {
+    bytes.set(p, at);
+    at += p.length;
+  }
+  await Deno.writeFile(path, bytes);
+}
+
+Deno.test("range: a slice of the unshuffled order; --part i/n slices tile the data", async () => {
+  await withDataset(async ({ out }) => {
+    const all = keysOf(await collect((await openLoader(out, { batchSize: 4 })).batches()));
+    assertEquals(all.length, 15);
+    const loader = await openLoader(out, { batchSize: 4, range: [5, 11], workers: 2 });
+    assertEquals(loader.length, 6);
+    const bs = await collect(loader.batches());
+    assertEquals(bs.map((b) => b.count), [4, 2]);
+    assertEquals(keysOf(bs), all.slice(5, 11));
+    assertEquals(bs.flatMap((b) => b.indices), [5, 6, 7, 8, 9, 10]);
+    // Only the range is decoded: the 5 samples before it are passed over.
+    assertEquals(loader.stats.decoded, 6);
+    // Three parts, as `embed --part i/3` cuts them, give every sample once, in order.
+    const parts: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const range: [number, number] = [Math.floor((i * 15) / 3), Math.floor(((i + 1) * 15) / 3)];
+      parts.push(
+        ...keysOf(await collect((await openLoader(out, { batchSize: 3, range })).batches())),
+      );
+    }
+    assertEquals(parts, all);
+    // Pixels in a range are the same as in a full pass.
+    const full = await collect((await openLoader(out, { batchSize: 15 })).batches());
+    const part = await collect(
+      (await openLoader(out, { batchSize: 15, range: [9, 12] })).batches(),
+    );
+    const px = 16 * 16 * 3;
+    assertEquals(Array.from(part[0].pixels), Array.from(full[0].pixels.subarray(9 * px, 12 * px)));
+    // A split's range counts within the split.
+    const m = await readManifest(out);
+    const train = await openLoader(out, { batchSize: 8, split: "train", range: [2, 5] });
+    assertEquals(keysOf(await collect(train.batches())), m.splits.train.slice(2, 5));
+  });
+});
+
+Deno.test("range: end clamps to the data, start beyond it is an error, bad ranges named", async () => {
+  await withDataset(async ({ out, src }) => {
+    const m = await readManifest(out);
+    const tars = m.shards.map((s) => join(out, s.name));
+    const all = keysOf(await collect((await openLoader(tars, { batchSize: 4 })).batches()));
+    for (const source of [out, tars, src]) {
+      const tail = await openLoader(source, { batchSize: 4, range: [13, 100] });
+      const keys = keysOf(await collect(tail.batches()));
+      assertEquals(keys.length, 2, `${source}`);
+      assertEquals(tail.length, Array.isArray(source) ? null : 2); // tar files: no count up front
+      const rest = await openLoader(source, { batchSize: 4, range: [15, Infinity] });
+      assertEquals(await collect(rest.batches()), []); // resuming a finished run: nothing left
+    }
+    assertEquals(
+      keysOf(await collect((await openLoader(tars, { batchSize: 4, range: [13, 100] })).batches())),
+      all.slice(13),
+    );
+    await assertRejects(
+      () => openLoader(out, { batchSize: 4, range: [16, 20] }),
+      RangeError,
+      "range start 16 is beyond the 15 samples of",
+    );
+    await assertRejects(
+      () => openLoader(src, { batchSize: 4, range: [16, 20] }),
+      RangeError,
+      "range start 16 is beyond the 15 samples",
+    );
+    // Tar files given without a manifest are only counted by reading them.
+    const lazy = await openLoader(tars, { batchSize: 4, range: [16, 20] });
+    await assertRejects(
+      () => collect(lazy.batches()),
+      RangeError,
+      `beyond the 15 samples of ${tars.length} shard(s)`,
+    );
+    const bad: [unknown, string][] = [
+      [[1.5, 3], "range start must be an integer ≥ 0, got [1.5, 3)"],
+      [[-1, 3], "range start must be an integer ≥ 0"],
+      [[4, 3], "range end must be an integer ≥ start (or Infinity: to the end), got [4, 3)"],
+      [[0, NaN], "range end must be an integer"],
+      [[2], "range must be [start, end), got [2)"],
+      ["0:3", 'range must be [start, end), got "0:3"'],
+    ];
+    for (const [range, msg] of bad) {
+      await assertRejects(
+        () => openLoader(out, { batchSize: 4, range: range as [number, number] }),
+        RangeError,
+        msg,
+      );
+    }
+    await assertRejects(
+      () => openLoader(out, { batchSize: 4, range: [0, 4], seed: 1 }),
+      Error,
+      "range [0, 4) counts samples in the unshuffled order, so it cannot be combined with seed 1",
+    );
+  });
+});
+
+Deno.test("range skips without decoding: unopened manifest shards, tar members, folder files", async () => {
+  await withDataset(async ({ dir, out, src }) => {
+    const m = await readManifest(out);
+    const all = keysOf(await collect((await openLoader(out, { batchSize: 4 })).batches()));
+    // With a manifest, shards wholly before the range are not even opened:
+    // the first one (4 samples) can be garbage.
+    assertEquals(m.shards[0].samples, 4);
+    await Deno.writeTextFile(join(out, m.shards[0].name), "not a tar");
+    const past = await openLoader(out, { batchSize: 4, range: [4, 9] });
+    assertEquals(keysOf(await collect(past.batches())), all.slice(4, 9));
+    await assertRejects(
+      async () => await collect((await openLoader(out, { batchSize: 4, range: [3, 9] })).batches()),
+      Error,
+      "tar truncated in the header at byte 0",
+    );
+
+    // Inside a shard, members before the range are read past, never decoded:
+    // a broken image there reports nothing.
+    const png = await sharp(new Uint8Array(5 * 5 * 3).fill(90), {
+      raw: { width: 5, height: 5, channels: 3 },
+    }).png().toBuffer();
+    const good = new Uint8Array(png.buffer, png.byteOffset, png.byteLength);
+    const tar = join(dir, "hand.tar");
+    await writeShard(tar, [
+      { key: "a", png: good },
+      { key: "b", png: new TextEncoder().encode("not a png") },
+      { key: "c", png: good },
+      { key: "d", png: good },
+    ]);
+    const errors: string[] = [];
+    const onError = (where: string, why: string) => errors.push(`${where}: ${why}`);
+    const after = await openLoader([tar], { batchSize: 4, size: 5, range: [2, 4], onError });
+    const ab = await collect(after.batches());
+    assertEquals([keysOf(ab), errors, after.stats.decoded], [["c", "d"], [], 2]);
+    // Indices count the failed sample too, so a resume after "c" is [3, …).
+    const over = await openLoader([tar], { batchSize: 4, size: 5, range: [1, 3], onError });
+    const ob = await collect(over.batches());
+    assertEquals([keysOf(ob), ob[0].indices, over.stats.failed], [["c"], [2], 1]);
+    assertEquals(errors.length, 1);
+    assert(/hand\.tar:b: not an image/.test(errors[0]), errors[0]);
+
+    // Folder sources: the same, by slicing the file list (eos/broken.png is index 5).
+    await Deno.writeTextFile(join(src, "eos", "broken.png"), "not a png");
+    errors.length = 0;
+    const folderAll = await openLoader(src, { batchSize: 8, size: 8, onError });
+    assertEquals(folderAll.length, 16);
+    const fkeys = keysOf(await collect(folderAll.batches()));
+    assertEquals(errors.length, 1);
+    errors.length = 0;
+    const f = await openLoader(src, { batchSize: 8, size: 8, range: [6, 10], onError });
+    const fb = await collect(f.batches());
+    assertEquals([keysOf(fb), errors, f.stats.decoded, f.length], [fkeys.slice(5, 9), [], 4, 4]);
+    assertEquals(fb[0].indices, [6, 7, 8, 9]);
+  });
+});
+
+Deno.test("resample: bilinear (evaluation) or lanczos (default), as decodeCell does them", async () => {
+  await withDataset(async ({ src, files }) => {
+    const want = async (resample?: "bilinear" | "lanczos") =>
+      Array.from((await decodeCell(await Deno.readFile(files[0]), { size: 20, resample })).pixels);
+    const got = async (resample?: "bilinear" | "lanczos") => {
+      const [b] = await collect(
+        (await openLoader(src, { batchSize: 1, size: 20, resample, range: [0, 1] })).batches(),
+      );
+      return Array.from(b.pixels);
+    };
+    const bil = await got("bilinear");
+    assertEquals(bil, await want("bilinear"));
+    assertEquals(await got(), await want("lanczos"));
+    assertNotEquals(bil, await got()); // the filters differ on these noise images
+    await assertRejects(
+      () => openLoader(src, { batchSize: 1, resample: "bicubic" as "bilinear" }),
+      RangeError,
+      'openLoader: resample must be "lanczos" or "bilinear", got "bicubic"',
+    );
+  });
+});
+
+Deno.test("indices: unshuffled positions under shuffling; a manifest that lies is caught", async () => {
+  await withDataset(async ({ out }) => {
+    const m = await readManifest(out);
+    const tars = m.shards.map((s) => join(out, s.name));
+    const all = keysOf(await collect((await openLoader(out, { batchSize: 4 })).batches()));
+    // Shuffled manifest shards: each image still carries its unshuffled index.
+    const sh = await collect((await openLoader(out, { batchSize: 4, seed: 3 })).batches());
+    const pairs = sh.flatMap((b) => b.keys.map((k, j) => [k, b.indices[j]] as const));
+    assertNotEquals(pairs.map(([k]) => k), all);
+    for (const [k, i] of pairs) assertEquals(k, all[i]);
+    // Shuffled tar files without a manifest: offsets unknown.
+    const st = await collect((await openLoader(tars, { batchSize: 15, seed: 3 })).batches());
+    assertEquals(st[0].indices, new Array(15).fill(-1));
+    // A manifest whose shard count disagrees with the shard would shift a range.
+    const lie = structuredClone(m);
+    lie.shards[1].samples += 1;
+    await Deno.writeTextFile(join(out, "manifest.json"), JSON.stringify(lie));
+    await assertRejects(
+      async () =>
+        await collect((await openLoader(out, { batchSize: 4, range: [0, 15] })).batches()),
+      Error,
+      `holds 2 samples but manifest.json says 3`,
+    );
   });
 });
