@@ -716,6 +716,8 @@ function blurRgb(img: Float32Array, S: number, sigma: number): void {
   // Rows: copy each into a border-padded buffer so the tap loop needs no clamping.
   const pad = new Float32Array(W + 6 * rad);
   const tmp = new Float32Array(img.length);
+  const offs = new Int32Array(taps);
+  for (let t = 0; t < taps; t++) offs[t] = 3 * t;
   for (let y = 0; y < S; y++) {
     const row = y * W;
     pad.set(img.subarray(row, row + W), 3 * rad);
@@ -725,21 +727,54 @@ function blurRgb(img: Float32Array, S: number, sigma: number): void {
         pad[3 * (rad + S + t) + c] = img[row + W - 3 + c];
       }
     }
-    for (let x = 0; x < W; x++) {
-      let acc = 0;
-      for (let t = 0; t < taps; t++) acc += k[t] * pad[x + 3 * t];
-      tmp[row + x] = acc;
-    }
+    convolveLine(pad, offs, tmp, row, W, k, rad);
   }
-  // Columns: the source row offsets of each tap, clamped at the borders.
-  const rows = new Int32Array(taps);
+  // Columns: each output row mixes whole source rows (clamped at the borders).
   for (let y = 0; y < S; y++) {
-    for (let t = 0; t < taps; t++) rows[t] = Math.min(Math.max(y + t - rad, 0), S - 1) * W;
-    const row = y * W;
-    for (let x = 0; x < W; x++) {
+    for (let t = 0; t < taps; t++) offs[t] = Math.min(Math.max(y + t - rad, 0), S - 1) * W;
+    convolveLine(tmp, offs, img, y * W, W, k, rad);
+  }
+}
+
+/**
+ * `dst[at + x] = Σₜ k[t] · src[offs[t] + x]` for x < n, with the symmetric
+ * kernel folded (k[rad − t] = k[rad + t]) and the common radii unrolled: the
+ * blur is the renderer's largest cost.
+ */
+function convolveLine(
+  src: Float32Array,
+  offs: Int32Array,
+  dst: Float32Array,
+  at: number,
+  n: number,
+  k: Float32Array,
+  rad: number,
+): void {
+  const c = offs[rad];
+  const k0 = k[rad];
+  if (rad === 1) {
+    const [a, b] = [offs[0], offs[2]];
+    const k1 = k[0];
+    for (let x = 0; x < n; x++) dst[at + x] = k0 * src[c + x] + k1 * (src[a + x] + src[b + x]);
+  } else if (rad === 2) {
+    const [a2, a1, b1, b2] = [offs[0], offs[1], offs[3], offs[4]];
+    const [k2, k1] = [k[0], k[1]];
+    for (let x = 0; x < n; x++) {
+      dst[at + x] = k0 * src[c + x] + k1 * (src[a1 + x] + src[b1 + x]) +
+        k2 * (src[a2 + x] + src[b2 + x]);
+    }
+  } else if (rad === 3) {
+    const [a3, a2, a1, b1, b2, b3] = [offs[0], offs[1], offs[2], offs[4], offs[5], offs[6]];
+    const [k3, k2, k1] = [k[0], k[1], k[2]];
+    for (let x = 0; x < n; x++) {
+      dst[at + x] = k0 * src[c + x] + k1 * (src[a1 + x] + src[b1 + x]) +
+        k2 * (src[a2 + x] + src[b2 + x]) + k3 * (src[a3 + x] + src[b3 + x]);
+    }
+  } else {
+    for (let x = 0; x < n; x++) {
       let acc = 0;
-      for (let t = 0; t < taps; t++) acc += k[t] * tmp[rows[t] + x];
-      img[row + x] = acc;
+      for (let t = 0; t < k.length; t++) acc += k[t] * src[offs[t] + x];
+      dst[at + x] = acc;
     }
   }
 }

@@ -194,8 +194,8 @@ Deno.test("synthetic: image folder of valid PNGs and JPEGs the loader reads", as
 });
 
 Deno.test("synthetic: a 224 px image renders in a few milliseconds", () => {
-  // Target ≲ 5 ms of CPU per image; measured 3.4–6 ms on a 2-core machine shared with other
-  // jobs. The bound is loose because that machine's load varies tenfold; it still catches a
+  // Target ≲ 5 ms of CPU per image; measured 2.6 ms (best) to 4.3 ms (median) on a 2-core
+  // machine shared with other jobs. The bound is loose because that machine's load varies tenfold; it still catches a
   // renderer that has become an order of magnitude slower.
   const cpu = () => {
     const u = process.cpuUsage();
