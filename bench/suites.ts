@@ -1,8 +1,16 @@
 /** Every benchmark suite, in run order. Add a suite by importing it here. */
+import { augmentSuite } from "./augment.ts";
 import type { BenchSuite } from "./harness.ts";
 import { ingestSuite } from "./ingest.ts";
+import { matmulSuite } from "./matmul.ts";
 import { normsSuite } from "./norms.ts";
 import { optimSuite } from "./optim.ts";
 import { pointwiseSuite } from "./pointwise.ts";
 
-export const suites: BenchSuite[] = [pointwiseSuite, normsSuite, optimSuite, ingestSuite];
+export const suites: BenchSuite[] = [
+  pointwiseSuite,
+  normsSuite,
+  optimSuite,
+  ingestSuite,
+  matmulSuite,
+];
