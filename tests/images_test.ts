@@ -1,18 +1,29 @@
 /**
- * Image decoding, colour conversion and resizing (`pipelines/images.ts`) and
- * the BMP decoder, on images generated here from known raw pixels.
+ * Image decoding, colour conversion and resizing (`pipelines/images.ts`,
+ * `ingest/resample.ts`) and the BMP decoder, on images generated here from
+ * known raw pixels, plus the BCCD cells of ../shared/data when present.
  */
 import sharp from "sharp";
-import { assert, assertClose, assertEquals, assertRejects, assertThrows } from "./assert.ts";
-import { Rng } from "./helpers.ts";
+import { join } from "node:path";
+import {
+  assert,
+  assertClose,
+  assertEquals,
+  assertNotEquals,
+  assertRejects,
+  assertThrows,
+} from "./assert.ts";
+import { Rng, sharedData } from "./helpers.ts";
 import {
   clampRegion,
   decodeCell,
   encodeCell,
   ImageError,
   probeImage,
+  type Region,
 } from "../pipelines/images.ts";
 import { BmpError, decodeBmp } from "../pipelines/ingest/bmp.ts";
+import { resizeRgb } from "../pipelines/ingest/resample.ts";
 
 /** Random RGB bytes (noise: the hardest case for any resampler or codec). */
 function noise(w: number, h: number, ch: number, seed = 1): Uint8Array {
@@ -301,6 +312,161 @@ for w, h, s in ${JSON.stringify(cases)}:
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+/** A source image (any format), the cell side, a crop, and whether to go through encodeCell. */
+interface BilinearCase {
+  image: Uint8Array;
+  size: number;
+  crop?: Region;
+  encode?: boolean;
+}
+
+/**
+ * Writes each case's source image and our bilinear cell, asks Pillow for
+ * `Image.open(src).convert("RGB")[.crop(box)].resize((s, s), BILINEAR)` —
+ * what torchvision's `Resize((s, s))` runs on a PIL image — and returns
+ * "mean max" of |ours - Pillow| per case, or null when Pillow is missing.
+ */
+async function bilinearVsPillow(cases: BilinearCase[]): Promise<number[][] | null> {
+  const dir = await Deno.makeTempDir();
+  try {
+    const jobs = [];
+    for (const [i, c] of cases.entries()) {
+      await Deno.writeFile(`${dir}/${i}.img`, c.image);
+      const opts = { size: c.size, crop: c.crop, resample: "bilinear" as const };
+      let pixels: Uint8Array;
+      if (c.encode) {
+        // encodeCell as PNG is lossless: it must carry the same pixels.
+        const png = (await encodeCell(c.image, { ...opts, format: "png" })).data;
+        pixels = new Uint8Array(await sharp(png).raw().toBuffer());
+      } else pixels = (await decodeCell(c.image, opts)).pixels;
+      assertEquals(pixels.length, c.size * c.size * 3);
+      await Deno.writeFile(`${dir}/${i}.raw`, pixels);
+      const box = c.crop
+        ? [c.crop.left, c.crop.top, c.crop.left + c.crop.width, c.crop.top + c.crop.height]
+        : null;
+      jobs.push([i, c.size, box]);
+    }
+    const script = `
+import numpy as np
+from PIL import Image
+for i, s, box in ${JSON.stringify(jobs).replaceAll("null", "None")}:
+    im = Image.open(f"${dir}/{i}.img").convert("RGB")
+    if box is not None:
+        im = im.crop(tuple(box))
+    ref = np.asarray(im.resize((s, s), Image.BILINEAR)).astype(int)
+    got = np.fromfile(f"${dir}/{i}.raw", dtype=np.uint8).reshape(s, s, 3).astype(int)
+    d = np.abs(ref - got)
+    print(d.mean(), d.max())`;
+    const text = await runPython(script);
+    if (text === null) return null;
+    return text.trim().split("\n").map((l) => l.split(" ").map(Number));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("bilinear resize equals Pillow's (torchvision Resize) to the bit: shrink, enlarge, crops", async () => {
+  // Noise is the hardest case (every rounding shows); smooth is cell-like.
+  // Cases: reduce both axes, enlarge both, enlarge one and reduce the other,
+  // one axis kept, a reduction factor over 8 (support 8.3 px per side), a
+  // crop, the same size (Pillow: a copy), and the PNG encoder's road.
+  const shapes: [number, number, number, Region?][] = [
+    [90, 60, 40],
+    [31, 26, 57],
+    [70, 30, 48],
+    [48, 20, 48],
+    [200, 37, 24],
+    [40, 30, 24, { left: 5, top: 3, width: 21, height: 26 }],
+    [23, 17, 23, { left: 0, top: 0, width: 23, height: 17 }],
+  ];
+  const cases: BilinearCase[] = [];
+  for (const [k, [w, h, size, crop]] of shapes.entries()) {
+    for (const px of [noise(w, h, 3, 11 + k), smooth(w, h)]) {
+      cases.push({ image: await bytes(raw(px, w, h, 3).png()), size, crop });
+    }
+  }
+  cases.push({ image: cases[2].image, size: 57, encode: true });
+  const rows = await bilinearVsPillow(cases);
+  if (rows === null) return;
+  assertEquals(rows.length, cases.length);
+  rows.forEach(([mean, max], i) =>
+    assert(
+      max === 0,
+      `case ${i} (${JSON.stringify(shapes[i >> 1] ?? "encode")}): mean ${mean}, max ${max}`,
+    )
+  );
+  // The filters are not interchangeable: bilinear is not Lanczos.
+  const lz = await decodeCell(cases[0].image, { size: 40 });
+  const bl = await decodeCell(cases[0].image, { size: 40, resample: "bilinear" });
+  assertNotEquals(Array.from(lz.pixels), Array.from(bl.pixels));
+  await assertRejects(
+    () => decodeCell(cases[0].image, { size: 8, resample: "nearest" as "bilinear" }),
+    RangeError,
+    'cell resample must be "lanczos" or "bilinear", got "nearest"',
+  );
+});
+
+Deno.test("bilinear on BCCD (JPEG) crops and a VOC smear box equals Pillow's to the bit", async () => {
+  const data = sharedData();
+  if (data === null) {
+    console.warn("skipping the BCCD bilinear check: ../shared/data is absent");
+    return;
+  }
+  const root = join(data, "bccd-cropped", "BCCD_cropped");
+  const cases: BilinearCase[] = [];
+  // The first crop of each class (sides 133 to 316 px): 224 shrinks some
+  // and enlarges others; 384 enlarges all; 100 shrinks all.
+  for (const cls of ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]) {
+    const names = [];
+    for await (const e of Deno.readDir(join(root, cls))) names.push(e.name);
+    const image = await Deno.readFile(join(root, cls, names.sort()[0]));
+    for (const size of [224, 384, 100]) cases.push({ image, size });
+  }
+  // A whole 640x480 smear to 224 (both axes shrink, unequally), and its first
+  // WBC box (its VOC annotation, without the ingest's margin) enlarged to 224.
+  const smear = await Deno.readFile(
+    join(data, "bccd-voc", "BCCD", "JPEGImages", "BloodImage_00000.jpg"),
+  );
+  cases.push({ image: smear, size: 224 });
+  cases.push({ image: smear, size: 224, crop: { left: 260, top: 177, width: 231, height: 199 } });
+  const rows = await bilinearVsPillow(cases);
+  if (rows === null) return;
+  // libvips and Pillow decode these JPEGs to the same pixels (both libjpeg-
+  // turbo's islow IDCT and fancy upsampling), so any difference is the resize.
+  rows.forEach(([mean, max], i) =>
+    assert(max === 0, `BCCD case ${i} (size ${cases[i].size}): mean ${mean}, max ${max}`)
+  );
+});
+
+Deno.test("resizeRgb: hand-computed bilinear taps, unchanged sizes copied, bad arguments named", () => {
+  // 4 -> 2 (factor 2, support 2): output 0 is centred at 1.0 and sees inputs
+  // 0..2 with weights 0.75, 0.75, 0.25 (normalised /1.75); output 1 sees 1..3.
+  // R = 0, 80, 160, 240 -> 400/7 = 57.1 -> 57 and 1280/7 = 182.9 -> 183.
+  const row = Uint8Array.from([0, 1, 2, 80, 81, 82, 160, 161, 162, 240, 241, 242]);
+  assertEquals(Array.from(resizeRgb(row, 4, 1, 2, 1, "bilinear")).filter((_, i) => i % 3 === 0), [
+    57,
+    183,
+  ]);
+  // 2 -> 4 (support 1): centres 0.25, 0.75, 1.25, 1.75; the edges clamp.
+  const two = Uint8Array.from([0, 0, 0, 200, 200, 200]);
+  const up = resizeRgb(two, 1, 2, 1, 4, "bilinear"); // the vertical pass, one column
+  assertEquals(Array.from(up).filter((_, i) => i % 3 === 0), [0, 50, 150, 200]);
+  assertEquals(
+    Array.from(resizeRgb(two, 2, 1, 4, 1, "bilinear")).filter((_, i) => i % 3 === 0),
+    [0, 50, 150, 200],
+  );
+  const same = resizeRgb(row, 4, 1, 4, 1, "lanczos");
+  assertEquals(Array.from(same), Array.from(row));
+  assert(same !== row, "a same-size resize returns a copy, not the input");
+  assertThrows(() => resizeRgb(row, 4, 2, 2, 1, "bilinear"), RangeError, "12 bytes is not 4x2x3");
+  assertThrows(() => resizeRgb(row, 4, 1, 0, 1, "bilinear"), RangeError, "bad output size 0x1");
+  assertThrows(
+    () => resizeRgb(row, 4, 1, 2, 1, "cubic" as "bilinear"),
+    RangeError,
+    "unknown filter 'cubic'",
+  );
 });
 
 Deno.test("crop: region extracted before the resize, clamped to the image", async () => {
