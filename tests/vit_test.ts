@@ -184,3 +184,17 @@ oracleTest("vit: bad checkpoints name the file, the key and expected vs found", 
   await assertRejects(() => openCheckpoint(`${dir}/junk.pth`), CheckpointError, "junk.pth");
   await Deno.remove(dir, { recursive: true });
 });
+
+oracleTest("vit: the library's Model.load and embed give torch's embeddings", async (gpu) => {
+  const { Model } = await import("../mod.ts");
+  const orc = await runVitOracle({ image: 42, posGrid: 4, batch: 2 });
+  const model = await Model.load(`${orc.dir}/dinobloom.pth`, { heads: 2, gpu });
+  assertEquals(model.layout, "dinobloom");
+  const img = await orc.npy("images");
+  const e = await model.embed(img.data, [2, 3, 42, 42], { patchTokens: true });
+  assertEquals([e.batch, e.dim, e.patches], [2, 32, 9]);
+  assert(relErr(e.cls, (await orc.npy("out_clsNorm")).data) < TOL);
+  assert(relErr(e.patchTokens!, (await orc.npy("out_patchNorm")).data) < TOL);
+  model.dispose();
+  await Deno.remove(orc.dir, { recursive: true });
+});
