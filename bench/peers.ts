@@ -4,7 +4,7 @@
  * interpreter start-up, imports and model construction never count), and prints one JSON line:
  *
  *   {"peer": "torch_vit", "ms": [per-iteration ms…], "items": 32, "torch": "1.13.1",
- *    "threads": 2}
+ *    "threads": 2, "max_rss_mib": 900}
  *
  * or, where it cannot run (no torch), `{"peer": …, "unavailable": "why"}`. A peer that is
  * missing, fails or times out never throws here: the outcome says why, and the row built from it
@@ -98,7 +98,7 @@ export function parsePeerOutput(stdout: string, source: string): PeerOutcome {
 export interface RunPeerOptions {
   /** Interpreter (default `PYTHON`); tests point it elsewhere. */
   python?: string;
-  /** Kill the peer after this long (default 30 min: a ViT-S b32 step on 2 cores is minutes). */
+  /** Kill the peer after this long (default 1 h; a ViT-S b32 step on 2 loaded cores is ~20 min). */
   timeoutMs?: number;
 }
 
@@ -114,7 +114,7 @@ export async function runPeer(
 ): Promise<PeerOutcome> {
   const python = opts.python ?? PYTHON;
   const name = script.split("/").pop() ?? script;
-  const timeoutMs = opts.timeoutMs ?? 30 * 60_000;
+  const timeoutMs = opts.timeoutMs ?? 60 * 60_000;
   let child: Deno.ChildProcess;
   try {
     child = new Deno.Command(python, {
@@ -162,8 +162,11 @@ export function peerRow(
 ): BenchRow {
   const rate = items / (ms / 1000);
   const peak = peer.ok ? peer.rate : NaN;
+  const rss = peer.ok && typeof peer.info.max_rss_mib === "number"
+    ? `, max RSS ${peer.info.max_rss_mib} MiB`
+    : "";
   const theirs = peer.ok
-    ? `; ${peerName} ${peer.medianMs.toFixed(0)} ms median of ${peer.ms.length}`
+    ? `; ${peerName} ${peer.medianMs.toFixed(0)} ms median of ${peer.ms.length}${rss}`
     : `; ${peerName} skipped: ${peer.reason}`;
   return { name, ms, rate, peak, peakName: peerName, ratio: rate / peak, note: note + theirs };
 }

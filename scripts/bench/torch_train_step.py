@@ -24,6 +24,7 @@ import argparse
 import ast
 import json
 import os
+import resource
 import sys
 import time
 
@@ -154,7 +155,8 @@ def main():
     if loss != loss:
         sys.exit("torch_train_step.py: the loss became NaN; the timing would not be of a real step")
     print(json.dumps({"peer": "torch_train_step", "ms": times, "items": B,
-                      "masked": int(n_masked), "torch": torch.__version__, "threads": threads}))
+                      "masked": int(n_masked), "torch": torch.__version__, "threads": threads,
+                      "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
 
 
 if __name__ == "__main__":

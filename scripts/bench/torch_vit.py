@@ -17,6 +17,7 @@ Usage: /usr/bin/python3 scripts/bench/torch_vit.py --arch vit_small --batch 32 [
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
@@ -70,7 +71,8 @@ def main():
             if i >= args.warmup:
                 times.append((time.perf_counter() - t0) * 1000)
     print(json.dumps({"peer": "torch_vit", "ms": times, "items": args.batch,
-                      "torch": torch.__version__, "threads": threads}))
+                      "torch": torch.__version__, "threads": threads,
+                      "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
 
 
 if __name__ == "__main__":
