@@ -140,22 +140,23 @@ Deno.test("eval cli: --folds and the default 80/20 split", async () => {
 });
 
 Deno.test({
-  name: "eval cli: MIL on patient-level files (both heads)",
+  name: "eval cli: patient-level files: MIL (both heads), kNN and probe with --device gpu",
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
     const r2 = new Rng(4);
-    await writeEmbeddings(`${dir}/ptrain.safetensors`, blobs(r2, 72, 8, 2, true));
+    const tr = blobs(r2, 72, 8, 2, true);
     const te = blobs(r2, 36, 8, 2, true);
     te.patients = te.patients!.map((p) => `T${p}`);
+    await writeEmbeddings(`${dir}/ptrain.safetensors`, tr);
     await writeEmbeddings(`${dir}/ptest.safetensors`, te);
     const r = await run([
       "--train",
       `${dir}/ptrain.safetensors`,
       "--test",
       `${dir}/ptest.safetensors`,
-      "--protocol",
-      "mil",
+      "--device",
+      "gpu",
       "--mil-epochs",
       "3",
       "--mil-val",
@@ -165,9 +166,27 @@ Deno.test({
     ]);
     assertEquals(r.code, 0, r.stderr);
     const report = JSON.parse(await Deno.readTextFile(`${dir}/mil.json`)) as EvalReport;
-    assertEquals(report.rows.map((x) => x.protocol), ["ABMIL (multi-column)", "ABMIL (gated)"]);
-    assertEquals(report.rows[0].runs[0].n, 6, "one prediction per test patient");
+    assertEquals(report.rows.map((x) => x.protocol), [
+      "1-NN",
+      "20-NN",
+      "linear probe",
+      "ABMIL (multi-column)",
+      "ABMIL (gated)",
+    ], "patients present: mil joins the default protocols");
+    assertEquals(report.rows[3].runs[0].n, 6, "one prediction per test patient");
     assert(r.stderr.includes("ABMIL (gated): 12 training, 6 test patients"), r.stderr);
+    assertEquals([report.meta?.["knn.device"], report.meta?.["probe.device"]], ["gpu", "gpu"]);
+    // The GPU kNN gives the CPU protocol's predictions on this data: same scores.
+    const want = await evaluateEmbeddings(
+      matrix(tr.features, 72, 8),
+      tr.labels,
+      matrix(te.features, 36, 8),
+      te.labels,
+      { method: "x", probe: false },
+    );
+    for (const i of [0, 1]) {
+      assertEquals(report.rows[i].runs[0].confusion, want.rows[i].runs[0].confusion);
+    }
   },
 });
 

@@ -196,12 +196,12 @@ function synthPatients(rng: Rng, patients: number, dim: number, prefix: string):
 
 gpuTest("mil end to end: both heads learn classes set by a few distinctive cells", async (gpu) => {
   const rng = new Rng(3);
-  const train = synthPatients(rng, 18, 8, "train-");
+  const train = synthPatients(rng, 12, 8, "train-");
   const test = synthPatients(rng, 12, 8, "test-");
-  // A larger lr than the reference's 1e-3 so a few epochs suffice on 18 patients.
+  // A larger lr than the reference's 1e-3 so a few epochs suffice on 12 patients.
   const { results, rows } = await evaluateMil(gpu, train, test, {
     method: "synthetic",
-    epochs: 6,
+    epochs: 5,
     lr: 0.05,
     valFraction: 0,
     attentionHidden: 16,
@@ -211,8 +211,9 @@ gpuTest("mil end to end: both heads learn classes set by a few distinctive cells
   for (const r of results) {
     const m = r.runs[0].metrics;
     assertEquals(m.n, 12, "one prediction per test patient");
-    // Chance is 1/3; a head that uses the distinctive cells gets nearly all right.
-    assert(m.accuracy >= 0.75, `${r.protocol}: accuracy ${m.accuracy}`);
+    // Chance is 1/3 (untrained heads score 0.17–0.58 here); a head that found the
+    // distinctive cells gets (nearly) every patient right.
+    assert(m.accuracy >= 0.9, `${r.protocol}: accuracy ${m.accuracy}`);
   }
 });
 
