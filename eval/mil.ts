@@ -581,6 +581,12 @@ export async function trainMil(
       };
       history.push(info);
       opts.onEpoch?.(info);
+      if (!Number.isFinite(info.trainLoss)) {
+        throw new RangeError(
+          `MIL (${milProtocolName(kind)}): training diverged (mean loss ${info.trainLoss} in ` +
+            `epoch ${epoch + 1}); lower the learning rate (lr=${o.lr})`,
+        );
+      }
       if (val.length) {
         const d = stopper.update(epoch, info.valLoss);
         if (d === "improved") arena.chunks.forEach((c, i) => gpu.copy(c.value, best[i]));

@@ -30,7 +30,7 @@ import {
   trainMil,
   validationSplit,
 } from "../eval/mil.ts";
-import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
+import { assert, assertClose, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { gpuTest, Rng } from "./helpers.ts";
 
 interface HeadCase {
@@ -270,26 +270,43 @@ gpuTest("mil training: early stopping keeps the best validation epoch's weights"
   }
 });
 
-gpuTest("mil cross-validation: patient-level folds, mean ± std rows", async (gpu) => {
-  const data = synthPatients(new Rng(4), 9, 8, "q");
-  const stages: string[] = [];
-  const { results, rows } = await crossValidateMil(gpu, data, {
-    method: "cv",
-    folds: 3,
-    heads: ["gated"],
-    epochs: 2,
-    valFraction: 0,
-    attentionHidden: 16,
-    onStage: (s) => stages.push(s),
-  });
-  assertEquals(stages.length, 3);
-  const runs = results[0].runs;
-  const tested = runs.flatMap((r) => r.patients).sort();
-  assertEquals(tested, [...new Set(data.patients)].sort(), "every patient tested exactly once");
-  assertEquals(rows[0].accuracy.n, 3, "mean ± std over 3 folds");
-  assertThrows(
-    () => patientBags(["a"], ["p", "q"], "f.st"),
-    RangeError,
-    "f.st: 1 labels but 2 patient ids",
-  );
-});
+gpuTest(
+  "mil cross-validation: patient-level folds, mean ± std rows; divergence is an error",
+  async (gpu) => {
+    const data = synthPatients(new Rng(4), 9, 8, "q");
+    const stages: string[] = [];
+    const { results, rows } = await crossValidateMil(gpu, data, {
+      method: "cv",
+      folds: 3,
+      heads: ["gated"],
+      epochs: 2,
+      valFraction: 0,
+      attentionHidden: 16,
+      onStage: (s) => stages.push(s),
+    });
+    assertEquals(stages.length, 3);
+    const runs = results[0].runs;
+    const tested = runs.flatMap((r) => r.patients).sort();
+    assertEquals(tested, [...new Set(data.patients)].sort(), "every patient tested exactly once");
+    assertEquals(rows[0].accuracy.n, 3, "mean ± std over 3 folds");
+    await assertRejects(
+      () =>
+        crossValidateMil(gpu, data, {
+          method: "cv",
+          folds: 3,
+          heads: ["gated"],
+          epochs: 3,
+          lr: 1e30,
+          valFraction: 0,
+          attentionHidden: 16,
+        }),
+      RangeError,
+      /training diverged \(mean loss NaN in epoch \d\); lower the learning rate/,
+    );
+    assertThrows(
+      () => patientBags(["a"], ["p", "q"], "f.st"),
+      RangeError,
+      "f.st: 1 labels but 2 patient ids",
+    );
+  },
+);
