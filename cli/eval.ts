@@ -180,13 +180,19 @@ async function load(path: string, flag: Loaded["flag"]): Promise<Loaded> {
 /** Rows `idx` of an embeddings file as a matrix, labels and (if any) patients. */
 function subset(emb: Embeddings, idx: readonly number[] | null, what: string) {
   const d = emb.dim;
-  const rows = idx ?? Array.from({ length: emb.rows }, (_, i) => i);
-  const data = new Float32Array(rows.length * d);
-  rows.forEach((r, i) => data.set(emb.features.subarray(r * d, (r + 1) * d), i * d));
+  if (!idx) {
+    return {
+      m: matrix(emb.features, emb.rows, d, what),
+      labels: emb.labels,
+      patients: emb.patients,
+    };
+  }
+  const data = new Float32Array(idx.length * d);
+  idx.forEach((r, i) => data.set(emb.features.subarray(r * d, (r + 1) * d), i * d));
   return {
-    m: matrix(data, rows.length, d, what),
-    labels: emb.labels ? rows.map((r) => emb.labels![r]) : null,
-    patients: emb.patients ? rows.map((r) => emb.patients![r]) : null,
+    m: matrix(data, idx.length, d, what),
+    labels: emb.labels ? idx.map((r) => emb.labels![r]) : null,
+    patients: emb.patients ? idx.map((r) => emb.patients![r]) : null,
   };
 }
 
@@ -405,14 +411,14 @@ export async function runEval(opts: EvalCliOptions): Promise<EvalReport> {
         if (opts.threads > 1) threads = EvalThreads.open(opts.threads);
       }
       const perProtocol = new Map<string, ClassificationMetrics[]>();
-      const pairs = splits
-        ? splits.map((s) => ({
-          tr: subset(train.emb, s.train, opts.train),
-          te: subset(train.emb, s.test, opts.train),
-        }))
-        : [{ tr: subset(train.emb, null, opts.train), te: subset(test!.emb, null, opts.test!) }];
-      for (const [i, { tr, te }] of pairs.entries()) {
-        if (pairs.length > 1) log(`fold ${i + 1}/${pairs.length}`);
+      // One split's copies at a time: a fold's subsets are as large as the file.
+      const runs = splits ?? [null];
+      for (const [i, split] of runs.entries()) {
+        if (runs.length > 1) log(`fold ${i + 1}/${runs.length}`);
+        const tr = subset(train.emb, split?.train ?? null, opts.train);
+        const te = split
+          ? subset(train.emb, split.test, opts.train)
+          : subset(test!.emb, null, opts.test!);
         const got = await imageProtocols(
           { m: tr.m, labels: tr.labels! },
           { m: te.m, labels: te.labels! },
