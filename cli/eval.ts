@@ -17,6 +17,12 @@
  * table like the paper's on stdout (and in `--markdown`, with per-class
  * tables), progress on stderr. Exit codes: 0 done, 1 bad input file or a
  * failed run, 2 a bad flag.
+ *
+ * Devices: MIL always trains on the GPU. kNN and the probe run on the CPU
+ * (float64, `--threads` workers) unless `--device gpu`, or `--device auto`
+ * with a problem above ~2e9 kNN multiply-adds or ~2e7 probe N·M·c on a
+ * hardware adapter (a software adapter such as llvmpipe runs on the same
+ * CPU cores as the CPU path, in f32, so auto never picks it).
  */
 import { basename, extname } from "node:path";
 import { numberFlag, type Parsed, parseFlags, runMain, usage, UsageError } from "./args.ts";
