@@ -132,14 +132,15 @@ export function gpuNeighborSearch(gpu: Gpu, opts: GpuKnnOptions = {}): NeighborS
         `kNeighbors (GPU): ${nTrain} training rows exceed one binding of norms (${limit})`,
       );
     }
+    if (d > limit) {
+      throw new RangeError(`kNeighbors (GPU): ${d} features per row exceed one binding`);
+    }
+    // A query block [qb, d] and a dot block [tb, qb] must each fit one binding.
     const qb = Math.max(1, Math.min(nq, opts.queryBlock ?? 2048, Math.floor(limit / d)));
     const tb = Math.max(
       1,
       Math.min(nTrain, opts.trainBlock ?? Infinity, Math.floor(limit / Math.max(d, qb))),
     );
-    if (d > limit) {
-      throw new RangeError(`kNeighbors (GPU): ${d} features per row exceed one binding`);
-    }
     const yf = train.data instanceof Float32Array ? train.data : Float32Array.from(train.data);
     const xf = queries.data instanceof Float32Array
       ? queries.data
