@@ -27,6 +27,13 @@
  * - Rows past T (the tail of the last block) load row T−1 and never store,
  *   so control flow stays uniform (no divergent loops, barriers stay legal).
  */
+import {
+  type AutotuneCache,
+  type Autotuner,
+  type CandidateCodec,
+  newAutotuner,
+  type TuneRecord,
+} from "./autotune.ts";
 import { GpuLimitError } from "./errors.ts";
 import { grid, type Kernel, kernel, Params } from "./kernel.ts";
 import type { Gpu } from "./runtime.ts";
@@ -66,15 +73,29 @@ export interface AttentionPlan {
 }
 
 /**
- * The plan used before `tuneAttention` has measured one: the register-blocked
- * family, which is correct and reasonable everywhere (on llvmpipe it is the
- * measured winner; see bench/attention.ts).
+ * The plan used where nothing is tuned: register-blocked kernels that are
+ * correct everywhere, measured best on llvmpipe among those that compile in
+ * a few seconds there (larger `rows` run faster but compile for tens of
+ * seconds; `tuneAttention` considers them).
  */
 export const DEFAULT_ATTENTION_PLAN: AttentionPlan = {
-  forward: { kind: "rows", wg: 16, rows: 2, block: 4, dot: "vec" },
-  dq: { kind: "rows", wg: 16, rows: 2, block: 4, dot: "vec" },
-  dkv: { kind: "rows", wg: 16, rows: 1, block: 4, dot: "vec" },
+  forward: { kind: "rows", wg: 8, rows: 4, block: 1, dot: "vec" },
+  dq: { kind: "rows", wg: 8, rows: 4, block: 1, dot: "vec" },
+  dkv: { kind: "rows", wg: 8, rows: 4, block: 1, dot: "vec" },
 };
+
+/** What `tuneAttention` measures (those that fit the adapter's limits). */
+const CANDIDATES: readonly AttentionVariant[] = [
+  // CPU adapters: rows per invocation amortise storage loads.
+  DEFAULT_ATTENTION_PLAN.forward,
+  { kind: "rows", wg: 8, rows: 8, block: 2, dot: "scalar" },
+  { kind: "rows", wg: 8, rows: 16, block: 2, dot: "scalar" },
+  { kind: "rows", wg: 8, rows: 32, block: 2, dot: "scalar" },
+  // GPUs: cached broadcast loads, or key/value tiles in workgroup memory.
+  { kind: "rows", wg: 64, rows: 1, block: 4, dot: "vec" },
+  { kind: "tiled", wg: 64, rows: 1, block: 4, tile: 32, dot: "vec" },
+  { kind: "tiled", wg: 128, rows: 1, block: 4, tile: 64, dot: "vec" },
+];
 
 /** Options of `attention` and `attentionBackward`. */
 export interface AttentionOptions {
@@ -89,6 +110,8 @@ export interface AttentionOptions {
    * `maxStorageBufferBindingSize`. Tests lower it to exercise the batch split.
    */
   maxBindingBytes?: number;
+  /** Look tuned choices up in this cache instead of the process-wide one (tests). */
+  tuneCache?: AutotuneCache;
 }
 
 // -------------------------------------------------------------- WGSL builder
@@ -180,7 +203,6 @@ function header(bindings: [string, "read" | "read_write", string][]): Src {
 
 function prologue(s: Src, g: Gen): void {
   const dv = g.dh / g.w;
-  const per = g.v.wg * g.v.rows;
   s.push(
     0,
     `@compute @workgroup_size(${g.v.wg})`,
@@ -206,13 +228,6 @@ function prologue(s: Src, g: Gen): void {
     `let vOff = (2u * H + h) * ${dv}u;`,
     "let sbase = (b * H + h) * T; // row 0 of this (b, h) in lse and D",
   );
-  for (let r = 0; r < g.v.rows; r++) {
-    s.push(
-      1,
-      `let row${r} = prm.row0 + blk * ${per}u + ${r * g.v.wg}u + lid;`,
-      `let ld${r} = min(row${r}, T - 1u);`,
-    );
-  }
 }
 
 /**
@@ -279,34 +294,98 @@ function tileDecls(g: Gen, streams: Stream[]): string[] {
   );
 }
 
+/**
+ * Emits one WGSL loop over the invocation's rows r = 0…rows−1 with `row` and
+ * `ld` (row clamped to T−1) defined: `before` lines, then `switch r` running
+ * `perRow(r)` (moving values between shared temporaries and row r's named
+ * registers), then `after` lines. The source thus holds one copy of a row's
+ * loads and stores instead of `rows` copies: llvmpipe expands every storage
+ * access into a loop over the SIMD lanes, and compile time grows with their
+ * count.
+ */
+function rowLoop(
+  s: Src,
+  g: Gen,
+  before: string[],
+  perRow: (r: number) => string[],
+  after: string[] = [],
+): void {
+  const per = g.v.wg * g.v.rows;
+  s.push(1, `for (var r = 0u; r < ${g.v.rows}u; r++) {`);
+  s.push(
+    2,
+    `let row = prm.row0 + blk * ${per}u + r * ${g.v.wg}u + lid;`,
+    "let ld = min(row, T - 1u);",
+    ...before,
+    "switch r {",
+  );
+  for (let r = 0; r < g.v.rows; r++) {
+    s.push(3, `${r === g.v.rows - 1 ? `case ${r}u, default` : `case ${r}u`}: {`);
+    s.push(4, ...perRow(r));
+    s.push(3, "}");
+  }
+  s.push(2, "}", ...after);
+  s.push(1, "}");
+}
+
+/** `let` temporaries t0…t(DV−1) = arr[at + c] (times `suffix`). */
+function loadChunks(g: Gen, name: string, arr: string, at: string, suffix = ""): string[] {
+  return Array.from(
+    { length: g.dh / g.w },
+    (_, c) => `let ${name}${c} = ${arr}[${at} + ${c}u]${suffix};`,
+  );
+}
+
+/** `name{r}_{c} = tmp{c};` for every chunk c. */
+function assignRow(g: Gen, name: string, r: number, tmp: string): string[] {
+  return Array.from({ length: g.dh / g.w }, (_, c) => `${name}${r}_${c} = ${tmp}${c};`);
+}
+
+/** Declares `name{r}_{c}` for every row and chunk. */
+function declareRows(s: Src, g: Gen, ...names: string[]): void {
+  for (let r = 0; r < g.v.rows; r++) {
+    for (const n of names) {
+      for (let c = 0; c < g.dh / g.w; c++) s.push(1, `var ${n}${r}_${c}: ${vt(g)};`);
+    }
+  }
+}
+
+/** `acc + Σ_i scal{r}_{i} · vec{i}_{c}` as one expression (one write per step). */
+function fmaChain(g: Gen, acc: string, scal: string, vec: string, r: number, c: number): string {
+  let e = acc;
+  for (let i = 0; i < g.v.block; i++) {
+    e = `fma(${splat(g, `${scal}${r}_${i}`)}, ${vec}${i}_${c}, ${e})`;
+  }
+  return e;
+}
+
 /** Forward: out = softmax(q kᵀ·scale) v per head, and lse. */
 function forwardSource(g: Gen): string {
   const dv = g.dh / g.w;
   const R = g.v.rows;
   const KB = g.v.block;
   const T = vt(g);
-  const s = header([["qkv", "read", T], ["out", "read_write", T], [
-    "lse",
-    "read_write",
-    "f32",
-  ]]);
+  const s = header([["qkv", "read", T], ["out", "read_write", T], ["lse", "read_write", "f32"]]);
   const streams: Stream[] = [
     { name: "k", arr: "qkv", width: dv, type: T, at: (r) => `tok + ${r} * rs + kOff` },
     { name: "v", arr: "qkv", width: dv, type: T, at: (r) => `tok + ${r} * rs + vOff` },
   ];
   s.push(0, ...tileDecls(g, streams));
   prologue(s, g);
-  for (let r = 0; r < R; r++) {
-    s.push(1, `let qa${r} = tok + ld${r} * rs + qOff;`);
-    for (let c = 0; c < dv; c++) s.push(1, `let q${r}_${c} = qkv[qa${r} + ${c}u] * prm.scale;`);
-    s.push(1, `var m${r} = ${NEG};`, `var l${r} = 0.0;`);
-    for (let c = 0; c < dv; c++) s.push(1, `var o${r}_${c} = ${zero(g)};`);
-  }
+  declareRows(s, g, "q", "o");
+  for (let r = 0; r < R; r++) s.push(1, `var m${r} = ${NEG};`, `var l${r} = 0.0;`);
+  rowLoop(
+    s,
+    g,
+    loadChunks(g, "t", "qkv", "tok + ld * rs + qOff", " * prm.scale"),
+    (r) => assignRow(g, "q", r, "t"),
+  );
   const ind = g.v.kind === "rows" ? 2 : 3;
   blockLoop(s, g, streams, (a) => {
-    for (let r = 0; r < R; r++) for (let i = 0; i < KB; i++) s.push(ind, accDecl(g, `s${r}_${i}`));
-    for (let c = 0; c < dv; c++) {
-      for (let i = 0; i < KB; i++) {
+    // Scores key by key, so only `rows` accumulators are live at a time.
+    for (let i = 0; i < KB; i++) {
+      for (let r = 0; r < R; r++) s.push(ind, accDecl(g, `s${r}_${i}`));
+      for (let c = 0; c < dv; c++) {
         s.push(ind, `let k${i}_${c} = ${a.get("k", i, c)};`);
         for (let r = 0; r < R; r++) {
           s.push(ind, accAdd(g, `s${r}_${i}`, `q${r}_${c}`, `k${i}_${c}`));
@@ -339,21 +418,27 @@ function forwardSource(g: Gen): string {
       const ps = Array.from({ length: KB }, (_, i) => `p${r}_${i}`).join(" + ");
       s.push(ind, `l${r} = l${r} + ${ps};`);
     }
+    // One write of each o per step: llvmpipe masks every write to a loop-carried variable.
     for (let c = 0; c < dv; c++) {
-      for (let i = 0; i < KB; i++) {
-        s.push(ind, `let v${i}_${c} = ${a.get("v", i, c)};`);
-        for (let r = 0; r < R; r++) {
-          s.push(ind, `o${r}_${c} = fma(${splat(g, `p${r}_${i}`)}, v${i}_${c}, o${r}_${c});`);
-        }
+      for (let i = 0; i < KB; i++) s.push(ind, `let v${i}_${c} = ${a.get("v", i, c)};`);
+      for (let r = 0; r < R; r++) {
+        s.push(ind, `o${r}_${c} = ${fmaChain(g, `o${r}_${c}`, "p", "v", r, c)};`);
       }
     }
   });
-  for (let r = 0; r < R; r++) {
-    s.push(1, `let inv${r} = 1.0 / l${r};`, `if (row${r} < T) {`);
-    s.push(2, `let oa = prm.outB + (b * T + row${r}) * ms + qOff;`);
-    for (let c = 0; c < dv; c++) s.push(2, `out[oa + ${c}u] = o${r}_${c} * inv${r};`);
-    s.push(2, `lse[prm.lseB + sbase + row${r}] = m${r} + log(l${r});`, "}");
-  }
+  s.push(1, "var inv: f32;", "var lr: f32;");
+  for (let c = 0; c < dv; c++) s.push(1, `var w${c}: ${T};`);
+  rowLoop(s, g, [], (r) => [
+    `inv = 1.0 / l${r};`,
+    `lr = m${r} + log(l${r});`,
+    ...Array.from({ length: dv }, (_, c) => `w${c} = o${r}_${c};`),
+  ], [
+    "if (row < T) {",
+    "  let oa = prm.outB + (b * T + row) * ms + qOff;",
+    ...Array.from({ length: dv }, (_, c) => `  out[oa + ${c}u] = w${c} * inv;`),
+    "  lse[prm.lseB + sbase + row] = lr;",
+    "}",
+  ]);
   s.push(0, "}");
   return s.toString();
 }
@@ -378,36 +463,36 @@ function dqSource(g: Gen): string {
   ];
   s.push(0, ...tileDecls(g, streams));
   prologue(s, g);
-  for (let r = 0; r < R; r++) {
-    s.push(
-      1,
-      `let qa${r} = tok + ld${r} * rs + qOff;`,
-      `let ra${r} = (b * T + ld${r}) * ms + qOff;`,
-    );
-    s.push(1, accDecl(g, `dsum${r}`));
-    for (let c = 0; c < dv; c++) {
-      s.push(
-        1,
-        `let q${r}_${c} = qkv[qa${r} + ${c}u] * prm.scale;`,
-        `let do${r}_${c} = dout[prm.doutB + ra${r} + ${c}u];`,
-        accAdd(g, `dsum${r}`, `do${r}_${c}`, `out[prm.outB + ra${r} + ${c}u]`),
-      );
-    }
-    s.push(
-      1,
-      `let D${r} = ${accSum(g, `dsum${r}`)};`,
-      `let ls${r} = lse[prm.lseB + sbase + ld${r}];`,
-      `if (row${r} < T) { dd[prm.dB + sbase + row${r}] = D${r}; }`,
-    );
-    for (let c = 0; c < dv; c++) s.push(1, `var g${r}_${c} = ${zero(g)};`);
-  }
+  declareRows(s, g, "q", "do", "g");
+  for (let r = 0; r < R; r++) s.push(1, `var D${r}: f32;`, `var ls${r}: f32;`);
+  const dsum: string[] = [accDecl(g, "dsum")];
+  for (let c = 0; c < dv; c++) dsum.push(accAdd(g, "dsum", `u${c}`, `out[prm.outB + ra + ${c}u]`));
+  rowLoop(
+    s,
+    g,
+    [
+      "let ra = (b * T + ld) * ms + qOff;",
+      ...loadChunks(g, "t", "qkv", "tok + ld * rs + qOff", " * prm.scale"),
+      ...loadChunks(g, "u", "dout", "prm.doutB + ra"),
+      ...dsum,
+      `let Dv = ${accSum(g, "dsum")};`,
+      "if (row < T) { dd[prm.dB + sbase + row] = Dv; }",
+      "let lv = lse[prm.lseB + sbase + ld];",
+    ],
+    (
+      r,
+    ) => [
+      ...assignRow(g, "q", r, "t"),
+      ...assignRow(g, "do", r, "u"),
+      `D${r} = Dv;`,
+      `ls${r} = lv;`,
+    ],
+  );
   const ind = g.v.kind === "rows" ? 2 : 3;
   blockLoop(s, g, streams, (a) => {
-    for (let r = 0; r < R; r++) {
-      for (let i = 0; i < KB; i++) s.push(ind, accDecl(g, `s${r}_${i}`), accDecl(g, `e${r}_${i}`));
-    }
-    for (let c = 0; c < dv; c++) {
-      for (let i = 0; i < KB; i++) {
+    for (let i = 0; i < KB; i++) {
+      for (let r = 0; r < R; r++) s.push(ind, accDecl(g, `s${r}_${i}`), accDecl(g, `e${r}_${i}`));
+      for (let c = 0; c < dv; c++) {
         s.push(
           ind,
           `let k${i}_${c} = ${a.get("k", i, c)};`,
@@ -430,23 +515,23 @@ function dqSource(g: Gen): string {
           i === 0
             ? `let p${r}_${i} = ${p};`
             : `let p${r}_${i} = select(${p}, 0.0, ${a.idx(i)} >= T);`,
+          `let ds${r}_${i} = p${r}_${i} * (${accSum(g, `e${r}_${i}`)} - D${r});`,
         );
-        s.push(ind, `let ds${r}_${i} = p${r}_${i} * (${accSum(g, `e${r}_${i}`)} - D${r});`);
       }
     }
     for (let c = 0; c < dv; c++) {
-      for (let i = 0; i < KB; i++) {
-        for (let r = 0; r < R; r++) {
-          s.push(ind, `g${r}_${c} = fma(${splat(g, `ds${r}_${i}`)}, k${i}_${c}, g${r}_${c});`);
-        }
+      for (let r = 0; r < R; r++) {
+        s.push(ind, `g${r}_${c} = ${fmaChain(g, `g${r}_${c}`, "ds", "k", r, c)};`);
       }
     }
   });
-  for (let r = 0; r < R; r++) {
-    s.push(1, `if (row${r} < T) {`, `  let ga = prm.dqkvB + (b * T + row${r}) * rs + qOff;`);
-    for (let c = 0; c < dv; c++) s.push(2, `dqkv[ga + ${c}u] = g${r}_${c} * prm.scale;`);
-    s.push(1, "}");
-  }
+  for (let c = 0; c < dv; c++) s.push(1, `var w${c}: ${T};`);
+  rowLoop(s, g, [], (r) => Array.from({ length: dv }, (_, c) => `w${c} = g${r}_${c};`), [
+    "if (row < T) {",
+    "  let ga = prm.dqkvB + (b * T + row) * rs + qOff;",
+    ...Array.from({ length: dv }, (_, c) => `  dqkv[ga + ${c}u] = w${c} * prm.scale;`),
+    "}",
+  ]);
   s.push(0, "}");
   return s.toString();
 }
@@ -478,79 +563,66 @@ function dkvSource(g: Gen): string {
   ];
   s.push(0, ...tileDecls(g, streams));
   prologue(s, g);
-  for (let r = 0; r < R; r++) {
-    s.push(1, `let ka${r} = tok + ld${r} * rs;`);
-    for (let c = 0; c < dv; c++) {
-      // k is pre-scaled so q·k' is the scaled score; dK gets the scale at the end.
-      s.push(
-        1,
-        `let k${r}_${c} = qkv[ka${r} + kOff + ${c}u] * prm.scale;`,
-        `let v${r}_${c} = qkv[ka${r} + vOff + ${c}u];`,
-      );
-    }
-    for (let c = 0; c < dv; c++) {
-      s.push(1, `var gk${r}_${c} = ${zero(g)};`, `var gv${r}_${c} = ${zero(g)};`);
-    }
-  }
+  declareRows(s, g, "k", "v", "gk", "gv");
+  // k is pre-scaled so q·k' is the scaled score; dK gets the scale at the end.
+  rowLoop(s, g, [
+    "let ka = tok + ld * rs;",
+    ...loadChunks(g, "t", "qkv", "ka + kOff", " * prm.scale"),
+    ...loadChunks(g, "u", "qkv", "ka + vOff"),
+  ], (r) => [...assignRow(g, "k", r, "t"), ...assignRow(g, "v", r, "u")]);
   const ind = g.v.kind === "rows" ? 2 : 3;
   blockLoop(s, g, streams, (a) => {
-    for (let r = 0; r < R; r++) {
-      for (let i = 0; i < KB; i++) s.push(ind, accDecl(g, `s${r}_${i}`), accDecl(g, `e${r}_${i}`));
-    }
-    for (let c = 0; c < dv; c++) {
-      for (let i = 0; i < KB; i++) {
+    for (let i = 0; i < KB; i++) {
+      for (let r = 0; r < R; r++) s.push(ind, accDecl(g, `s${r}_${i}`), accDecl(g, `e${r}_${i}`));
+      for (let c = 0; c < dv; c++) {
         s.push(
           ind,
-          `let q${i}_${c} = ${a.get("q", i, c)};`,
-          `let o${i}_${c} = ${a.get("o", i, c)};`,
+          `let qq${i}_${c} = ${a.get("q", i, c)};`,
+          `let oo${i}_${c} = ${a.get("o", i, c)};`,
         );
         for (let r = 0; r < R; r++) {
           s.push(
             ind,
-            accAdd(g, `s${r}_${i}`, `q${i}_${c}`, `k${r}_${c}`),
-            accAdd(g, `e${r}_${i}`, `o${i}_${c}`, `v${r}_${c}`),
+            accAdd(g, `s${r}_${i}`, `qq${i}_${c}`, `k${r}_${c}`),
+            accAdd(g, `e${r}_${i}`, `oo${i}_${c}`, `v${r}_${c}`),
           );
         }
       }
-    }
-    for (let i = 0; i < KB; i++) {
-      s.push(ind, `let l${i} = ${a.get("l", i)};`, `let d${i} = ${a.get("d", i)};`);
+      s.push(ind, `let li${i} = ${a.get("l", i)};`, `let di${i} = ${a.get("d", i)};`);
     }
     for (let r = 0; r < R; r++) {
       for (let i = 0; i < KB; i++) {
-        const p = `exp(${accSum(g, `s${r}_${i}`)} - l${i})`;
+        const p = `exp(${accSum(g, `s${r}_${i}`)} - li${i})`;
         s.push(
           ind,
           i === 0
             ? `let p${r}_${i} = ${p};`
             : `let p${r}_${i} = select(${p}, 0.0, ${a.idx(i)} >= T);`,
+          `let ds${r}_${i} = p${r}_${i} * (${accSum(g, `e${r}_${i}`)} - di${i});`,
         );
-        s.push(ind, `let ds${r}_${i} = p${r}_${i} * (${accSum(g, `e${r}_${i}`)} - d${i});`);
       }
     }
     for (let c = 0; c < dv; c++) {
-      for (let i = 0; i < KB; i++) {
-        for (let r = 0; r < R; r++) {
-          s.push(
-            ind,
-            `gv${r}_${c} = fma(${splat(g, `p${r}_${i}`)}, o${i}_${c}, gv${r}_${c});`,
-            `gk${r}_${c} = fma(${splat(g, `ds${r}_${i}`)}, q${i}_${c}, gk${r}_${c});`,
-          );
-        }
+      for (let r = 0; r < R; r++) {
+        s.push(
+          ind,
+          `gv${r}_${c} = ${fmaChain(g, `gv${r}_${c}`, "p", "oo", r, c)};`,
+          `gk${r}_${c} = ${fmaChain(g, `gk${r}_${c}`, "ds", "qq", r, c)};`,
+        );
       }
     }
   });
-  for (let r = 0; r < R; r++) {
-    s.push(1, `if (row${r} < T) {`, `  let ga = prm.dqkvB + (b * T + row${r}) * rs;`);
-    for (let c = 0; c < dv; c++) {
-      s.push(
-        2,
-        `dqkv[ga + kOff + ${c}u] = gk${r}_${c} * prm.scale;`,
-        `dqkv[ga + vOff + ${c}u] = gv${r}_${c};`,
-      );
-    }
-    s.push(1, "}");
-  }
+  for (let c = 0; c < dv; c++) s.push(1, `var wk${c}: ${T};`, `var wv${c}: ${T};`);
+  rowLoop(s, g, [], (r) => [
+    ...Array.from({ length: dv }, (_, c) => `wk${c} = gk${r}_${c};`),
+    ...Array.from({ length: dv }, (_, c) => `wv${c} = gv${r}_${c};`),
+  ], [
+    "if (row < T) {",
+    "  let ga = prm.dqkvB + (b * T + row) * rs;",
+    ...Array.from({ length: dv }, (_, c) => `  dqkv[ga + kOff + ${c}u] = wk${c} * prm.scale;`),
+    ...Array.from({ length: dv }, (_, c) => `  dqkv[ga + vOff + ${c}u] = wv${c};`),
+    "}",
+  ]);
   s.push(0, "}");
   return s.toString();
 }
@@ -576,6 +648,11 @@ const UNIFORM_BYTES = 48;
 
 const kernelCache = new Map<string, Kernel>();
 
+/** Tile rows of a tiled variant that names none: about one row per invocation. */
+function defaultTile(v: AttentionVariant): number {
+  return v.block * Math.max(1, Math.floor(v.wg / v.block));
+}
+
 /** Workgroup-memory bytes a tiled kernel of `op` needs per tile row. */
 function tileRowBytes(op: Op, dh: number): number {
   return op === "dkv" ? (2 * dh + 2) * 4 : 2 * dh * 4;
@@ -599,7 +676,7 @@ function resolveVariant(gpu: Gpu, op: Op, v: AttentionVariant, dh: number): Gen[
   }
   let tile = 0;
   if (v.kind === "tiled") {
-    tile = v.tile ?? v.block * Math.max(1, Math.floor(v.wg / v.block));
+    tile = v.tile ?? defaultTile(v);
     if (tile % v.block !== 0) {
       throw new RangeError(`${where}: 'tile' must be a multiple of 'block'`);
     }
@@ -641,7 +718,7 @@ export function attentionSource(
   vectorWidth: 1 | 4 = 4,
 ): string {
   const v = {
-    tile: variant.tile ?? variant.block * Math.max(1, Math.floor(variant.wg / variant.block)),
+    tile: variant.tile ?? defaultTile(variant),
     dot: variant.dot ?? "vec",
     ...variant,
   } as Gen["v"];
@@ -747,14 +824,6 @@ function bindingLimit(gpu: Gpu, opts: AttentionOptions): number {
   return Math.min(o, max);
 }
 
-const tuned = new WeakMap<Gpu, Map<number, AttentionPlan>>();
-
-function variantFor(gpu: Gpu, op: Op, d: Dims, opts: AttentionOptions): AttentionVariant {
-  if (opts.variant) return opts.variant;
-  const plan = tuned.get(gpu)?.get(d.dh) ?? DEFAULT_ATTENTION_PLAN;
-  return op === "fwd" ? plan.forward : op === "dq" ? plan.dq : plan.dkv;
-}
-
 /** Uniform block of one chunk. */
 function params(
   d: Dims,
@@ -810,23 +879,20 @@ function dispatchChunked(
 }
 
 /**
- * Splits the T rows of each (batch, head) into full blocks of wg·rows rows
- * and a tail run by the same variant with fewer rows per invocation (the
- * smallest power of two that covers it), so a large `rows` does not pay for
- * a mostly empty last block (T = 257 = 4·64 + 1).
+ * Splits the T rows of each (batch, head) into full blocks of wg·rows rows and
+ * a tail. A tail that fits one workgroup at one row per invocation runs with
+ * rows = 1, so a large `rows` does not pay for a mostly empty last block
+ * (T = 257 = 2·128 + 1); a larger tail runs as one more block of the main
+ * variant. At most two kernels per op, which bounds compile time.
  */
 function rowPasses(T: number, v: Gen["v"]): { v: Gen["v"]; row0: number; nblk: number }[] {
   const per = v.wg * v.rows;
   const full = Math.floor(T / per);
-  const passes = full > 0 ? [{ v, row0: 0, nblk: full }] : [];
   const rem = T - full * per;
-  if (rem > 0) {
-    let rows = 1;
-    while (rows < v.rows && rows * v.wg < rem) rows *= 2;
-    rows = Math.min(rows, v.rows);
-    passes.push({ v: { ...v, rows }, row0: full * per, nblk: Math.ceil(rem / (v.wg * rows)) });
-  }
-  return passes;
+  if (rem === 0) return [{ v, row0: 0, nblk: full }];
+  if (rem > v.wg || v.rows === 1) return [{ v, row0: 0, nblk: full + 1 }];
+  const tail = { v: { ...v, rows: 1 }, row0: full * per, nblk: 1 };
+  return full > 0 ? [{ v, row0: 0, nblk: full }, tail] : [tail];
 }
 
 function dispatchForward(
@@ -940,20 +1006,100 @@ export function attentionBackward(
 
 // ------------------------------------------------------------------- tuning
 
-/** Candidate variants for a head dim, fitting this adapter's workgroup memory. */
+const TUNE_OPS: Record<Op, string> = {
+  fwd: "attention_fwd",
+  dq: "attention_dq",
+  dkv: "attention_dkv",
+};
+
+/** Cache id of a variant: "rows.wg8.r16.b2.scalar", "tiled.wg64.r1.b4.t32.vec". */
+export function attentionVariantId(v: AttentionVariant): string {
+  const tile = v.kind === "tiled" ? `.t${v.tile ?? defaultTile(v)}` : "";
+  return `${v.kind}.wg${v.wg}.r${v.rows}.b${v.block}${tile}.${v.dot ?? "vec"}`;
+}
+
+/** Inverse of `attentionVariantId`; null for ids this version does not know. */
+export function parseAttentionVariant(id: string): AttentionVariant | null {
+  const m = /^(rows|tiled)\.wg(\d+)\.r(\d+)\.b(\d+)(?:\.t(\d+))?\.(vec|scalar)$/.exec(id);
+  if (!m || (m[1] === "tiled") !== (m[5] !== undefined)) return null;
+  const v: AttentionVariant = {
+    kind: m[1] as AttentionVariant["kind"],
+    wg: Number(m[2]),
+    rows: Number(m[3]),
+    block: Number(m[4]),
+    dot: m[6] as "vec" | "scalar",
+  };
+  if (m[5] !== undefined) v.tile = Number(m[5]);
+  return v;
+}
+
+const codec: CandidateCodec<AttentionVariant> = {
+  id: attentionVariantId,
+  parse: parseAttentionVariant,
+};
+
+const tunersByCache = new WeakMap<AutotuneCache, Record<Op, Autotuner<AttentionVariant>>>();
+let sharedTuners: Record<Op, Autotuner<AttentionVariant>> | null = null;
+
+/** The three kernels' tuners on `cache` (default: the process-wide cache file). */
+function tuners(cache?: AutotuneCache): Record<Op, Autotuner<AttentionVariant>> {
+  const make = (c?: AutotuneCache) => ({
+    fwd: newAutotuner(TUNE_OPS.fwd, codec, c),
+    dq: newAutotuner(TUNE_OPS.dq, codec, c),
+    dkv: newAutotuner(TUNE_OPS.dkv, codec, c),
+  });
+  if (!cache) return sharedTuners ??= make();
+  let t = tunersByCache.get(cache);
+  if (!t) tunersByCache.set(cache, t = make(cache));
+  return t;
+}
+
+/** Shape class of a tuned choice: head dim and tokens rounded up to a power of two. */
+function shapeKey(dh: number, T: number): string {
+  return `dh${dh}.t${2 ** Math.ceil(Math.log2(Math.max(16, Math.min(T, 8192))))}`;
+}
+
+/**
+ * The variant a kernel runs: the forced one, else the tuned choice for the
+ * shape class, else the latest tuning at this head dim, else the default.
+ * Never measures.
+ */
+function variantFor(gpu: Gpu, op: Op, d: Dims, opts: AttentionOptions): AttentionVariant {
+  if (opts.variant) return opts.variant;
+  const t = tuners(opts.tuneCache)[op];
+  const name = gpu.adapter.name;
+  return t.lookup(name, shapeKey(d.dh, d.T)) ?? t.lookup(name, `dh${d.dh}`) ??
+    DEFAULT_ATTENTION_PLAN[op === "fwd" ? "forward" : op];
+}
+
+/** The plan `attention` runs for a head dim and token count on this adapter. */
+export function attentionPlan(
+  gpu: Gpu,
+  headDim: number,
+  tokens = 257,
+  opts: { tuneCache?: AutotuneCache } = {},
+): AttentionPlan {
+  const d: Dims = { B: 1, T: tokens, H: 1, dh: headDim, scale: 1 };
+  const o: AttentionOptions = { heads: 1, tuneCache: opts.tuneCache };
+  return {
+    forward: variantFor(gpu, "fwd", d, o),
+    dq: variantFor(gpu, "dq", d, o),
+    dkv: variantFor(gpu, "dkv", d, o),
+  };
+}
+
+/**
+ * Candidate variants of one kernel that fit this adapter's limits. The
+ * register-blocked ones span rows per invocation (on llvmpipe each storage
+ * load is a loop over the SIMD lanes, so rows amortise loads; see the
+ * benchmark notes); the tiled ones are the shapes that pay on real GPUs.
+ */
 export function attentionCandidates(
   gpu: Gpu,
   op: AttentionOp,
   headDim: number,
 ): AttentionVariant[] {
-  const all: AttentionVariant[] = [
-    { kind: "rows", wg: 16, rows: 2, block: 4, dot: "vec" },
-    { kind: "rows", wg: 16, rows: 1, block: 4, dot: "vec" },
-    { kind: "rows", wg: 32, rows: 1, block: 8, dot: "scalar" },
-    { kind: "tiled", wg: 64, rows: 1, block: 4, tile: 32, dot: "vec" },
-    { kind: "tiled", wg: 64, rows: 1, block: 4, tile: 16, dot: "vec" },
-  ];
-  return all.filter((v) => {
+  return CANDIDATES.filter((v) => {
     try {
       resolveVariant(gpu, op, v, headDim);
       return true;
@@ -963,62 +1109,68 @@ export function attentionCandidates(
   });
 }
 
+/** What `tuneAttention` decided for one kernel. */
+export interface AttentionTuning {
+  op: AttentionOp;
+  key: string;
+  choice: AttentionVariant;
+  record: TuneRecord;
+  cached: boolean;
+}
+
 /**
- * Measures the candidate variants of each kernel on a sample shape and keeps
- * the fastest per head dim for this Gpu; later `attention` and
- * `attentionBackward` calls (without `opts.variant`) use it. Each kernel is
- * timed alone (median of `iters` submits). Returns the plan.
+ * Measures the candidates of each kernel (forward, dQ, dK/dV: each timed
+ * alone) on a sample shape with the shared autotuner, which records the
+ * fastest per adapter and shape class (and, as the fallback for other token
+ * counts, per head dim) in its cache file. Classes already tuned are not
+ * measured again unless `force`. Note that on llvmpipe the first compile of
+ * a large register-blocked candidate takes tens of seconds (Mesa caches it
+ * on disk afterwards).
  */
 export async function tuneAttention(
   gpu: Gpu,
   shape: { batch?: number; tokens: number; heads: number; headDim: number },
-  opts: { candidates?: AttentionVariant[]; iters?: number } = {},
-): Promise<AttentionPlan> {
+  opts: {
+    candidates?: AttentionVariant[];
+    iters?: number;
+    force?: boolean;
+    tuneCache?: AutotuneCache;
+  } = {},
+): Promise<{ plan: AttentionPlan; tunings: AttentionTuning[] }> {
   const B = shape.batch ?? 1;
   const { tokens: T, heads: H, headDim: dh } = shape;
   const n = B * T * 3 * H * dh;
   const data = new Float32Array(n);
   for (let i = 0; i < n; i++) data[i] = Math.sin(i * 0.7548776662) * 0.5; // deterministic fill
   const qkv = gpu.tensor(data, [B, T, 3 * H * dh]);
-  const base: AttentionOptions = { heads: H, variant: DEFAULT_ATTENTION_PLAN.forward };
-  const d = checkDims("tuneAttention", qkv, base);
-  const { out, lse } = attention(gpu, qkv, base);
+  const d = checkDims("tuneAttention", qkv, { heads: H });
+  const all = tuners(opts.tuneCache);
+  const key = shapeKey(dh, T);
+  const { out, lse } = attention(gpu, qkv, { heads: H, tuneCache: opts.tuneCache });
   const dd = gpu.empty([B, H, T]);
   const dqkv = gpu.empty([B, T, 3 * H * dh]);
-  const plan: Partial<AttentionPlan> = {};
-  for (const op of ["fwd", "dq", "dkv"] as const) {
-    let bestMs = Infinity;
-    for (const variant of opts.candidates ?? attentionCandidates(gpu, op, dh)) {
-      const o: AttentionOptions = { heads: H, variant };
-      const run = () => {
-        if (op === "fwd") dispatchForward(gpu, d, o, qkv, out, lse);
-        else if (op === "dq") dispatchDq(gpu, d, o, qkv, out, out, lse, dd, dqkv);
-        else dispatchDkv(gpu, d, o, qkv, out, lse, dd, dqkv);
-      };
-      run(); // compile and warm up
-      const times: number[] = [];
-      for (let i = 0; i < (opts.iters ?? 3); i++) {
-        const t = await gpu.time(run);
-        times.push(t.gpuMs ?? t.wallMs);
-      }
-      times.sort((a, b) => a - b);
-      const ms = times[times.length >> 1];
-      if (ms < bestMs) {
-        bestMs = ms;
-        plan[op === "fwd" ? "forward" : op] = variant;
-      }
+  const tunings: AttentionTuning[] = [];
+  try {
+    for (const op of ["fwd", "dq", "dkv"] as const) {
+      const r = await all[op].tune(
+        gpu,
+        key,
+        opts.candidates ?? attentionCandidates(gpu, op, dh),
+        (variant) => {
+          const o: AttentionOptions = { heads: H, variant };
+          if (op === "fwd") return () => dispatchForward(gpu, d, o, qkv, out, lse);
+          if (op === "dq") return () => dispatchDq(gpu, d, o, qkv, out, out, lse, dd, dqkv);
+          return () => dispatchDkv(gpu, d, o, qkv, out, lse, dd, dqkv);
+        },
+        { iters: opts.iters, force: opts.force },
+      );
+      all[op].record(gpu.adapter.name, `dh${dh}`, r.record);
+      tunings.push({ op, key, choice: r.choice, record: r.record, cached: r.cached });
     }
+  } finally {
+    gpu.release(qkv, out, lse, dd, dqkv);
   }
-  gpu.release(qkv, out, lse, dd, dqkv);
-  let m = tuned.get(gpu);
-  if (!m) tuned.set(gpu, m = new Map());
-  m.set(dh, plan as AttentionPlan);
-  return plan as AttentionPlan;
-}
-
-/** The plan `attention` uses for `headDim` on this Gpu (tuned, else the default). */
-export function attentionPlan(gpu: Gpu, headDim: number): AttentionPlan {
-  return tuned.get(gpu)?.get(headDim) ?? DEFAULT_ATTENTION_PLAN;
+  return { plan: attentionPlan(gpu, dh, T, { tuneCache: opts.tuneCache }), tunings };
 }
 
 // --------------------------------------------------------------- references
