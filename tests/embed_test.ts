@@ -1,0 +1,265 @@
+/**
+ * deno task embed end to end: a folder of cells and a small PyTorch-made
+ * checkpoint give PyTorch's features (PIL bilinear resize, ImageNet
+ * normalisation, DINOv2 forward: scripts/oracles/embed_reference.py; 1e-4
+ * relative per image in the norm sense), outputs numpy reads, resume after a
+ * crash, parts and merge, and the errors a user meets first.
+ */
+import { join } from "node:path";
+import sharp from "sharp";
+import { readEmbeddings } from "../eval/embeddings_file.ts";
+import { loadCheckpoint } from "../graph/checkpoint.ts";
+import { getGpu } from "../kernels/runtime.ts";
+import { mergeParts, runEmbed } from "../pipelines/embed_run.ts";
+import { renderCell, SYNTHETIC_CLASSES } from "../pipelines/synthetic.ts";
+import { seeded } from "../pipelines/train/trainer.ts";
+import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { hasPython } from "./helpers.ts";
+import { relErr, runVitOracle } from "./vit_oracle.ts";
+
+const torch = await hasPython("torch", "numpy", "PIL");
+const CLI = new URL("../cli/embed.ts", import.meta.url).pathname;
+const dec = new TextDecoder();
+
+/** A folder per class of synthetic cells of assorted sizes (PNG and JPEG). */
+async function cells(dir: string, perClass = 3): Promise<string[]> {
+  const rand = seeded(9);
+  const files: string[] = [];
+  for (const cls of SYNTHETIC_CLASSES.slice(0, 3)) {
+    await Deno.mkdir(join(dir, cls), { recursive: true });
+    for (let i = 0; i < perClass; i++) {
+      const side = [70, 48, 90][i % 3];
+      const px = renderCell(cls, rand, side);
+      const ext = i % 2 ? "jpg" : "png";
+      const path = join(dir, cls, `${cls}_${i}.${ext}`);
+      const img = sharp(px, { raw: { width: side, height: side, channels: 3 } });
+      await (ext === "png" ? img.png() : img.jpeg({ quality: 92 })).toFile(path);
+      files.push(path);
+    }
+  }
+  return files;
+}
+
+async function embedCli(args: string[], env: Record<string, string> = {}) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--no-check", CLI, "--quiet", ...args],
+    env,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code: out.code, stderr: dec.decode(out.stderr) };
+}
+
+Deno.test({
+  name:
+    "embed: a folder and a torch-made checkpoint give PyTorch's features; numpy reads the output",
+  ignore: !torch,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const orc = await runVitOracle({ image: 56, posGrid: 4, batch: 1 });
+    const dir = join(orc.dir, "cells");
+    const files = await cells(dir);
+    const out = join(orc.dir, "features.safetensors");
+    const r = await embedCli([
+      "--weights",
+      `${orc.dir}/hub.pth`,
+      "--heads",
+      "2",
+      "--input",
+      dir,
+      "--out",
+      out,
+      "--size",
+      "56",
+      "--batch",
+      "4",
+    ]);
+    assertEquals(r.code, 0, r.stderr);
+    const emb = await readEmbeddings(out);
+    assertEquals(emb.rows, files.length);
+    assertEquals(emb.dim, 32);
+    assertEquals(new Set(emb.labels), new Set(SYNTHETIC_CLASSES.slice(0, 3)));
+    assertEquals(emb.meta.pool, "cls");
+    const refPath = join(orc.dir, "ref.json");
+    const py = await new Deno.Command("/usr/bin/python3", {
+      args: [
+        new URL("../scripts/oracles/embed_reference.py", import.meta.url).pathname,
+        `${orc.dir}/hub.pth`,
+        "56",
+        refPath,
+        ...files,
+      ],
+      env: { BLOOM_HEADS: "2" },
+      stderr: "piped",
+    }).output();
+    assert(py.success, dec.decode(py.stderr));
+    const ref: Record<string, number[]> = JSON.parse(await Deno.readTextFile(refPath));
+    for (let i = 0; i < emb.rows; i++) {
+      const want = ref[emb.paths[i]] ?? ref[join(dir, emb.paths[i])];
+      assert(want, `no reference for ${emb.paths[i]}`);
+      const got = emb.features.subarray(i * 32, (i + 1) * 32);
+      const err = relErr(got, want);
+      assert(err < 1e-4, `${emb.paths[i]}: differs from torch by ${err.toExponential(2)}`);
+    }
+    // npy for numpy users, with the metadata in a sidecar.
+    const npy = join(orc.dir, "features.npy");
+    assertEquals(
+      (await embedCli([
+        "--weights",
+        `${orc.dir}/hub.pth`,
+        "--heads",
+        "2",
+        "--input",
+        dir,
+        "--out",
+        npy,
+        "--size",
+        "56",
+      ])).code,
+      0,
+    );
+    const np = await new Deno.Command("/usr/bin/python3", {
+      args: [
+        "-c",
+        "import sys, numpy as np; a = np.load(sys.argv[1]); print(a.shape, a.dtype)",
+        npy,
+      ],
+      stdout: "piped",
+    }).output();
+    assertEquals(dec.decode(np.stdout).trim(), `(${files.length}, 32) float32`);
+    await Deno.remove(orc.dir, { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "embed: a crashed run resumes; parts merge into the same file",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const gpu = await getGpu();
+    const dir = await Deno.makeTempDir({ prefix: "bloom-embed-" });
+    await cells(join(dir, "cells"), 4);
+    // A tiny random DINOv2-layout model, written by bloom (the loader does not care who wrote it).
+    const { ParamArena } = await import("../graph/arena.ts");
+    const { vitParamSpecs } = await import("../graph/vit.ts");
+    const { initialValue } = await import("../pipelines/train/trainer.ts");
+    const { writePth } = await import("../data/pth_writer.ts");
+    const cfg = {
+      arch: "custom" as const,
+      dim: 16,
+      depth: 1,
+      heads: 2,
+      mlpHidden: 32,
+      ffn: "mlp" as const,
+      patch: 14,
+      registers: 0,
+      posGrid: 2,
+      eps: 1e-6,
+      posInterp: "runtime" as const,
+    };
+    const rand = seeded(3);
+    const sd: Record<string, { dtype: "f32"; shape: readonly number[]; data: Float32Array }> = {};
+    for (const s of vitParamSpecs(cfg)) {
+      sd[s.name] = {
+        dtype: "f32",
+        shape: s.shape,
+        data: initialValue(s, rand).map((x) => x + 0.1 * (rand() - 0.5)),
+      };
+    }
+    await writePth(join(dir, "tiny.pth"), sd);
+    const m = await loadCheckpoint(gpu, join(dir, "tiny.pth"), { heads: 2 });
+    const model = { arena: m.arena, config: m.config };
+    const base = {
+      model,
+      weights: "tiny.pth",
+      input: join(dir, "cells"),
+      size: 28,
+      batch: 2,
+      chunk: 4,
+      quiet: true,
+      log: () => {},
+    };
+    const full = await runEmbed(gpu, { ...base, out: join(dir, "full.safetensors") });
+    assertEquals(full.rows, 12);
+    const out = join(dir, "resumed.safetensors");
+    await assertRejects(
+      () => runEmbed(gpu, { ...base, out, crashAfterChunks: 1 }),
+      Error,
+      "simulated crash",
+    );
+    await assertRejects(() => Deno.stat(out), Deno.errors.NotFound, undefined);
+    const again = await runEmbed(gpu, { ...base, out });
+    assertEquals(again.resumedRows, 4);
+    const a = await readEmbeddings(join(dir, "full.safetensors"));
+    const b = await readEmbeddings(out);
+    assertEquals(b.paths, a.paths);
+    assertEquals([...b.features], [...a.features]);
+    for (const i of [0, 1, 2]) {
+      await runEmbed(gpu, {
+        ...base,
+        out: join(dir, "parts.safetensors"),
+        part: { index: i, count: 3 },
+      });
+    }
+    await assertRejects(() => mergeParts(join(dir, "nothing.safetensors")), Error, "no part files");
+    await mergeParts(join(dir, "parts.safetensors"));
+    const c = await readEmbeddings(join(dir, "parts.safetensors"));
+    assertEquals(c.paths, a.paths);
+    assertEquals([...c.features], [...a.features]);
+    m.arena.destroy();
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "embed CLI: missing weights, bad flags and empty input are clear errors",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "bloom-embed-cli-" });
+    const r1 = await embedCli(["--input", dir, "--out", join(dir, "x.safetensors")]);
+    assertEquals(r1.code, 2);
+    assert(
+      r1.stderr.includes("DinoBloom-S.pth") && r1.stderr.includes("--random-weights"),
+      r1.stderr,
+    );
+    const r2 = await embedCli([
+      "--random-weights",
+      "--input",
+      dir,
+      "--out",
+      join(dir, "x.safetensors"),
+      "--size",
+      "100",
+    ]);
+    assertEquals(r2.code, 2);
+    assert(r2.stderr.includes("--size") && r2.stderr.includes("14"), r2.stderr);
+    const r3 = await embedCli([
+      "--random-weights",
+      "--input",
+      dir,
+      "--out",
+      join(dir, "x.safetensors"),
+      "--part",
+      "5/3",
+    ]);
+    assertEquals(r3.code, 2);
+    assert(r3.stderr.includes("--part"), r3.stderr);
+    const r4 = await embedCli([
+      "--random-weights",
+      "--input",
+      dir,
+      "--out",
+      join(dir, "x.safetensors"),
+      "--part",
+      "/4",
+    ]);
+    assertEquals(r4.code, 2);
+    assert(r4.stderr.includes("JOB_COMPLETION_INDEX"), r4.stderr);
+    const r5 = await embedCli(["--out", join(dir, "x.safetensors"), "--merge"]);
+    assertEquals(r5.code, 1);
+    assert(r5.stderr.includes("no part files"), r5.stderr);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
