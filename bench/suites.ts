@@ -11,6 +11,7 @@ export const suites: BenchSuite[] = [
   pointwiseSuite,
   normsSuite,
   optimSuite,
+  augmentSuite,
   ingestSuite,
   matmulSuite,
 ];

@@ -141,7 +141,6 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "bloom-embed-" });
     await cells(join(dir, "cells"), 4);
     // A tiny random DINOv2-layout model, written by bloom (the loader does not care who wrote it).
-    const { ParamArena } = await import("../graph/arena.ts");
     const { vitParamSpecs } = await import("../graph/vit.ts");
     const { initialValue } = await import("../pipelines/train/trainer.ts");
     const { writePth } = await import("../data/pth_writer.ts");

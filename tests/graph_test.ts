@@ -213,7 +213,7 @@ gpuTest(
   },
 );
 
-gpuTest("graph: no-grad mode records nothing; backward without grad is an error", async (gpu) => {
+gpuTest("graph: no-grad mode records nothing; backward without grad is an error", (gpu) => {
   const arena = ParamArena.create(gpu, [{ name: "w", shape: [4, 3] }], { grads: true });
   const g = new Graph(gpu, { training: false });
   const ps = new Params(g, arena);
