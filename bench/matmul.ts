@@ -70,7 +70,7 @@ export const matmulSuite: BenchSuite = {
     // Best GFLOP/s each variant reached so far: predicts (and skips) hopeless long runs, such
     // as the workgroup-memory kernel on a CPU adapter on the largest layers.
     const rate = new Map<string, number>();
-    const budgetMs = quick ? 4000 : 30000;
+    const budgetMs = quick ? 3000 : 10000;
     const iters = quick ? 2 : 3;
     for (const s of shapes(quick)) {
       const flops = 2 * s.M * s.N * s.K;
