@@ -88,30 +88,45 @@ export interface SubmitStats {
   openDispatches: number;
 }
 
-/** One dispatch kept by a capture, to be replayed without re-encoding state. */
-interface RecordedDispatch {
-  pipeline: GPUComputePipeline;
-  bindGroup: GPUBindGroup;
-  workgroups: [number, number, number];
-  name: string;
-}
+/** One command kept by a capture, to be replayed without re-encoding state. */
+type RecordedCommand =
+  | {
+    kind: "dispatch";
+    pipeline: GPUComputePipeline;
+    bindGroup: GPUBindGroup;
+    workgroups: [number, number, number];
+    name: string;
+  }
+  | {
+    kind: "copy";
+    src: GPUBuffer;
+    srcOffset: number;
+    dst: GPUBuffer;
+    dstOffset: number;
+    bytes: number;
+  }
+  | { kind: "clear"; buffer: GPUBuffer; offset: number; bytes: number };
 
 /**
- * A fixed sequence of dispatches recorded once (`Gpu.capture`) and replayed
- * with one submit (`Gpu.replay`). It owns the uniform slots of its dispatches;
- * every buffer they bind must stay allocated (and unshared) while it lives.
+ * A fixed sequence of commands (dispatches, copies, clears) recorded once
+ * (`Gpu.capture`) and replayed with one submit (`Gpu.replay`). It owns the
+ * uniform slots of its dispatches and every buffer released while it was
+ * being recorded (a replay writes them again, so nobody else may hold them);
+ * `Gpu.disposeRecording` hands those back to the pool.
  */
 export class Recording {
-  readonly dispatches: RecordedDispatch[] = [];
+  readonly commands: RecordedCommand[] = [];
   readonly uniforms: UniformArena;
-  /** Every buffer bound by a recorded dispatch. */
+  /** Every buffer a recorded command touches. */
   readonly buffers: Set<GPUBuffer> = new Set();
+  /** Buffers released during the capture, kept out of the pool while the recording lives. */
+  readonly held: GPUBuffer[] = [];
   constructor(device: GPUDevice) {
     this.uniforms = new UniformArena(device);
   }
-  /** Frees the recording's uniform buffers. */
-  destroy(): void {
-    this.uniforms.destroy();
+  /** Recorded dispatches (the commands that run kernels). */
+  get dispatches(): RecordedCommand[] {
+    return this.commands.filter((c) => c.kind === "dispatch");
   }
 }
 
@@ -284,7 +299,9 @@ export class Gpu {
     this.#alive();
     if (t.size === 0) return;
     this.#endPass();
-    this.#enc().clearBuffer(t.buffer, t.offset, Math.ceil(t.size / 4) * 4);
+    const bytes = Math.ceil(t.size / 4) * 4;
+    this.#enc().clearBuffer(t.buffer, t.offset, bytes);
+    this.#capture?.commands.push({ kind: "clear", buffer: t.buffer, offset: t.offset, bytes });
   }
 
   /** Uploads typed data as a new tensor of `shape` (defaults to 1-D). */
@@ -353,8 +370,9 @@ export class Gpu {
     for (const t of ts) {
       if (!t || !t.pooled) continue;
       t.markReleased();
-      if (this.#capture) this.#capture.buffers.add(t.buffer);
-      this.pool.release(t.buffer);
+      // During a capture the buffer stays the recording's: a replay writes it again.
+      if (this.#capture) this.#capture.held.push(t.buffer);
+      else this.pool.release(t.buffer);
     }
   }
 
@@ -367,6 +385,14 @@ export class Gpu {
     if (bytes === 0) return;
     this.#endPass();
     this.#enc().copyBufferToBuffer(src.buffer, src.offset, dst.buffer, dst.offset, bytes);
+    this.#capture?.commands.push({
+      kind: "copy",
+      src: src.buffer,
+      srcOffset: src.offset,
+      dst: dst.buffer,
+      dstOffset: dst.offset,
+      bytes,
+    });
   }
 
   // --------------------------------------------------------------- dispatch
@@ -404,7 +430,8 @@ export class Gpu {
     this.#stats.dispatches++;
     this.#stats.openDispatches++;
     if (this.#capture) {
-      this.#capture.dispatches.push({
+      this.#capture.commands.push({
+        kind: "dispatch",
         pipeline: p.pipeline,
         bindGroup,
         workgroups: wg,
@@ -717,19 +744,37 @@ export class Gpu {
     }
   }
 
-  /** Re-runs a recording's dispatches in one compute pass and one submit. */
+  /**
+   * Re-runs a recording's commands in one submit (dispatches share compute
+   * passes; copies and clears sit between them in their recorded order).
+   */
   replay(rec: Recording): void {
     this.#alive();
-    const pass = this.#passEncoder();
-    for (const d of rec.dispatches) {
-      pass.setPipeline(d.pipeline);
-      pass.setBindGroup(0, d.bindGroup);
-      pass.dispatchWorkgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
-      this.#kernelsInEncoder.push(d.name);
+    let n = 0;
+    for (const c of rec.commands) {
+      if (c.kind === "dispatch") {
+        const pass = this.#passEncoder();
+        pass.setPipeline(c.pipeline);
+        pass.setBindGroup(0, c.bindGroup);
+        pass.dispatchWorkgroups(c.workgroups[0], c.workgroups[1], c.workgroups[2]);
+        this.#kernelsInEncoder.push(c.name);
+        n++;
+      } else {
+        this.#endPass();
+        if (c.kind === "copy") {
+          this.#enc().copyBufferToBuffer(c.src, c.srcOffset, c.dst, c.dstOffset, c.bytes);
+        } else this.#enc().clearBuffer(c.buffer, c.offset, c.bytes);
+      }
     }
-    this.#stats.dispatches += rec.dispatches.length;
-    this.#stats.openDispatches += rec.dispatches.length;
+    this.#stats.dispatches += n;
+    this.#stats.openDispatches += n;
     this.flush();
+  }
+
+  /** Frees a recording: its uniforms, and its held buffers back to the pool. */
+  disposeRecording(rec: Recording): void {
+    for (const b of rec.held.splice(0)) this.pool.release(b);
+    rec.uniforms.destroy();
   }
 
   // ------------------------------------------------------------------- state

@@ -38,7 +38,13 @@ import {
 } from "../graph/ops.ts";
 import { Params } from "../graph/params.ts";
 import type { Tensor } from "../graph/tensor.ts";
-import { positionEmbedding, vitBlock, type VitConfig, vitParamSpecs } from "../graph/vit.ts";
+import {
+  positionEmbedding,
+  vitBlock,
+  type VitConfig,
+  vitForward,
+  vitParamSpecs,
+} from "../graph/vit.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest, Rng } from "./helpers.ts";
@@ -386,3 +392,41 @@ gpuTest("fusedLinear: inference fusion equals the unfused ops", async (gpu) => {
   gpu.release(x, r);
   arena.destroy();
 });
+
+gpuTest(
+  "graph: a fixed-shape forward+backward is recorded once and replayed with one submit",
+  async (gpu) => {
+    const rng = new Rng(40);
+    const cfg = { ...tiny, posGrid: 2 };
+    const arena = ParamArena.create(gpu, vitParamSpecs(cfg), { grads: true });
+    for (const p of arena.order) arena.set(p.name, initValues(p, rng));
+    const images = gpu.tensor(rng.normals(2 * 3 * 28 * 28), [2, 3, 28, 28]);
+    const proj = gpu.tensor(rng.normals(16), [2, 8]);
+    const step = () => {
+      arena.zeroGrads();
+      const g = new Graph(gpu);
+      const out = vitForward(new Params(g, arena), cfg, g.input(images), { outputs: ["clsNorm"] });
+      const loss = sum(g, mul(g, out.clsNorm!, g.input(proj)), "all");
+      g.backward(loss);
+      const value = g.keep(loss);
+      g.dispose();
+      return value;
+    };
+    const { recording, result: loss } = await gpu.capture(step);
+    const first = await arena.readGrad("blocks.0.attn.qkv.weight");
+    gpu.write(images, rng.normals(2 * 3 * 28 * 28));
+    const submits = gpu.stats().submits;
+    gpu.replay(recording);
+    assertEquals(gpu.stats().submits, submits + 1, "the whole step in one submit");
+    const replayed = await arena.readGrad("blocks.0.attn.qkv.weight");
+    const replayedLoss = (await gpu.readF32(loss))[0];
+    const fresh = step();
+    const freshGrad = await arena.readGrad("blocks.0.attn.qkv.weight");
+    assertEquals([...replayed], [...freshGrad], "replay equals a fresh run on the new inputs");
+    assertEquals(replayedLoss, (await gpu.readF32(fresh))[0]);
+    assert(replayed.some((v, i) => v !== first[i]), "the new inputs changed the gradients");
+    gpu.disposeRecording(recording);
+    gpu.release(images, proj, loss, fresh);
+    arena.destroy();
+  },
+);

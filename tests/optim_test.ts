@@ -347,7 +347,7 @@ gpuTest("ema: matches the formula for [m] and [m, 1 − m], two chunks, replayab
   writeMomentum(gpu, mom2, 0.9999);
   gpu.replay(recording);
   emaRef(teachers[0], students[0], 0.9999);
-  recording.destroy();
+  gpu.disposeRecording(recording);
   const got = await gpu.readMany(t) as Float32Array[];
   // One FMA-or-not rounding per step: 2 ulp of the operands.
   assertClose(got[0], teachers[0], { rtol: 3e-7, atol: 1e-7 }, "chunk 0");

@@ -221,6 +221,6 @@ gpuTest("runtime: a captured step replays with one submit and new inputs", async
   gpu.replay(recording);
   assertEquals(gpu.stats().submits, s + 1);
   assertClose(await gpu.readF32(z), new Float32Array(128).fill(32));
-  recording.destroy();
+  gpu.disposeRecording(recording);
   gpu.release(x, y, z);
 });

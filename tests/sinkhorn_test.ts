@@ -131,7 +131,7 @@ gpuTest("sinkhorn: a captured call replays with new temperature and count", asyn
   gpu.write(c, new Uint32Array([5]));
   gpu.replay(recording);
   assertClose(await gpu.readF32(q), sinkhornKnoppRef(v, B, K, 0.07, 3, 5), SK_TOL, "replayed");
-  recording.destroy();
+  gpu.disposeRecording(recording);
   gpu.release(x, t, c, q);
 });
 
