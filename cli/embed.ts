@@ -59,6 +59,10 @@ const FLAGS: Record<string, FlagSpec> = {
   figures: { type: "string", help: "write a UMAP of the embeddings and the patch-PCA figure here" },
   workers: { type: "string", help: "image decoding threads (default: cores)" },
   quiet: { type: "boolean", help: "no progress line" },
+  "no-autotune": {
+    type: "boolean",
+    help: "skip measuring kernel variants for this model (done once per adapter, then cached)",
+  },
 };
 
 async function loadModel(
@@ -194,6 +198,7 @@ async function main(): Promise<number> {
     part,
     workers: numberFlag(v, "workers", { integer: true, min: 1 }),
     quiet: Boolean(v.quiet),
+    autotune: !v["no-autotune"],
   });
   console.error(
     `wrote ${summary.out}: ${summary.rows} × ${summary.dim}` +

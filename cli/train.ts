@@ -51,6 +51,10 @@ const FLAGS: Record<string, FlagSpec> = {
   seed: { type: "string", help: "random seed (data order, augmentation, masks)" },
   workers: { type: "string", help: "image decoding threads (default: cores)" },
   quiet: { type: "boolean", help: "no progress line" },
+  "no-autotune": {
+    type: "boolean",
+    help: "skip measuring kernel variants for this model (done once per adapter, then cached)",
+  },
 };
 
 async function pickConfig(v: Record<string, unknown>): Promise<TrainConfig> {
@@ -166,6 +170,7 @@ async function main(): Promise<number> {
       format,
       workers: numberFlag(v, "workers", { integer: true, min: 1 }),
       quiet: Boolean(v.quiet),
+      autotune: !v["no-autotune"],
       signal: controller.signal,
     });
     if (summary.knn.length >= 2) {

@@ -20,6 +20,7 @@ import {
   readEmbeddings,
   writeEmbeddings,
 } from "../eval/embeddings_file.ts";
+import { tuneForVit } from "../graph/tune.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { embedBatch, type EmbedModel, type Pool } from "./embed.ts";
 import { openLoader } from "./loader.ts";
@@ -44,6 +45,8 @@ export interface EmbedRunOptions {
   workers?: number;
   quiet?: boolean;
   log?: (line: string) => void;
+  /** Measure the kernel variants for this model first (once per adapter; cached). Default true. */
+  autotune?: boolean;
   /** Test hook: fail after writing this many chunks (a crash mid-run). */
   crashAfterChunks?: number;
 }
@@ -143,6 +146,15 @@ export async function runEmbed(gpu: Gpu, opts: EmbedRunOptions): Promise<EmbedRu
   }
   await Deno.mkdir(partial, { recursive: true });
   await Deno.writeTextFile(join(partial, "state.json"), JSON.stringify(state));
+  if ((opts.autotune ?? true) && next < range[1]) {
+    const g = size / opts.model.config.patch;
+    await tuneForVit(gpu, opts.model.config, {
+      tokens: g * g + 1 + opts.model.config.registers,
+      batch: batchSize,
+      training: false,
+      log,
+    });
+  }
   const meta: EmbeddingsMeta = {
     arch: opts.model.config.arch,
     weights: opts.weights,

@@ -42,7 +42,7 @@ async function cells(dir: string, perClass = 3): Promise<string[]> {
 
 async function embedCli(args: string[], env: Record<string, string> = {}) {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--no-check", CLI, "--quiet", ...args],
+    args: ["run", "-A", "--no-check", CLI, "--quiet", "--no-autotune", ...args],
     env,
     stdout: "piped",
     stderr: "piped",
@@ -178,6 +178,7 @@ Deno.test({
       chunk: 4,
       quiet: true,
       log: () => {},
+      autotune: false,
     };
     const full = await runEmbed(gpu, { ...base, out: join(dir, "full.safetensors") });
     assertEquals(full.rows, 12);

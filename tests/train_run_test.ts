@@ -67,7 +67,7 @@ gpuTest(
     const src = await data();
     const a = await Deno.makeTempDir({ prefix: "bloom-run-a-" });
     const b = await Deno.makeTempDir({ prefix: "bloom-run-b-" });
-    const quiet = { quiet: true, log: () => {} };
+    const quiet = { quiet: true, log: () => {}, autotune: false };
     const full = await runTraining(gpu, {
       config: micro,
       data: src,
@@ -141,6 +141,7 @@ gpuTest(
           out,
           quiet: true,
           log: () => {},
+          autotune: false,
         }),
       Error,
       "missing",
@@ -156,6 +157,7 @@ gpuTest(
           saveEvery: 1,
           quiet: true,
           log: () => {},
+          autotune: false,
         }),
       NonFiniteLossError,
       "the last checkpoint is the last good one",
@@ -201,6 +203,7 @@ gpuTest(
       "--out",
       join(out, "run"),
       "--quiet",
+      "--no-autotune",
     ];
     const child = new Deno.Command(Deno.execPath(), { args, stdout: "piped", stderr: "piped" })
       .spawn();

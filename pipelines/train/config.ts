@@ -47,6 +47,12 @@ export interface TrainConfig {
   layerDecay: number;
   patchEmbedLrMult: number;
   centering: "sinkhorn_knopp" | "centering";
+  /**
+   * LayerScale γ of freshly initialised blocks (DINOv2: 1e-5). Only matters
+   * without --init; larger values let a from-scratch model's tokens differ
+   * from the first step (the demo uses 0.1).
+   */
+  layerScaleInit: number;
   seed: number;
 }
 
@@ -88,6 +94,7 @@ export function dinobloomConfig(
     layerDecay: 1,
     patchEmbedLrMult: 0.2,
     centering: "sinkhorn_knopp",
+    layerScaleInit: 1e-5,
     seed: 0,
     ...over,
   };

@@ -14,6 +14,7 @@ import { writeSafetensors } from "../../data/safetensors.ts";
 import { KNeighborsClassifier } from "../../eval/knn.ts";
 import { matrix } from "../../eval/matrix.ts";
 import { accuracy, balancedAccuracy } from "../../eval/metrics.ts";
+import { tuneForVit } from "../../graph/tune.ts";
 import type { Gpu } from "../../kernels/runtime.ts";
 import { augmentGlobalCrops, DINOBLOOM_AUGMENT } from "../augment.ts";
 import { embedBatch } from "../embed.ts";
@@ -53,6 +54,8 @@ export interface RunOptions {
   onStep?: (m: StepMetrics & { imagesPerSecond: number }) => void;
   /** Called for every line worth showing a person. */
   log?: (line: string) => void;
+  /** Measure the kernel variants for this model first (once per adapter; cached). Default true. */
+  autotune?: boolean;
 }
 
 /** kNN evaluation of the teacher on a labelled set. */
@@ -165,6 +168,15 @@ export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummar
     trainer = await Trainer.create(gpu, cfg, opts.init);
   }
   const total = opts.steps ?? cfg.epochs * cfg.epochLength;
+  if (opts.autotune ?? true) {
+    const grid = cfg.imageSize / cfg.vit.patch;
+    await tuneForVit(gpu, cfg.vit, {
+      tokens: grid * grid + 1 + cfg.vit.registers,
+      batch: 2 * cfg.microBatch,
+      training: true,
+      log,
+    });
+  }
   const loader = await openLoader(opts.data, {
     batchSize: cfg.batch,
     seed: cfg.seed,

@@ -79,7 +79,11 @@ export class NonFiniteLossError extends Error {
 }
 
 /** Deterministic initial values for fresh parameters (DINOv2's inits, seeded). */
-export function initialValue(spec: ParamSpec, rand: () => number): Float32Array {
+export function initialValue(
+  spec: ParamSpec,
+  rand: () => number,
+  layerScale = 1e-5,
+): Float32Array {
   const n = spec.shape.reduce((a, b) => a * b, 1);
   const out = new Float32Array(n);
   const name = spec.name;
@@ -94,7 +98,7 @@ export function initialValue(spec: ParamSpec, rand: () => number): Float32Array 
     return v * std;
   };
   if (/norm\d?\.weight$/.test(name) || name.endsWith("weight_g")) out.fill(1);
-  else if (name.endsWith("gamma")) out.fill(1e-5);
+  else if (name.endsWith("gamma")) out.fill(layerScale);
   else if (name.endsWith(".bias") || name === "mask_token") out.fill(0);
   else if (name === "cls_token" || name === "register_tokens") {
     for (let i = 0; i < n; i++) out[i] = normal() * 1e-6;
@@ -262,7 +266,7 @@ export class Trainer {
     const student = ParamArena.create(gpu, specs, { grads: true });
     const teacher = ParamArena.create(gpu, specs);
     for (const s of specs) {
-      const v = values.get(s.name) ?? initialValue(s, rand);
+      const v = values.get(s.name) ?? initialValue(s, rand, cfg.layerScaleInit);
       student.set(s.name, v);
     }
     for (let c = 0; c < student.chunks.length; c++) {
