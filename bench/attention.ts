@@ -52,7 +52,7 @@ export const attentionSuite: BenchSuite = {
     const rows: BenchRow[] = [];
     const B = quick ? 4 : 32;
     const iters = quick ? 3 : 5;
-    const { plan } = await tuneAttention(gpu, { batch: 1, tokens: T, heads: 6, headDim: DH });
+    const { plan } = await tuneAttention(gpu, { batch: 4, tokens: T, heads: 6, headDim: DH });
     for (const arch of ARCHS) {
       const H = arch.heads;
       const qkv = makeQkv(gpu, B, H);

@@ -61,13 +61,12 @@ function randomCase(c: Case, seed: number, qkvScale = 1) {
 }
 
 // f32 kernels vs a float64 reference on N(0, 1) inputs: scores have std ≈ 1, outputs are convex
-// combinations of values (|o| ≲ 3) accumulated over up to 1025 keys. Rounding grows like
-// √T·ε ≈ 2e-6 typically and T·ε ≈ 6e-5 at worst, hence atol 2e-5 + rtol 1e-4 on out;
-// lse = m + log l is a short sum, rtol 1e-5.
-const OUT_TOL: Tolerance = { rtol: 1e-4, atol: 2e-5 };
-const LSE_TOL: Tolerance = { rtol: 1e-5, atol: 1e-5 };
-// Gradients are sums over T of products of two such terms (|dqkv| ≲ 10): 4× the output's slack.
-const GRAD_TOL: Tolerance = { rtol: 2e-4, atol: 8e-5 };
+// combinations of values (|o| ≲ 3) accumulated over up to 1025 keys, so rounding grows like
+// √T·ε ≈ 2e-6 at most. Observed worst errors (T = 1025, dh 64): out 4.8e-7, lse 1.8e-6 (on
+// |lse| ≈ 7), dqkv 1.3e-6; each tolerance leaves about 10× that.
+const OUT_TOL: Tolerance = { rtol: 2e-5, atol: 5e-6 };
+const LSE_TOL: Tolerance = { rtol: 3e-6, atol: 3e-6 };
+const GRAD_TOL: Tolerance = { rtol: 5e-5, atol: 1e-5 };
 
 gpuTest(
   "attention: forward matches the reference for token counts 1…1025 (head dim 64)",
@@ -176,11 +175,11 @@ gpuTest("attention: scores of magnitude 1e3 do not overflow (online softmax)", a
   assert(maxScore > 500, `test needs scores ≫ 88 (f32 exp overflow), max lse ${maxScore}`);
   const got = await runBoth(gpu, c, qkv, dout);
   assert(got.out.every(Number.isFinite) && got.lse.every(Number.isFinite), "finite outputs");
-  // Each score sums 64 products of size ~1e3: absolute rounding ≈ 1e3·8·6e-8 ≈ 5e-4 in s,
-  // hence ~5e-4 relative in each probability; values are N(0, 31.6²), so out gets atol 0.05
-  // (1.5e-3 of the value scale); lse ≈ 1e3 gets atol 5e-3.
-  assertClose(got.out, ref.out, { rtol: 1e-3, atol: 0.05 }, "out at large magnitude");
-  assertClose(got.lse, ref.lse, { rtol: 1e-6, atol: 5e-3 }, "lse at large magnitude");
+  // Each score sums 64 products of size ~1e3: rounding ≈ 1e3·8·6e-8 ≈ 5e-4 in s, which moves
+  // lse (≈ 1e3) by as much; observed 4e-4, tolerance 2e-3. The softmax is nearly one-hot at
+  // this scale, so out ≈ the top value (N(0, 31.6²)): observed 9e-6, tolerance 1e-4 + 1e-5·|o|.
+  assertClose(got.out, ref.out, { rtol: 1e-5, atol: 1e-4 }, "out at large magnitude");
+  assertClose(got.lse, ref.lse, { rtol: 0, atol: 2e-3 }, "lse at large magnitude");
   assert(got.dqkv.every(Number.isFinite), "finite gradients at large magnitude");
 });
 
