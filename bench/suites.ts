@@ -1,5 +1,6 @@
 /** Every benchmark suite, in run order. Add a suite by importing it here. */
 import { augmentSuite } from "./augment.ts";
+import { embedSuite } from "./embed.ts";
 import type { BenchSuite } from "./harness.ts";
 import { ingestSuite } from "./ingest.ts";
 import { matmulSuite } from "./matmul.ts";
@@ -14,4 +15,5 @@ export const suites: BenchSuite[] = [
   augmentSuite,
   ingestSuite,
   matmulSuite,
+  embedSuite,
 ];
