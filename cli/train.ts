@@ -140,7 +140,7 @@ async function main(): Promise<number> {
         `no --data: writing built-in synthetic blood cells to ${join(out, "synthetic")}`,
       );
       await writeSyntheticImageFolder(train, { perClass: 48, size, seed: cfg.seed + 1 });
-      await writeSyntheticImageFolder(val, { perClass: 40, size, seed: cfg.seed + 2 });
+      await writeSyntheticImageFolder(val, { perClass: 60, size, seed: cfg.seed + 2 });
     }
     data = train;
     evalData ??= val;

@@ -9,7 +9,7 @@ import { openPth } from "../data/pth.ts";
 import { loadCheckpoint } from "../graph/checkpoint.ts";
 import { getGpu } from "../kernels/runtime.ts";
 import { writeSyntheticImageFolder } from "../pipelines/synthetic.ts";
-import { dinobloomConfig, type TrainConfig } from "../pipelines/train/config.ts";
+import { dinobloomConfig, PRESETS, type TrainConfig } from "../pipelines/train/config.ts";
 import { runTraining } from "../pipelines/train/run.ts";
 import { NonFiniteLossError } from "../pipelines/train/trainer.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
@@ -230,5 +230,35 @@ gpuTest(
     assertEquals(again.code, 0, new TextDecoder().decode(again.stderr));
     assertEquals((await steps(join(out, "run"))).length, done + 1);
     await Deno.remove(out, { recursive: true });
+  },
+);
+
+gpuTest(
+  "train demo: the default preset on synthetic cells improves the teacher's kNN accuracy",
+  async () => {
+    const gpu = await getGpu();
+    const dir = await Deno.makeTempDir({ prefix: "bloom-demo-" });
+    // The no-argument run, shortened: the demo preset, built-in cells, 60 of its 200 steps.
+    const cfg = PRESETS.demo();
+    await writeSyntheticImageFolder(join(dir, "train"), { perClass: 24, size: 112, seed: 1 });
+    await writeSyntheticImageFolder(join(dir, "val"), { perClass: 40, size: 112, seed: 2 });
+    const r = await runTraining(gpu, {
+      config: cfg,
+      data: join(dir, "train"),
+      evalData: join(dir, "val"),
+      out: join(dir, "run"),
+      steps: 60,
+      quiet: true,
+      log: () => {},
+      autotune: false,
+    });
+    const [before, after] = [r.knn[0], r.knn[r.knn.length - 1]];
+    assertEquals([before.step, after.step], [0, 60]);
+    // Measured here: 45–46 % at step 0 → 54–72 % after 50–100 steps (5 classes, chance 20 %).
+    assert(
+      after.accuracy >= before.accuracy + 0.05,
+      `kNN accuracy ${before.accuracy} → ${after.accuracy} did not improve`,
+    );
+    await Deno.remove(dir, { recursive: true });
   },
 );
