@@ -30,11 +30,10 @@ import { sum } from "../kernels/reduce.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { crossEntropySoft } from "../kernels/softmax.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
-import { dotBlock } from "./blas.ts";
 import { encodeLabels, type Label } from "./labels.ts";
-import { lbfgsAsync, type LbfgsOptions, type StopReason } from "./lbfgs.ts";
-import { addPenalty, type LogRegOptions, probeC } from "./logreg.ts";
-import { type Matrix, sameCols, toFloat64 } from "./matrix.ts";
+import { lbfgsAsync, type LbfgsOptions } from "./lbfgs.ts";
+import { addPenalty, LogisticRegression, type LogRegOptions, probeC } from "./logreg.ts";
+import type { Matrix } from "./matrix.ts";
 
 /** Options of `GpuLinearProbe.fit`: the CPU probe's, plus the row block size. */
 export interface GpuProbeOptions extends LogRegOptions {
@@ -212,46 +211,18 @@ export class GradientConsistentObjective {
   }
 }
 
-/** A linear probe fitted with its objective on the GPU (same API as the CPU probe's). */
+/**
+ * The linear probe with its objective on the GPU: the same objective and
+ * solver as `LogisticRegression.fit`, and the same fitted model.
+ */
 export class GpuLinearProbe {
-  /** Class labels, sorted. */
-  readonly classes: Label[];
-  readonly nFeatures: number;
-  /** [c, M] row-major weights. */
-  readonly coef: Float64Array;
-  /** [c] intercepts. */
-  readonly intercept: Float64Array;
-  readonly C: number;
-  readonly iterations: number;
-  readonly evaluations: number;
-  readonly converged: boolean;
-  readonly reason: StopReason;
-  /** Objective at the solution. */
-  readonly loss: number;
-  /** max |gradient| at the solution. */
-  readonly gradMax: number;
-
-  private constructor(init: Omit<GpuLinearProbe, "decisionFunction" | "predictProba" | "predict">) {
-    this.classes = init.classes;
-    this.nFeatures = init.nFeatures;
-    this.coef = init.coef;
-    this.intercept = init.intercept;
-    this.C = init.C;
-    this.iterations = init.iterations;
-    this.evaluations = init.evaluations;
-    this.converged = init.converged;
-    this.reason = init.reason;
-    this.loss = init.loss;
-    this.gradMax = init.gradMax;
-  }
-
   /** Fits the probe on `train` ([N, M]) with one label per row; X stays on `gpu` meanwhile. */
   static async fit(
     gpu: Gpu,
     train: Matrix,
     labels: readonly Label[],
     opts: GpuProbeOptions = {},
-  ): Promise<GpuLinearProbe> {
+  ): Promise<LogisticRegression> {
     if (labels.length !== train.rows) {
       throw new RangeError(
         `GpuLinearProbe: ${labels.length} labels for ${train.rows} training rows`,
@@ -293,7 +264,7 @@ export class GpuLinearProbe {
       );
       let gradMax = 0;
       for (const v of res.grad) gradMax = Math.max(gradMax, Math.abs(v));
-      return new GpuLinearProbe({
+      return LogisticRegression.fromState({
         classes,
         nFeatures: m,
         coef: res.x.slice(0, c * m),
@@ -309,45 +280,5 @@ export class GpuLinearProbe {
     } finally {
       obj.destroy();
     }
-  }
-
-  /** Logits [n, c] = X Wᵀ + b (float64, on the host). */
-  decisionFunction(x: Matrix): Float64Array {
-    sameCols({ data: x.data, rows: 0, cols: this.nFeatures }, x, "GpuLinearProbe");
-    const c = this.classes.length;
-    const out = new Float64Array(x.rows * c);
-    dotBlock(toFloat64(x), 0, x.rows, this.coef, 0, c, this.nFeatures, out, c);
-    for (let i = 0; i < x.rows; i++) {
-      for (let k = 0; k < c; k++) out[i * c + k] += this.intercept[k];
-    }
-    return out;
-  }
-
-  /** Class probabilities [n, c]. */
-  predictProba(x: Matrix): Float64Array {
-    const c = this.classes.length;
-    const z = this.decisionFunction(x);
-    for (let i = 0; i < x.rows; i++) {
-      const o = i * c;
-      let zmax = -Infinity;
-      for (let k = 0; k < c; k++) zmax = Math.max(zmax, z[o + k]);
-      let s = 0;
-      for (let k = 0; k < c; k++) s += z[o + k] = Math.exp(z[o + k] - zmax);
-      for (let k = 0; k < c; k++) z[o + k] /= s;
-    }
-    return z;
-  }
-
-  /** Most probable class per row; ties go to the smallest class index. */
-  predict(x: Matrix): Label[] {
-    const c = this.classes.length;
-    const z = this.decisionFunction(x);
-    const out: Label[] = [];
-    for (let i = 0; i < x.rows; i++) {
-      let best = 0;
-      for (let k = 1; k < c; k++) if (z[i * c + k] > z[i * c + best]) best = k;
-      out.push(this.classes[best]);
-    }
-    return out;
   }
 }

@@ -210,7 +210,7 @@ function fitted(p: Prepared, res: LbfgsResult): LogRegState {
 }
 
 /** The fitted state (what `LogisticRegression` exposes, without methods). */
-type LogRegState = Omit<LogisticRegression, "decisionFunction" | "predictProba" | "predict">;
+export type LogRegState = Omit<LogisticRegression, "decisionFunction" | "predictProba" | "predict">;
 
 /** A fitted multinomial logistic regression. */
 export class LogisticRegression {
@@ -249,6 +249,11 @@ export class LogisticRegression {
     this.reason = init.reason;
     this.loss = init.loss;
     this.gradMax = init.gradMax;
+  }
+
+  /** A model from a solver's result (the GPU probe solves the same objective elsewhere). */
+  static fromState(state: LogRegState): LogisticRegression {
+    return new LogisticRegression(state);
   }
 
   /** Fits the probe on `train` ([n, M]) with one label per row, on this thread. */
