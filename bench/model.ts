@@ -306,7 +306,8 @@ async function memoryRow(shared: Gpu, peaks: Peaks, c: ForwardCase): Promise<Ben
       vitForwardFlops(vit, B, S),
       t.gpuMs ?? t.wallMs,
       peaks,
-      `one forward, output finite; ${peak} (params ${fmtBytes(paramBytes)}); widest activation ` +
+      `one forward (matmuls as tuned so far, not tuned here), output finite; ${peak} ` +
+        `(params ${fmtBytes(paramBytes)}); widest activation ` +
         `${fmtBytes(widest)} vs binding limit ${fmtBytes(limit)}` +
         (own ? "" : "; shared device (a second one could not be made)"),
     );
