@@ -98,17 +98,29 @@ export const DEFAULT_ATTENTION_PLAN: AttentionPlan = {
   dkv: { kind: "rows", wg: 8, rows: 4, block: 1, dot: "vec" },
 };
 
-/** What `tuneAttention` measures (those that fit the adapter's limits). */
-const CANDIDATES: readonly AttentionVariant[] = [
+/**
+ * What `tuneAttention` measures (those that fit the adapter's limits). Cold
+ * compile CPU time on llvmpipe at head dim 64, forward / dQ + dK/dV: rows 4
+ * 1 s / 5 s, rows 16 8 s / 58 s, rows 32 23 s / 312 s. Rows 32 buys ~10 %
+ * over rows 16, which for the backward is not worth five minutes of a first
+ * run, so it is a forward-only candidate.
+ */
+const CANDIDATES: readonly { v: AttentionVariant; ops: readonly Op[] }[] = [
   // CPU adapters: rows per invocation amortise storage loads.
-  DEFAULT_ATTENTION_PLAN.forward,
-  { kind: "rows", wg: 8, rows: 8, block: 2, dot: "scalar" },
-  { kind: "rows", wg: 8, rows: 16, block: 2, dot: "scalar" },
-  { kind: "rows", wg: 8, rows: 32, block: 2, dot: "scalar" },
+  { v: DEFAULT_ATTENTION_PLAN.forward, ops: ["fwd", "dq", "dkv"] },
+  { v: { kind: "rows", wg: 8, rows: 8, block: 2, dot: "scalar" }, ops: ["fwd", "dq", "dkv"] },
+  { v: { kind: "rows", wg: 8, rows: 16, block: 2, dot: "scalar" }, ops: ["fwd", "dq", "dkv"] },
+  { v: { kind: "rows", wg: 8, rows: 32, block: 2, dot: "scalar" }, ops: ["fwd"] },
   // GPUs: cached broadcast loads, or key/value tiles in workgroup memory.
-  { kind: "rows", wg: 64, rows: 1, block: 4, dot: "vec" },
-  { kind: "tiled", wg: 64, rows: 1, block: 4, tile: 32, dot: "vec" },
-  { kind: "tiled", wg: 128, rows: 1, block: 4, tile: 64, dot: "vec" },
+  { v: { kind: "rows", wg: 64, rows: 1, block: 4, dot: "vec" }, ops: ["fwd", "dq", "dkv"] },
+  {
+    v: { kind: "tiled", wg: 64, rows: 1, block: 4, tile: 32, dot: "vec" },
+    ops: ["fwd", "dq", "dkv"],
+  },
+  {
+    v: { kind: "tiled", wg: 128, rows: 1, block: 4, tile: 64, dot: "vec" },
+    ops: ["fwd", "dq", "dkv"],
+  },
 ];
 
 /** Options of `attention` and `attentionBackward`. */
@@ -1112,7 +1124,7 @@ export function attentionCandidates(
   op: AttentionOp,
   headDim: number,
 ): AttentionVariant[] {
-  return CANDIDATES.filter((v) => {
+  return CANDIDATES.filter((c) => c.ops.includes(op)).map((c) => c.v).filter((v) => {
     try {
       resolveVariant(gpu, op, v, headDim);
       return true;
