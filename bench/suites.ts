@@ -1,4 +1,5 @@
 /** Every benchmark suite, in run order. Add a suite by importing it here. */
+import { attentionSuite } from "./attention.ts";
 import { augmentSuite } from "./augment.ts";
 import { embedSuite } from "./embed.ts";
 import type { BenchSuite } from "./harness.ts";
@@ -15,5 +16,6 @@ export const suites: BenchSuite[] = [
   augmentSuite,
   ingestSuite,
   matmulSuite,
+  attentionSuite,
   embedSuite,
 ];

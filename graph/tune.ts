@@ -40,8 +40,9 @@ export async function tuneForVit(
   const rows = Math.min(opts.tokens * opts.batch, 8192);
   const t0 = performance.now();
   const mm = await tuneMatmul(gpu, vitMatmulShapes(cfg, rows, opts.training));
+  // Batch ≥ 4: with one image the many-rows-per-invocation variants get too few workgroups.
   const at = await tuneAttention(gpu, {
-    batch: 1,
+    batch: Math.min(opts.batch, 4),
     tokens: opts.tokens,
     heads: cfg.heads,
     headDim: cfg.dim / cfg.heads,
