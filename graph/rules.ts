@@ -145,6 +145,26 @@ function reduceTo(gpu: Gpu, dy: GpuTensor, shape: readonly number[]): GpuTensor 
   return sameShape(dy.shape, shape) ? dy : sumToShape(gpu, dy, [...shape]);
 }
 
+/**
+ * Row ranges over operands [rows, cols_i] (row-major) such that each operand's
+ * block fits one binding and starts at an aligned offset (one range when the
+ * whole fits).
+ */
+function rowBlocks(gpu: Gpu, rows: number, cols: number[]): [number, number][] {
+  const limit = gpu.limits.maxStorageBufferBindingSize;
+  const widest = Math.max(...cols);
+  if (rows * widest * 4 <= limit) return [[0, rows]];
+  const align = gpu.limits.minStorageBufferOffsetAlignment;
+  const gcd = (a: number, b: number): number => (b ? gcd(b, a % b) : a);
+  // Rows per block must keep every operand's block start aligned.
+  const step = cols.map((c) => align / gcd(c * 4, align)).reduce((a, b) => (a * b) / gcd(a, b), 1);
+  const per = Math.floor(Math.floor(limit / (widest * 4)) / step) * step;
+  if (per < 1) return [[0, rows]]; // one aligned block is over the limit: matmul names the limit
+  const out: [number, number][] = [];
+  for (let r = 0; r < rows; r += per) out.push([r, Math.min(rows, r + per)]);
+  return out;
+}
+
 const linear: Rule<PrimAttrs["linear"]> = {
   forward(gpu, [x, w, b]) {
     return { y: matmul(gpu, x, w, { transB: true, bias: b }), saveInputs: [0, 1] };
@@ -161,10 +181,17 @@ const linear: Rule<PrimAttrs["linear"]> = {
     const dy2 = dy.reshape([m, n]);
     if (needs[1]) {
       const x2 = x.reshape([m, k]);
-      if (targets[1]) {
-        matmul(gpu, dy2, x2, { transA: true, accumulate: targets[1] });
-        grads[1] = ACCUMULATED;
-      } else grads[1] = matmul(gpu, dy2, x2, { transA: true });
+      let dw = targets[1];
+      if (!dw) dw = gpu.zeros([n, k]);
+      // dW = dyᵀ x reduces over the rows; when dy or x is too large for one binding
+      // (iBOT logits over every masked token: [tokens, 65,536]) it is summed over row blocks.
+      for (const [r0, r1] of rowBlocks(gpu, m, [n, k])) {
+        matmul(gpu, dy2.view(r0 * n, [r1 - r0, n]), x2.view(r0 * k, [r1 - r0, k]), {
+          transA: true,
+          accumulate: dw,
+        });
+      }
+      grads[1] = targets[1] ? ACCUMULATED : dw;
     }
     if (ctx.inShapes.length > 2 && needs[2]) grads[2] = sum(gpu, dy2, { axis: 0 });
     return grads;

@@ -430,3 +430,37 @@ gpuTest(
     arena.destroy();
   },
 );
+
+gpuTest(
+  "graph: Linear's weight gradient is summed over row blocks past the binding limit",
+  async (gpu) => {
+    const rng = new Rng(50);
+    const arena = ParamArena.create(gpu, [{ name: "w", shape: [24, 8] }], { grads: true });
+    arena.set("w", rng.normals(24 * 8));
+    const x = gpu.tensor(rng.normals(512 * 8), [512, 8]);
+    const proj = gpu.tensor(rng.normals(512 * 24), [512, 24]);
+    const grad = async () => {
+      arena.zeroGrads();
+      const g = new Graph(gpu);
+      const y = linear(g, g.input(x), new Params(g, arena).get("w"));
+      g.backward(sum(g, mul(g, y, g.input(proj)), "all"));
+      g.dispose();
+      return await arena.readGrad("w");
+    };
+    const whole = await grad();
+    const limit = gpu.limits.maxStorageBufferBindingSize;
+    // x is 16 KiB but y and dy [512, 24] are 48 KiB: with a 24 KiB limit the forward splits its
+    // output rows and dW is summed over aligned row blocks.
+    gpu.limits.maxStorageBufferBindingSize = 24576;
+    try {
+      const blocked = await grad();
+      for (let i = 0; i < whole.length; i++) {
+        assert(Math.abs(blocked[i] - whole[i]) <= 1e-5 * (1 + Math.abs(whole[i])), `element ${i}`);
+      }
+    } finally {
+      gpu.limits.maxStorageBufferBindingSize = limit;
+    }
+    gpu.release(x, proj);
+    arena.destroy();
+  },
+);
