@@ -133,7 +133,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "embed: a crashed run resumes; parts merge into the same file",
+  name:
+    "embed: a crashed run resumes; parts merge into the same file; --figures draws both figures",
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
@@ -208,6 +209,30 @@ Deno.test({
     assertEquals(c.paths, a.paths);
     assertEquals([...c.features], [...a.features]);
     m.arena.destroy();
+    // --figures: the UMAP (SVG + PNG) coloured by label and the patch-PCA figure.
+    const fig = join(dir, "figs");
+    const r = await embedCli([
+      "--weights",
+      join(dir, "tiny.pth"),
+      "--heads",
+      "2",
+      "--input",
+      join(dir, "cells"),
+      "--out",
+      join(dir, "cli.safetensors"),
+      "--size",
+      "28",
+      "--figures",
+      fig,
+    ]);
+    assertEquals(r.code, 0, r.stderr);
+    for (const f of ["umap.svg", "umap.png", "patch_pca.png"]) {
+      const info = await sharp(join(fig, f)).metadata();
+      assert(
+        (info.width ?? 0) > 100 && (info.height ?? 0) > 50,
+        `${f}: ${info.width}×${info.height}`,
+      );
+    }
     await Deno.remove(dir, { recursive: true });
   },
 });

@@ -262,3 +262,82 @@ gpuTest(
     await Deno.remove(dir, { recursive: true });
   },
 );
+
+gpuTest(
+  "train: finetunes a torch-made DINOv2 hub checkpoint on ingested shards; the result embeds and loads in torch",
+  async () => {
+    if (!(await hasPython("torch", "numpy"))) return;
+    const gpu = await getGpu();
+    const { runIngest } = await import("../pipelines/ingest/run.ts");
+    const { runVitOracle } = await import("./vit_oracle.ts");
+    const { runEmbed } = await import("../pipelines/embed_run.ts");
+    const { readEmbeddings } = await import("../eval/embeddings_file.ts");
+    const dir = await Deno.makeTempDir({ prefix: "bloom-finetune-" });
+    // A DINOv2-layout ViT saved by torch.save, its position grid trained at another size (4×4 vs 2×2).
+    const orc = await runVitOracle({
+      dim: 32,
+      depth: 1,
+      heads: 2,
+      mlp: 64,
+      posGrid: 4,
+      image: 28,
+      batch: 1,
+    });
+    await runIngest({
+      input: await data(),
+      layout: "imagefolder",
+      out: join(dir, "shards"),
+      size: 56,
+      shardSize: 8,
+    }, {
+      progress: false,
+    });
+    const cfg = { ...micro, vit: { ...micro.vit, posGrid: 2 }, imageSize: 28 };
+    const r = await runTraining(gpu, {
+      config: cfg,
+      data: join(dir, "shards"),
+      init: `${orc.dir}/hub.pth`,
+      out: join(dir, "run"),
+      steps: 2,
+      quiet: true,
+      log: () => {},
+      autotune: false,
+    });
+    assertEquals(r.steps, 2);
+    const m = await loadCheckpoint(gpu, r.finalCheckpoint, { heads: 2 });
+    assertEquals(
+      m.config.posGrid,
+      2,
+      "pos_embed resampled to the training grid once, as DinoBloom does",
+    );
+    const e = await runEmbed(gpu, {
+      model: { arena: m.arena, config: m.config },
+      weights: r.finalCheckpoint,
+      input: join(dir, "shards"),
+      out: join(dir, "features.safetensors"),
+      size: 28,
+      quiet: true,
+      log: () => {},
+      autotune: false,
+    });
+    assertEquals(e.rows, 15);
+    assertEquals((await readEmbeddings(join(dir, "features.safetensors"))).labels?.length, 15);
+    m.arena.destroy();
+    const py = await new Deno.Command("/usr/bin/python3", {
+      args: [
+        "-c",
+        "import sys, torch; t = torch.load(sys.argv[1], weights_only=True)['teacher']; print(sorted({k.split('.')[0] for k in t}))",
+        r.finalCheckpoint,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert(py.success, new TextDecoder().decode(py.stderr));
+    assertEquals(
+      new TextDecoder().decode(py.stdout).trim(),
+      "['backbone', 'dino_head', 'ibot_head']",
+    );
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(orc.dir, { recursive: true });
+  },
+);
