@@ -110,31 +110,44 @@ async function figures(dir: string, out: string, input: string, model: EmbedMode
   } else {
     console.error("no labels in the input: skipping the UMAP figure (it is coloured by label)");
   }
-  // Fig. 3: PCA of the patch tokens of the first 8 cells, next to the cells.
-  const loader = await openLoader(input, {
-    batchSize: 8,
-    size,
-    resample: "bilinear",
-    range: [0, 8],
-  });
-  for await (const b of loader.batches()) {
-    const e = await embedBatch(gpu, model, b, { patchTokens: true, inputSize: size });
-    const images = Array.from({ length: b.count }, (_, i) => ({
-      data: b.pixels.subarray(i * size * size * 3, (i + 1) * size * size * 3),
-      width: size,
-      height: size,
-      channels: 3 as const,
-    }));
-    const path = join(dir, "patch_pca.png");
-    await writePatchPcaFigure(path, images, {
-      data: e.patchTokens!,
-      images: b.count,
-      tokens: e.patches,
-      dim: model.config.dim,
+  // Fig. 3: PCA of the patch tokens of 8 cells spread over the input, shown under the cells.
+  const n = emb.rows;
+  const picks = [
+    ...new Set(
+      Array.from({ length: Math.min(8, n) }, (_, i) => Math.floor((i * n) / Math.min(8, n))),
+    ),
+  ];
+  const pixels: Uint8Array[] = [];
+  for (const i of picks) {
+    const one = await openLoader(input, {
+      batchSize: 1,
+      size,
+      resample: "bilinear",
+      range: [i, i + 1],
     });
-    console.error(`wrote ${path}`);
-    break;
+    for await (const b of one.batches()) pixels.push(b.pixels.slice(0, size * size * 3));
   }
+  const all = new Uint8Array(pixels.length * size * size * 3);
+  pixels.forEach((p, i) => all.set(p, i * p.length));
+  const batch = {
+    pixels: all,
+    labels: new Int32Array(pixels.length).fill(-1),
+    keys: picks.map(String),
+    meta: [],
+    count: pixels.length,
+    size,
+    indices: picks,
+  };
+  const e = await embedBatch(gpu, model, batch, { patchTokens: true, inputSize: size });
+  const images = pixels.map((data) => ({ data, width: size, height: size, channels: 3 as const }));
+  const path = join(dir, "patch_pca.png");
+  await writePatchPcaFigure(path, images, {
+    data: e.patchTokens!,
+    images: pixels.length,
+    tokens: e.patches,
+    dim: model.config.dim,
+  });
+  console.error(`wrote ${path}`);
 }
 
 async function main(): Promise<number> {
