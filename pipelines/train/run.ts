@@ -91,7 +91,13 @@ export async function knnScore(
   opts: { workers?: number; seed?: number } = {},
 ): Promise<Omit<KnnScore, "step">> {
   const cfg = trainer.cfg;
-  const loader = await openLoader(data, { batchSize: 32, workers: opts.workers });
+  // The evaluation protocol: bilinear resize straight to the model's input side.
+  const loader = await openLoader(data, {
+    batchSize: 32,
+    size: cfg.imageSize,
+    resample: "bilinear",
+    workers: opts.workers,
+  });
   const feats: Float32Array[] = [];
   const labels: number[] = [];
   let dim = 0;
