@@ -228,41 +228,43 @@ async function forwardRows(
   opts: ModelSuiteOptions,
 ): Promise<BenchRow[]> {
   const { vit, batch: B, image: S } = c;
+  const notes = [`${S} px, random weights`];
   const arena = randomVit(gpu, vit);
   const images = randomTensor(gpu, [B, 3, S, S]);
   const sink = gpu.empty([B, vit.dim]);
+  let ms: number;
   try {
-    const notes = [`${S} px, random weights`];
     if (opts.tune ?? true) {
       notes.push(await tuneFor(gpu, linearMatmulShapes(vitLinears(vit, B, S), false)));
     }
-    const ms = await timeGpu(gpu, () => forwardOnce(gpu, arena, vit, images, sink), {
+    ms = await timeGpu(gpu, () => forwardOnce(gpu, arena, vit, images, sink), {
       warmup: plan.warmup,
       iters: plan.iters,
     });
     await checkOutput(gpu, sink, c.name);
     notes.push(`median of ${plan.iters} after ${plan.warmup} warm-up`);
-    const peer: PeerOutcome = opts.peers ?? true
-      ? await runPeer(peerScript("torch_vit.py"), [
-        ...c.peerArgs,
-        ...["--warmup", String(plan.warmup), "--iters", String(plan.iters)],
-      ])
-      : { ok: false, reason: "peers disabled" };
-    const flops = vitForwardFlops(vit, B, S);
-    return [
-      peerRow(c.name, ms, B, peer, "pytorch cpu", notes.join("; ")),
-      computeRow(
-        `${c.name} compute`,
-        flops,
-        ms,
-        peaks,
-        `${(flops / 1e9).toFixed(1)} GFLOP: 2·rows·in·out per linear + 4·T²·D attention per block`,
-      ),
-    ];
   } finally {
     gpu.release(images, sink);
     arena.destroy();
   }
+  // PyTorch runs after ours, never beside it: llvmpipe is CPU work too.
+  const peer: PeerOutcome = opts.peers ?? true
+    ? await runPeer(peerScript("torch_vit.py"), [
+      ...c.peerArgs,
+      ...["--warmup", String(plan.warmup), "--iters", String(plan.iters)],
+    ])
+    : { ok: false, reason: "peers disabled" };
+  const flops = vitForwardFlops(vit, B, S);
+  return [
+    peerRow(c.name, ms, B, peer, "pytorch cpu", notes.join("; ")),
+    computeRow(
+      `${c.name} compute`,
+      flops,
+      ms,
+      peaks,
+      `${(flops / 1e9).toFixed(1)} GFLOP: 2·rows·in·out per linear + 4·T²·D attention per block`,
+    ),
+  ];
 }
 
 /**

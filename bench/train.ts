@@ -159,6 +159,59 @@ export function trainPeerArgs(cfg: TrainConfig, batch: number): string[] {
   ].map(String);
 }
 
+/** Times bloom's step; frees the trainer before returning, so the peer has the memory. */
+async function timeBloomStep(
+  gpu: Gpu,
+  cfg: TrainConfig,
+  masks: BatchMasks,
+  warmup: number,
+  iters: number,
+  tune: boolean,
+  notes: string[],
+): Promise<number> {
+  const B = cfg.batch;
+  const S = cfg.imageSize;
+  const before = gpu.pool.stats().peakLiveBytes;
+  const trainer = await Trainer.create(gpu, cfg);
+  const crops = randomTensor(gpu, [2 * B, 3, S, S]);
+  try {
+    if (tune) notes.push(await tuneFor(gpu, trainStepMatmulShapes(cfg, B, masks)));
+    const ms = await timeHost(() => trainer.step(crops, masks), { warmup, iters });
+    notes.push(`median of ${iters} after ${warmup} warm-up`);
+    const peak = gpu.pool.stats().peakLiveBytes;
+    if (peak > before) notes.push(`pool peak ${fmtBytes(peak)}`);
+    return ms;
+  } finally {
+    gpu.release(crops);
+    trainer.destroy();
+    // Free pooled buffers too (llvmpipe's live in this process's memory) before PyTorch runs.
+    await gpu.sync();
+    gpu.pool.trim(0);
+  }
+}
+
+/** Runs torch_train_step.py on the same masks. */
+async function timePeerStep(
+  cfg: TrainConfig,
+  masks: BatchMasks,
+  warmup: number,
+  iters: number,
+): Promise<PeerOutcome> {
+  const B = cfg.batch;
+  const dir = await Deno.makeTempDir({ prefix: "bloom-bench-train-" });
+  try {
+    const file = join(dir, "masks.npy");
+    const shape = [2 * B, masks.masks.length / (2 * B)];
+    await writeNpy(file, { dtype: "u8", shape, data: masks.masks });
+    return await runPeer(peerScript("torch_train_step.py"), [
+      ...trainPeerArgs(cfg, B),
+      ...["--masks", file, "--warmup", String(warmup), "--iters", String(iters)],
+    ], { timeoutMs: 4 * 3600_000 });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 async function trainRow(
   gpu: Gpu,
   c: TrainCase,
@@ -166,51 +219,21 @@ async function trainRow(
   opts: TrainSuiteOptions,
 ): Promise<BenchRow> {
   const B = c.batch;
-  const S = c.cfg.imageSize;
   const iters = c.iters ?? plan.iters;
-  const peerArgs = trainPeerArgs(c.cfg, B);
+  trainPeerArgs(c.cfg, B); // refuse configs the peer cannot mirror before spending minutes
   const masks = stepMasks(c.cfg, B);
   const micro = fitMicroBatch(c.cfg, B, masks, gpu.limits.maxStorageBufferBindingSize);
-  const cfg = { ...c.cfg, microBatch: micro };
-  const before = gpu.pool.stats().peakLiveBytes;
-  const trainer = await Trainer.create(gpu, cfg);
-  const crops = randomTensor(gpu, [2 * B, 3, S, S]);
-  try {
-    const notes = [
-      `${2 * B} crops ${S} px, ${cfg.head.prototypes} prototypes, ${masks.count} masked patches`,
-    ];
-    if (micro < B) notes.push(`micro-batch ${micro} (head logits binding limit)`);
-    if (opts.tune ?? true) notes.push(await tuneFor(gpu, trainStepMatmulShapes(cfg, B, masks)));
-    const ms = await timeHost(() => trainer.step(crops, masks), {
-      warmup: plan.warmup,
-      iters,
-    });
-    notes.push(`median of ${iters} after ${plan.warmup} warm-up`);
-    const peak = gpu.pool.stats().peakLiveBytes;
-    if (peak > before) notes.push(`pool peak ${fmtBytes(peak)}`);
-    let peer: PeerOutcome = { ok: false, reason: "peers disabled" };
-    if (opts.peers ?? true) {
-      const dir = await Deno.makeTempDir({ prefix: "bloom-bench-train-" });
-      try {
-        const file = join(dir, "masks.npy");
-        await writeNpy(file, {
-          dtype: "u8",
-          shape: [2 * B, masks.masks.length / (2 * B)],
-          data: masks.masks,
-        });
-        peer = await runPeer(peerScript("torch_train_step.py"), [
-          ...peerArgs,
-          ...["--masks", file, "--warmup", String(plan.warmup), "--iters", String(iters)],
-        ], { timeoutMs: 4 * 3600_000 });
-      } finally {
-        await Deno.remove(dir, { recursive: true });
-      }
-    }
-    return peerRow(c.name, ms, B, peer, "pytorch cpu", notes.join("; "));
-  } finally {
-    gpu.release(crops);
-    trainer.destroy();
-  }
+  const cfg = { ...c.cfg, batch: B, microBatch: micro };
+  const notes = [
+    `${2 * B} crops ${cfg.imageSize} px, ${cfg.head.prototypes} prototypes, ` +
+    `${masks.count} masked patches`,
+  ];
+  if (micro < B) notes.push(`micro-batch ${micro} (head logits binding limit)`);
+  const ms = await timeBloomStep(gpu, cfg, masks, plan.warmup, iters, opts.tune ?? true, notes);
+  const peer: PeerOutcome = opts.peers ?? true
+    ? await timePeerStep(cfg, masks, plan.warmup, iters)
+    : { ok: false, reason: "peers disabled" };
+  return peerRow(c.name, ms, B, peer, "pytorch cpu", notes.join("; "));
 }
 
 /** Knobs of the training suite (the smoke test turns off peers and tuning, and shrinks shapes). */
