@@ -13,6 +13,7 @@
 import { ParamArena } from "../graph/arena.ts";
 import { Graph } from "../graph/graph.ts";
 import { Params } from "../graph/params.ts";
+import { tuneForVit } from "../graph/tune.ts";
 import { type VitConfig, vitConfig, vitForward, vitParamSpecs } from "../graph/vit.ts";
 import type { HeadConfig } from "../graph/heads.ts";
 import { type MatmulShape, tuneMatmul } from "../kernels/matmul.ts";
@@ -125,15 +126,23 @@ export function randomTensor(gpu: Gpu, shape: readonly number[], seed = 1): GpuT
 }
 
 /**
- * Tunes the matmul shape classes `shapes` fall in (cached ones cost nothing) and says how long
- * it took, for the row's note.
+ * The warm-up's tuning, as the train and embed commands do it (graph/tune.ts: attention, row
+ * kernels, the blocks' linears), plus the exact matmul `shapes` the timed work runs (patch
+ * embedding, heads, the real row counts). Cached choices cost nothing. Says what it did, for
+ * the row's note.
  */
-export async function tuneFor(gpu: Gpu, shapes: readonly MatmulShape[]): Promise<string> {
+export async function tuneFor(
+  gpu: Gpu,
+  vit: VitConfig,
+  pass: { tokens: number; batch: number; training: boolean },
+  shapes: readonly MatmulShape[],
+): Promise<string> {
   const t0 = performance.now();
+  await tuneForVit(gpu, vit, pass);
   const r = await tuneMatmul(gpu, shapes);
   const fresh = r.filter((x) => !x.cached).length;
   const s = ((performance.now() - t0) / 1000).toFixed(0);
-  return `matmul tuned: ${r.length} classes (${fresh} measured now, ${s} s)`;
+  return `tuned (tuneForVit + ${r.length} matmul classes, ${fresh} measured now) in ${s} s`;
 }
 
 /** One forward of `cfg` over `images`, CLS after the final norm copied into `sink` [B, D]. */
@@ -235,7 +244,8 @@ async function forwardRows(
   let ms: number;
   try {
     if (opts.tune ?? true) {
-      notes.push(await tuneFor(gpu, linearMatmulShapes(vitLinears(vit, B, S), false)));
+      const pass = { tokens: tokenCounts(vit, S).tokens, batch: B, training: false };
+      notes.push(await tuneFor(gpu, vit, pass, linearMatmulShapes(vitLinears(vit, B, S), false)));
     }
     ms = await timeGpu(gpu, () => forwardOnce(gpu, arena, vit, images, sink), {
       warmup: plan.warmup,

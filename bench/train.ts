@@ -16,7 +16,14 @@ import type { MatmulShape } from "../kernels/matmul.ts";
 import { fmtBytes } from "../kernels/pool.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { type BenchRow, type BenchSuite, timeHost } from "./harness.ts";
-import { headLinears, linearMatmulShapes, randomTensor, tuneFor, vitLinears } from "./model.ts";
+import {
+  headLinears,
+  linearMatmulShapes,
+  randomTensor,
+  tokenCounts,
+  tuneFor,
+  vitLinears,
+} from "./model.ts";
 import { type PeerOutcome, peerRow, peerScript, runPeer } from "./peers.ts";
 
 /** iBOT masks for `batch` images (2·batch crops, crop-major) as the trainer's data would give. */
@@ -112,9 +119,9 @@ function trainCase(name: string, cfg: TrainConfig, batch: number, iters?: number
 }
 
 /**
- * ViT-S b8 and b32 with DinoBloom's heads at 224 px and the demo preset (112 px, small heads)
- * at b32; quick mode: the demo preset at b4 only. Full heads (65,536 prototypes) even at b32,
- * where the heads alone cost minutes a step on llvmpipe.
+ * ViT-S b8 and b32 with DinoBloom's heads at 224 px, and the demo preset (its small ViT and
+ * heads at its own image size) at b32; quick mode: the demo preset at b4 only. Full heads
+ * (65,536 prototypes) even at b32, where the heads alone cost minutes a step on llvmpipe.
  */
 export function trainPlan(quick: boolean): TrainPlan {
   const demo = PRESETS.demo();
@@ -175,7 +182,11 @@ async function timeBloomStep(
   const trainer = await Trainer.create(gpu, cfg);
   const crops = randomTensor(gpu, [2 * B, 3, S, S]);
   try {
-    if (tune) notes.push(await tuneFor(gpu, trainStepMatmulShapes(cfg, B, masks)));
+    if (tune) {
+      const { tokens } = tokenCounts(cfg.vit, S);
+      const pass = { tokens, batch: 2 * cfg.microBatch, training: true };
+      notes.push(await tuneFor(gpu, cfg.vit, pass, trainStepMatmulShapes(cfg, B, masks)));
+    }
     const ms = await timeHost(() => trainer.step(crops, masks), { warmup, iters });
     notes.push(`median of ${iters} after ${warmup} warm-up`);
     const peak = gpu.pool.stats().peakLiveBytes;
