@@ -18,7 +18,7 @@ import { type VitConfig, vitConfig, vitForward, vitParamSpecs } from "../graph/v
 import type { HeadConfig } from "../graph/heads.ts";
 import { type MatmulShape, tuneMatmul } from "../kernels/matmul.ts";
 import { fmtBytes } from "../kernels/pool.ts";
-import { Gpu } from "../kernels/runtime.ts";
+import { Gpu, type GpuLimits } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
 import { initialValue, seeded } from "../pipelines/train/trainer.ts";
 import { type BenchRow, type BenchSuite, computeRow, type Peaks, timeGpu } from "./harness.ts";
@@ -73,19 +73,56 @@ export function headLinears(head: HeadConfig, rows: number): LinearUse[] {
   ];
 }
 
+/** The two limits the graph's weight-gradient split depends on. */
+export type BindingLimits = Pick<
+  GpuLimits,
+  "maxStorageBufferBindingSize" | "minStorageBufferOffsetAlignment"
+>;
+
+/**
+ * Row counts of the blocks the weight gradient dyᵀ·x is summed over: one block when dy
+ * [rows, out] and x [rows, in] fit one binding, else aligned blocks that do (mirrors
+ * `rowBlocks` in graph/rules.ts, so that tuning sees the K the kernels run).
+ */
+export function weightGradBlocks(
+  rows: number,
+  inDim: number,
+  outDim: number,
+  limits: BindingLimits,
+): number[] {
+  const limit = limits.maxStorageBufferBindingSize;
+  const widest = Math.max(inDim, outDim);
+  if (rows * widest * 4 <= limit) return [rows];
+  const align = limits.minStorageBufferOffsetAlignment;
+  const gcd = (a: number, b: number): number => (b ? gcd(b, a % b) : a);
+  const step = [outDim, inDim].map((c) => align / gcd(c * 4, align))
+    .reduce((a, b) => (a * b) / gcd(a, b), 1);
+  const per = Math.floor(Math.floor(limit / (widest * 4)) / step) * step;
+  if (per < 1) return [rows];
+  const out: number[] = [];
+  for (let r = 0; r < rows; r += per) out.push(Math.min(per, rows - r));
+  return out;
+}
+
 /**
  * The matmul shapes these linears run (graph/rules.ts `linear`): forward x·Wᵀ; with
- * `training`, also dx = dy·W (where the input needs a gradient) and dW = dyᵀ·x. Sorted by
- * work, so that tuning measures each shape class on its cheapest member.
+ * `training`, also dx = dy·W (where the input needs a gradient) and dW = dyᵀ·x, the latter
+ * over row blocks where `limits` force a split. Sorted by work, so that tuning measures each
+ * shape class on its cheapest member.
  */
-export function linearMatmulShapes(uses: readonly LinearUse[], training: boolean): MatmulShape[] {
+export function linearMatmulShapes(
+  uses: readonly LinearUse[],
+  training: boolean,
+  limits?: BindingLimits,
+): MatmulShape[] {
   const out: MatmulShape[] = [];
   for (const u of uses) {
     if (u.rows === 0) continue;
     out.push({ M: u.rows, N: u.outDim, K: u.inDim, transB: true });
     if (!training) continue;
     if (u.inputGrad) out.push({ M: u.rows, N: u.inDim, K: u.outDim });
-    out.push({ M: u.outDim, N: u.inDim, K: u.rows, transA: true });
+    const blocks = limits ? weightGradBlocks(u.rows, u.inDim, u.outDim, limits) : [u.rows];
+    for (const k of new Set(blocks)) out.push({ M: u.outDim, N: u.inDim, K: k, transA: true });
   }
   return out.sort((a, b) => a.M * a.N * a.K - b.M * b.N * b.K);
 }

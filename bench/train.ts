@@ -17,6 +17,7 @@ import { fmtBytes } from "../kernels/pool.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { type BenchRow, type BenchSuite, timeHost } from "./harness.ts";
 import {
+  type BindingLimits,
   headLinears,
   linearMatmulShapes,
   randomTensor,
@@ -44,6 +45,7 @@ export function trainStepMatmulShapes(
   cfg: TrainConfig,
   batch: number,
   masks: BatchMasks,
+  limits?: BindingLimits,
 ): MatmulShape[] {
   const m = Math.min(cfg.microBatch, batch);
   const shapes: MatmulShape[] = [];
@@ -53,7 +55,7 @@ export function trainStepMatmulShapes(
       ...headLinears(cfg.head, 2 * m),
       ...headLinears(cfg.head, count),
     ];
-    shapes.push(...linearMatmulShapes(uses, false), ...linearMatmulShapes(uses, true));
+    shapes.push(...linearMatmulShapes(uses, false), ...linearMatmulShapes(uses, true, limits));
   }
   return shapes.sort((a, b) => a.M * a.N * a.K - b.M * b.N * b.K);
 }
@@ -71,30 +73,6 @@ export function maskedPerMicroBatch(masks: BatchMasks, batch: number, m: number)
     out.push(count);
   }
   return out;
-}
-
-/**
- * The largest micro-batch (a divisor of `batch`, at least 2 for KoLeo's pairs) whose head
- * logits fit one binding: the weight gradient of a head's prototype layer binds the logits'
- * gradient [rows, prototypes] whole (kernels/matmul.ts cannot split a transposed A), so every
- * micro-batch's masked tokens and CLS rows must stay within ⌊limit / (4·prototypes)⌋ rows.
- */
-export function fitMicroBatch(
-  cfg: TrainConfig,
-  batch: number,
-  masks: BatchMasks,
-  bindingLimit: number,
-): number {
-  const maxRows = Math.floor(bindingLimit / (4 * cfg.head.prototypes));
-  for (let m = Math.min(cfg.microBatch, batch); m >= 2; m--) {
-    if (batch % m !== 0 || 2 * m > maxRows) continue;
-    if (maskedPerMicroBatch(masks, batch, m).every((c) => c <= maxRows)) return m;
-  }
-  throw new RangeError(
-    `train bench: no micro-batch of batch ${batch} keeps the [rows, ${cfg.head.prototypes}] ` +
-      `head logits within ${maxRows} rows (the binding limit); use fewer prototypes or a batch ` +
-      "with more divisors",
-  );
 }
 
 /** One training row: a config at a batch. */
@@ -185,7 +163,8 @@ async function timeBloomStep(
     if (tune) {
       const { tokens } = tokenCounts(cfg.vit, S);
       const pass = { tokens, batch: 2 * cfg.microBatch, training: true };
-      notes.push(await tuneFor(gpu, cfg.vit, pass, trainStepMatmulShapes(cfg, B, masks)));
+      const shapes = trainStepMatmulShapes(cfg, B, masks, gpu.limits);
+      notes.push(await tuneFor(gpu, cfg.vit, pass, shapes));
     }
     const ms = await timeHost(() => trainer.step(crops, masks), { warmup, iters });
     notes.push(`median of ${iters} after ${warmup} warm-up`);
@@ -233,13 +212,13 @@ async function trainRow(
   const iters = c.iters ?? plan.iters;
   trainPeerArgs(c.cfg, B); // refuse configs the peer cannot mirror before spending minutes
   const masks = stepMasks(c.cfg, B);
-  const micro = fitMicroBatch(c.cfg, B, masks, gpu.limits.maxStorageBufferBindingSize);
-  const cfg = { ...c.cfg, batch: B, microBatch: micro };
+  const cfg = { ...c.cfg, batch: B };
   const notes = [
     `${2 * B} crops ${cfg.imageSize} px, ${cfg.head.prototypes} prototypes, ` +
     `${masks.count} masked patches`,
   ];
-  if (micro < B) notes.push(`micro-batch ${micro} (head logits binding limit)`);
+  const micro = Math.min(cfg.microBatch, B);
+  if (micro < B) notes.push(`micro-batch ${micro}`);
   const ms = await timeBloomStep(gpu, cfg, masks, plan.warmup, iters, opts.tune ?? true, notes);
   const peer: PeerOutcome = opts.peers ?? true
     ? await timePeerStep(cfg, masks, plan.warmup, iters)

@@ -5,7 +5,9 @@
  * shapes tuned against those the forward and the training step really request, and the peer
  * protocol (parsing, and a missing interpreter or an unavailable torch giving a skipped row).
  */
+import { ParamArena } from "../graph/arena.ts";
 import { Graph } from "../graph/graph.ts";
+import { linear } from "../graph/ops.ts";
 import { Params } from "../graph/params.ts";
 import { type VitConfig, vitConfig, vitForward, vitParamSpecs } from "../graph/vit.ts";
 import { matmulTuner, shapeClass } from "../kernels/matmul.ts";
@@ -22,10 +24,10 @@ import {
   vitForwardFlops,
   vitLinears,
   vitPeerArgs,
+  weightGradBlocks,
 } from "../bench/model.ts";
 import { parsePeerOutput, peerRow, runPeer } from "../bench/peers.ts";
 import {
-  fitMicroBatch,
   makeTrainSuite,
   maskedPerMicroBatch,
   stepMasks,
@@ -176,24 +178,41 @@ gpuTest("bench: the tuned matmul shapes cover what a training step requests", as
     step = trainer.step(crops, masks);
   });
   await step;
-  assertEquals(seen, classes(trainStepMatmulShapes(cfg, 4, masks)));
+  assertEquals(seen, classes(trainStepMatmulShapes(cfg, 4, masks, gpu.limits)));
   gpu.release(crops);
   trainer.destroy();
 });
 
-Deno.test("bench: the micro-batch keeps every head's logits within one binding", () => {
+Deno.test("bench: masked tokens per micro-batch add up to the batch's", () => {
   const cfg = { ...tinyTrain(), batch: 4, microBatch: 4 };
   const masks = stepMasks(cfg, 4);
   const halves = maskedPerMicroBatch(masks, 4, 2);
   assertEquals(halves.length, 2);
   assertEquals(halves[0] + halves[1], masks.count);
   assertEquals(maskedPerMicroBatch(masks, 4, 4), [masks.count]);
-  const rowBytes = 4 * cfg.head.prototypes;
-  assertEquals(fitMicroBatch(cfg, 4, masks, rowBytes * masks.count), 4);
-  const most = Math.max(...halves, 4);
-  assert(most < masks.count, "the masks must differ between the halves for this test");
-  assertEquals(fitMicroBatch(cfg, 4, masks, rowBytes * most), 2);
-  assertThrows(() => fitMicroBatch(cfg, 4, masks, rowBytes * (most - 1)), RangeError, "rows");
+});
+
+gpuTest("bench: tuned shapes follow the weight gradient's split over row blocks", async (gpu) => {
+  // dy [600, 65,536] is 150 MiB, over a 128 MiB binding: dW = dyᵀ·x runs over row blocks.
+  const [rows, inDim, outDim] = [600, 16, 65536];
+  const blocks = weightGradBlocks(rows, inDim, outDim, gpu.limits);
+  if (rows * outDim * 4 > gpu.limits.maxStorageBufferBindingSize) {
+    assert(blocks.length > 1, `one block of ${rows} rows would exceed the binding limit`);
+  }
+  assertEquals(blocks.reduce((a, b) => a + b, 0), rows);
+  const arena = ParamArena.create(gpu, [{ name: "w", shape: [outDim, inDim] }], { grads: true });
+  const x = randomTensor(gpu, [rows, inDim]);
+  const g = new Graph(gpu, { training: true });
+  const seen = requestedClasses(gpu, () => {
+    const y = linear(g, g.input(x, { requiresGrad: true }), new Params(g, arena).get("w"));
+    g.backward(y);
+  });
+  await gpu.sync();
+  g.dispose();
+  const use = { rows, inDim, outDim, inputGrad: true };
+  assertEquals(seen, classes(linearMatmulShapes([use], true, gpu.limits)));
+  gpu.release(x);
+  arena.destroy();
 });
 
 Deno.test("bench peers: the JSON protocol, with errors that name the peer and the field", () => {
