@@ -5,9 +5,11 @@ import { embedSuite } from "./embed.ts";
 import type { BenchSuite } from "./harness.ts";
 import { ingestSuite } from "./ingest.ts";
 import { matmulSuite } from "./matmul.ts";
+import { modelSuite } from "./model.ts";
 import { normsSuite } from "./norms.ts";
 import { optimSuite } from "./optim.ts";
 import { pointwiseSuite } from "./pointwise.ts";
+import { trainSuite } from "./train.ts";
 
 export const suites: BenchSuite[] = [
   pointwiseSuite,
@@ -17,5 +19,7 @@ export const suites: BenchSuite[] = [
   ingestSuite,
   matmulSuite,
   attentionSuite,
+  modelSuite,
   embedSuite,
+  trainSuite,
 ];
