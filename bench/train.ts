@@ -25,6 +25,7 @@ import {
   tuneFor,
   vitLinears,
 } from "./model.ts";
+import { loaderRow } from "./loader.ts";
 import { type PeerOutcome, peerRow, peerScript, runPeer } from "./peers.ts";
 
 /** iBOT masks for `batch` images (2·batch crops, crop-major) as the trainer's data would give. */
@@ -234,6 +235,8 @@ export interface TrainSuiteOptions {
   peers?: boolean;
   /** Tune the step's matmul classes before timing (default true; cached classes are free). */
   tune?: boolean;
+  /** Time the loader against the fastest step (default true). */
+  loader?: boolean;
 }
 
 /** The training suite with these options. */
@@ -244,10 +247,20 @@ export function makeTrainSuite(opts: TrainSuiteOptions = {}): BenchSuite {
       const plan = (opts.plan ?? trainPlan)(quick);
       const rows: BenchRow[] = [];
       for (const c of plan.cases) rows.push(await trainRow(gpu, c, plan, opts));
+      if (opts.loader ?? true) {
+        // The most demanding consumer: the step that takes images in fastest.
+        const fastest = rows.filter((r) => Number.isFinite(r.rate))
+          .reduce<BenchRow | null>((a, r) => (a && a.rate! >= r.rate! ? a : r), null);
+        const consumer = fastest ? { name: fastest.name, rate: fastest.rate! } : null;
+        rows.push(await loaderRow(gpu, consumer, quick));
+      }
       return rows;
     },
   };
 }
 
-/** DinoBloom training steps (ViT-S b8, b32, the demo model) next to PyTorch CPU. */
+/**
+ * DinoBloom training steps (ViT-S b8, b32, the demo model) next to PyTorch CPU, and the loader
+ * next to the fastest of them.
+ */
 export const trainSuite: BenchSuite = makeTrainSuite();

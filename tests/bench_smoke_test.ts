@@ -1,5 +1,5 @@
 /**
- * The model and training benchmarks on tiny shapes, so they cannot rot: both suites run in quick
+ * The model, training and loader benchmarks on tiny shapes, so they cannot rot: both suites run in quick
  * mode with peers and tuning off (no Python), and their rows must be finite and consistent. Also
  * what the rows rest on: the FLOP count against one derived from the parameter specs, the matmul
  * shapes tuned against those the forward and the training step really request, and the peer
@@ -128,10 +128,15 @@ gpuTest("bench smoke: the training suite runs in quick mode on a tiny model", as
     peers: false,
     tune: false,
   }).run({ gpu, peaks: PEAKS, quick: true });
-  assertEquals(rows.map((r) => r.name), ["tiny step b2"]);
+  assertEquals(rows.map((r) => r.name), ["tiny step b2", "loader 224² png shards → gpu, batch 8"]);
   rows.forEach(checkRow);
   assert(Math.abs(rows[0].rate! - 2 / (rows[0].ms / 1000)) <= 1e-9 * rows[0].rate!);
   assert(rows[0].note!.includes("64 prototypes") && rows[0].note!.includes("skipped"));
+  // The loader row: 8 synthetic cells per class through shards, against the step's rate.
+  const [step, loader] = rows;
+  assertEquals(loader.peak, step.rate);
+  assert(Math.abs(loader.ratio - loader.rate! / step.rate!) <= 1e-12 * loader.ratio);
+  assert(loader.note!.includes("40 images (5 classes)"), loader.note);
 });
 
 Deno.test("bench: ViT FLOPs = 2·weights·rows + 4·T²·D per block, from the parameter specs", () => {
