@@ -120,7 +120,7 @@ function cases(gpu: Gpu, batch: number, d: number, hidden: number): (() => Case)
         inputs: [x],
         run: () => permute(gpu, x, [2, 0, 3, 1, 4]),
         bytes: 2 * n * 3 * d * 4,
-        note: "→ [3,B,H,T,64], vec4 rows",
+        note: "→ [3,B,H,T,64], a 64-wide row per invocation",
       };
     },
     () => {

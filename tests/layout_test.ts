@@ -58,6 +58,9 @@ gpuTest(
       [[5, 7], [1, 0]], // odd: element gather
       [[2, 3, 8], [1, 0, 2]], // keeps the inner dim: vec4 rows
       [[2, 3, 4, 8], [0, 2, 1, 3]], // attention-style head split
+      [[2, 5, 3, 2, 64], [2, 0, 3, 1, 4]], // qkv head split: one 16-vec4 row per invocation
+      [[2, 3, 72], [1, 0, 2]], // rows longer than one chunk (18 vec4s: 16 + 2)
+      [[3, 2, 4], [1, 0, 2]], // one-vec4 rows
       [[3, 4, 8], [2, 0, 1]], // moves the inner dim outwards, blocked
       [[2, 1, 3, 1, 5, 2], [5, 4, 3, 2, 1, 0]], // 6-D with size-1 dims
       [[4, 8, 1], [2, 1, 0]],
@@ -146,7 +149,7 @@ gpuTest("layout: sliceBackward is the gradient of slice (finite differences)", a
 });
 
 gpuTest("layout: gatherRows and scatterRows match the references", async (gpu) => {
-  for (const d of [8, 5, 1]) {
+  for (const d of [8, 5, 1, 72, 37]) { // 72, 37: rows of several 16-wide chunks
     const n = 9;
     const x = rng.floats(n * d);
     const idx = new Uint32Array([3, 0, 8, 3, 12, 5, 3]); // duplicates and one out of range
