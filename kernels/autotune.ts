@@ -264,7 +264,9 @@ export class Autotuner<C> {
     if (!opts.force) {
       const r = this.cache.get(adapter, this.op, key);
       const c = r && this.codec.parse(r.choice);
-      if (r && c) return { choice: c, record: r, cached: true };
+      // A record made before a candidate was added has no timing for it: measure again.
+      const complete = r && candidates.every((x) => this.codec.id(x) in r.timings);
+      if (r && c && complete) return { choice: c, record: r, cached: true };
     }
     if (candidates.length === 0) throw new RangeError(`autotune ${this.op}: no candidates`);
     const iters = Math.max(1, opts.iters ?? 3);

@@ -66,6 +66,13 @@ export type MatmulVariant =
     wgm: number;
     /** Invocations per workgroup along N. */
     wgn: number;
+    /**
+     * K per dispatch: a longer sum (the weight gradient, K = tokens) runs as consecutive
+     * dispatches accumulating into the output, so each one's A and B panels stay in cache
+     * between the workgroups that share them. Only for plain epilogues (no bias, activation,
+     * scale or residual); otherwise ignored. A multiple of 4.
+     */
+    kChunk?: number;
   }
   | {
     kind: "tiled";
@@ -267,18 +274,19 @@ export function geluRef(x: number): number {
 
 // ------------------------------------------------------------------ variants
 
-/** Stable text form of a variant: "reg-8x8-8x8", "tiled-64x64x16-4x4". */
+/** Stable text form of a variant: "reg-8x8-8x8", "reg-16x16-8x2-k512", "tiled-64x64x16-4x4". */
 export function variantId(v: MatmulVariant): string {
   return v.kind === "reg"
-    ? `reg-${v.tm}x${v.tn}-${v.wgm}x${v.wgn}`
+    ? `reg-${v.tm}x${v.tn}-${v.wgm}x${v.wgn}${v.kChunk ? `-k${v.kChunk}` : ""}`
     : `tiled-${v.bm}x${v.bn}x${v.bk}-${v.tm}x${v.tn}`;
 }
 
 /** Parses `variantId`'s form; null for anything malformed or invalid. */
 export function parseVariant(id: string): MatmulVariant | null {
-  let m = /^reg-(\d+)x(\d+)-(\d+)x(\d+)$/.exec(id);
+  let m = /^reg-(\d+)x(\d+)-(\d+)x(\d+)(?:-k(\d+))?$/.exec(id);
   if (m) {
     const v: MatmulVariant = { kind: "reg", tm: +m[1], tn: +m[2], wgm: +m[3], wgn: +m[4] };
+    if (m[5] !== undefined) v.kChunk = +m[5];
     return validVariant(v) ? v : null;
   }
   m = /^tiled-(\d+)x(\d+)x(\d+)-(\d+)x(\d+)$/.exec(id);
@@ -300,7 +308,8 @@ function validVariant(v: MatmulVariant): boolean {
   const pos = (x: number, max: number) => Number.isInteger(x) && x >= 1 && x <= max;
   if (v.kind === "reg") {
     return pos(v.tm, 64) && pos(v.tn, 64) && v.tm % 4 === 0 && v.tn % 4 === 0 &&
-      pos(v.wgm, 256) && pos(v.wgn, 256) && v.wgm * v.wgn <= 256;
+      pos(v.wgm, 256) && pos(v.wgn, 256) && v.wgm * v.wgn <= 256 &&
+      (v.kChunk === undefined || (pos(v.kChunk, 1 << 20) && v.kChunk % 4 === 0));
   }
   return pos(v.tm, 16) && pos(v.tn, 16) && v.tm % 4 === 0 && v.tn % 4 === 0 &&
     pos(v.bk, 64) && v.bk % 4 === 0 && v.bm % v.tm === 0 && v.bn % v.tn === 0 &&
@@ -320,6 +329,7 @@ export const MATMUL_CANDIDATES: readonly MatmulVariant[] = [
   { kind: "reg", tm: 4, tn: 4, wgm: 8, wgn: 8 },
   { kind: "reg", tm: 8, tn: 8, wgm: 8, wgn: 8 },
   { kind: "reg", tm: 16, tn: 16, wgm: 8, wgn: 2 },
+  { kind: "reg", tm: 16, tn: 16, wgm: 8, wgn: 2, kChunk: 512 },
   { kind: "tiled", bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
   { kind: "tiled", bm: 128, bn: 64, bk: 16, tm: 8, tn: 4 },
   { kind: "tiled", bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 },
@@ -1133,6 +1143,27 @@ export function matmulStrided(
     { M, N, K, batch: outer * inner, transA, transB },
     internal,
   );
+  const plain = !spec.bias && !spec.scale && !R && activation === "none";
+  if (variant.kind === "reg" && variant.kChunk && K > variant.kChunk && plain) {
+    // Split-K over consecutive dispatches: alpha distributes over the partial sums, and every
+    // chunk after the first accumulates. Batch strides stay those of the whole operands.
+    const kc = variant.kChunk;
+    const whole: MatmulVariant = { ...variant, kChunk: undefined };
+    for (let k0 = 0; k0 < K; k0 += kc) {
+      matmulStrided(gpu, {
+        ...spec,
+        K: Math.min(kc, K - k0),
+        offsetA: A.off + (transA ? k0 * A.ld : k0),
+        offsetB: B.off + (transB ? k0 : k0 * B.ld),
+        lda: A.ld,
+        ldb: B.ld,
+        strideA: [A.s1, A.s0],
+        strideB: [B.s1, B.s0],
+        accumulate: (spec.accumulate ?? false) || k0 > 0,
+      }, { ...internal, variant: whole });
+    }
+    return;
+  }
   // K = 0 is an empty sum: the kernel runs only its epilogue, and A/B get 1-element scalar
   // windows that are never read.
   const vec = vecFlags(M, N, K, transA, transB, A, B, O, R);

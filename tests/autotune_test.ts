@@ -21,7 +21,7 @@ import { gpuTest, Rng } from "./helpers.ts";
 
 const codec: CandidateCodec<string> = {
   id: (c) => c,
-  parse: (s) => (["fast", "slow", "broken"].includes(s) ? s : null),
+  parse: (s) => (["fast", "slow", "broken", "faster"].includes(s) ? s : null),
 };
 
 /** A fake measurement: fixed times per candidate, counting calls. */
@@ -58,6 +58,11 @@ Deno.test("autotune: records the fastest candidate with every timing, failures a
   // Cached: a second tune measures nothing unless forced.
   const again = await t.tuneWith("adapter A", "k1", ["slow", "fast"], f.measure);
   assert(again.cached && f.calls.length === 7, "cached result reused");
+  // A candidate the record never timed (added since) makes the class measure again.
+  const h = fakeTimes({ slow: 5, fast: 2, faster: 1 });
+  const grown = await t.tuneWith("adapter A", "k1", ["slow", "fast", "faster"], h.measure);
+  assert(!grown.cached && grown.choice === "faster", "new candidate measured");
+  assertEquals(t.lookup("adapter A", "k1"), "faster");
   const forced = await t.tuneWith("adapter A", "k1", ["slow"], f.measure, { force: true });
   assertEquals(forced.choice, "slow");
   // A candidate 4× slower than the best after the first round is not measured again.

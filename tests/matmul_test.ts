@@ -18,10 +18,11 @@ import {
   type MatmulRefOptions,
   matmulStrided,
   type MatmulVariant,
+  parseVariant,
   variantId,
 } from "../kernels/matmul.ts";
 import type { Gpu } from "../kernels/runtime.ts";
-import { assert, assertClose, assertThrows } from "./assert.ts";
+import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { finiteDifference, gpuTest, Rng } from "./helpers.ts";
 
 /** Small tiles, so small shapes still span several blocks and every edge path. */
@@ -156,6 +157,53 @@ gpuTest("matmul: every candidate variant is correct on an edge shape", async (gp
     // M and N; the scalar paths and K tails are covered by the small variants above.
     await check(gpu, rng, [70, 36], [45, 36], { transB: true }, v, `${vname(v)} 70x45x36 NT`);
   }
+});
+
+gpuTest("matmul: split-K (kChunk) sums its dispatches exactly like one long sum", async (gpu) => {
+  const rng = new Rng(21);
+  const split: MatmulVariant = { kind: "reg", tm: 8, tn: 8, wgm: 8, wgn: 2, kChunk: 8 };
+  assertEquals(variantId(split), "reg-8x8-8x2-k8");
+  assertEquals(parseVariant("reg-16x16-8x2-k512"), {
+    kind: "reg",
+    tm: 16,
+    tn: 16,
+    wgm: 8,
+    wgn: 2,
+    kChunk: 512,
+  });
+  assertEquals(parseVariant("reg-16x16-8x2-k6"), null); // not a multiple of 4
+  // K = 30 over chunks of 8 (a 6-wide tail), every transpose, alpha and accumulate (all
+  // chunks after the first accumulate), a batched case whose strides must stay the whole
+  // operands', and epilogues that cannot split (bias, GELU) running unsplit.
+  const cases: [number[], number[], Epi, string][] = [
+    [[30, 21], [30, 10], { transA: true }, "dW layout: aᵀ b"],
+    [[21, 30], [10, 30], { transB: true, alpha: 0.5 }, "a bᵀ, alpha"],
+    [[21, 30], [30, 10], { accumulate: true }, "a b, accumulate"],
+    [[30, 21], [10, 30], { transA: true, transB: true }, "aᵀ bᵀ"],
+    [[3, 9, 32], [3, 32, 7], { alpha: -2 }, "batched"],
+    [[21, 32], [10, 32], { transB: true, bias: true, gelu: true }, "bias+gelu: unsplit"],
+  ];
+  for (const [aShape, bShape, e, what] of cases) {
+    await check(gpu, rng, aShape, bShape, e, split, `k8 ${what}`);
+  }
+  // The split is real: K = 30 in chunks of 8 is 4 dispatches; with a bias it is one.
+  const a = gpu.tensor(rng.floats(30 * 21), [30, 21]);
+  const b = gpu.tensor(rng.floats(30 * 10), [30, 10]);
+  const bias = gpu.tensor(rng.floats(10), [10]);
+  const count = (fn: () => void) => {
+    const before = gpu.stats().dispatches;
+    fn();
+    return gpu.stats().dispatches - before;
+  };
+  assertEquals(
+    count(() => gpu.release(matmul(gpu, a, b, { transA: true }, { variant: split }))),
+    4,
+  );
+  const plainOnce = count(() =>
+    gpu.release(matmul(gpu, a, b, { transA: true, bias }, { variant: split }))
+  );
+  assertEquals(plainOnce, 1);
+  gpu.release(a, b, bias);
 });
 
 gpuTest(
