@@ -323,7 +323,9 @@ function validVariant(v: MatmulVariant): boolean {
  * FMA-peak kernel) the 16×16 register block wins at ~0.3–0.35 on 512³ and the ViT-S layers,
  * 8×8 reaches ~0.2–0.25, and bigger blocks (20×20, 24×16, 24×24, 32×16) lose again (spills,
  * 2–10× compile time); the workgroup-memory kernels are ~10× slower there and are here for
- * real GPUs, where 64–256-thread workgroups with shared tiles are what pays.
+ * real GPUs, where 64–256-thread workgroups with shared tiles are what pays. The split-K form
+ * (`kChunk` 512) wins where K is long — the weight gradient, K = tokens: ~2× on llvmpipe,
+ * whose caches then hold the panels that consecutive workgroups share.
  */
 export const MATMUL_CANDIDATES: readonly MatmulVariant[] = [
   { kind: "reg", tm: 4, tn: 4, wgm: 8, wgn: 8 },
