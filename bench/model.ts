@@ -13,12 +13,13 @@
 import { ParamArena } from "../graph/arena.ts";
 import { Graph } from "../graph/graph.ts";
 import { Params } from "../graph/params.ts";
+import { type BindingLimits, rowBlocks } from "../graph/rules.ts";
 import { tuneForVit } from "../graph/tune.ts";
 import { type VitConfig, vitConfig, vitForward, vitParamSpecs } from "../graph/vit.ts";
 import type { HeadConfig } from "../graph/heads.ts";
 import { type MatmulShape, tuneMatmul } from "../kernels/matmul.ts";
 import { fmtBytes } from "../kernels/pool.ts";
-import { Gpu, type GpuLimits } from "../kernels/runtime.ts";
+import { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
 import { initialValue, seeded } from "../pipelines/train/trainer.ts";
 import { type BenchRow, type BenchSuite, computeRow, type Peaks, timeGpu } from "./harness.ts";
@@ -73,16 +74,11 @@ export function headLinears(head: HeadConfig, rows: number): LinearUse[] {
   ];
 }
 
-/** The two limits the graph's weight-gradient split depends on. */
-export type BindingLimits = Pick<
-  GpuLimits,
-  "maxStorageBufferBindingSize" | "minStorageBufferOffsetAlignment"
->;
+export type { BindingLimits };
 
 /**
- * Row counts of the blocks the weight gradient dyᵀ·x is summed over: one block when dy
- * [rows, out] and x [rows, in] fit one binding, else aligned blocks that do (mirrors
- * `rowBlocks` in graph/rules.ts, so that tuning sees the K the kernels run).
+ * Row counts of the blocks the weight gradient dyᵀ·x is summed over (graph/rules.ts
+ * `rowBlocks`, what the linear rule runs), so that tuning sees the K the kernels run.
  */
 export function weightGradBlocks(
   rows: number,
@@ -90,18 +86,7 @@ export function weightGradBlocks(
   outDim: number,
   limits: BindingLimits,
 ): number[] {
-  const limit = limits.maxStorageBufferBindingSize;
-  const widest = Math.max(inDim, outDim);
-  if (rows * widest * 4 <= limit) return [rows];
-  const align = limits.minStorageBufferOffsetAlignment;
-  const gcd = (a: number, b: number): number => (b ? gcd(b, a % b) : a);
-  const step = [outDim, inDim].map((c) => align / gcd(c * 4, align))
-    .reduce((a, b) => (a * b) / gcd(a, b), 1);
-  const per = Math.floor(Math.floor(limit / (widest * 4)) / step) * step;
-  if (per < 1) return [rows];
-  const out: number[] = [];
-  for (let r = 0; r < rows; r += per) out.push(Math.min(per, rows - r));
-  return out;
+  return rowBlocks(limits, rows, [outDim, inDim]).map(([r0, r1]) => r1 - r0);
 }
 
 /**

@@ -50,7 +50,7 @@ import {
   softmax,
   softmaxBackward,
 } from "../kernels/softmax.ts";
-import type { Gpu } from "../kernels/runtime.ts";
+import type { Gpu, GpuLimits } from "../kernels/runtime.ts";
 import { type GpuTensor, numel } from "../kernels/tensor.ts";
 import {
   ACCUMULATED,
@@ -145,16 +145,27 @@ function reduceTo(gpu: Gpu, dy: GpuTensor, shape: readonly number[]): GpuTensor 
   return sameShape(dy.shape, shape) ? dy : sumToShape(gpu, dy, [...shape]);
 }
 
+/** The two limits a row-block split depends on. */
+export type BindingLimits = Pick<
+  GpuLimits,
+  "maxStorageBufferBindingSize" | "minStorageBufferOffsetAlignment"
+>;
+
 /**
  * Row ranges over operands [rows, cols_i] (row-major) such that each operand's
  * block fits one binding and starts at an aligned offset (one range when the
- * whole fits).
+ * whole fits). The linear rule sums its weight gradient over these blocks; the
+ * benchmarks tune the K they give.
  */
-function rowBlocks(gpu: Gpu, rows: number, cols: number[]): [number, number][] {
-  const limit = gpu.limits.maxStorageBufferBindingSize;
+export function rowBlocks(
+  limits: BindingLimits,
+  rows: number,
+  cols: readonly number[],
+): [number, number][] {
+  const limit = limits.maxStorageBufferBindingSize;
   const widest = Math.max(...cols);
   if (rows * widest * 4 <= limit) return [[0, rows]];
-  const align = gpu.limits.minStorageBufferOffsetAlignment;
+  const align = limits.minStorageBufferOffsetAlignment;
   const gcd = (a: number, b: number): number => (b ? gcd(b, a % b) : a);
   // Rows per block must keep every operand's block start aligned.
   const step = cols.map((c) => align / gcd(c * 4, align)).reduce((a, b) => (a * b) / gcd(a, b), 1);
@@ -181,17 +192,17 @@ const linear: Rule<PrimAttrs["linear"]> = {
     const dy2 = dy.reshape([m, n]);
     if (needs[1]) {
       const x2 = x.reshape([m, k]);
-      let dw = targets[1];
-      if (!dw) dw = gpu.zeros([n, k]);
       // dW = dyᵀ x reduces over the rows; when dy or x is too large for one binding
       // (iBOT logits over every masked token: [tokens, 65,536]) it is summed over row blocks.
-      for (const [r0, r1] of rowBlocks(gpu, m, [n, k])) {
-        matmul(gpu, dy2.view(r0 * n, [r1 - r0, n]), x2.view(r0 * k, [r1 - r0, k]), {
-          transA: true,
-          accumulate: dw,
-        });
+      // The first block writes a fresh gradient; the rest (and a given target) accumulate.
+      let dw = targets[1];
+      for (const [r0, r1] of rowBlocks(gpu.limits, m, [n, k])) {
+        const dyb = dy2.view(r0 * n, [r1 - r0, n]);
+        const xb = x2.view(r0 * k, [r1 - r0, k]);
+        if (dw) matmul(gpu, dyb, xb, { transA: true, accumulate: dw });
+        else dw = matmul(gpu, dyb, xb, { transA: true });
       }
-      grads[1] = targets[1] ? ACCUMULATED : dw;
+      grads[1] = targets[1] ? ACCUMULATED : dw!;
     }
     if (ctx.inShapes.length > 2 && needs[2]) grads[2] = sum(gpu, dy2, { axis: 0 });
     return grads;

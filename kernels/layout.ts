@@ -469,6 +469,37 @@ export function operand(t: GpuTensor, shape: readonly number[], offset = 0): Str
 
 // --------------------------------------------------------------- permute
 
+/**
+ * The shared start of the permute kernels: the uniform struct of `fields`, vec4<u32> src/dst
+ * bindings, the flat invocation index `e` (guarded by `p.n`), and WGSL that walks `r` over
+ * the uniform dims `d{dims-1}..d0`, adding each coordinate's input and output strides to
+ * `ib` and `ob` (declared by `body`, which places that walk where it needs it).
+ */
+function permuteWgsl(
+  fields: readonly string[],
+  dims: number,
+  body: (decompose: string) => string,
+): string {
+  const dec: string[] = [];
+  for (let d = dims - 1; d >= 0; d--) {
+    dec.push(
+      `{ let c = r % p.d${d}; r = r / p.d${d}; ib += c * p.is${d}; ob += c * p.os${d}; }`,
+    );
+  }
+  return `
+struct P { ${fields.map((f) => `${f}: u32`).join(", ")} }
+@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;
+@group(0) @binding(2) var<uniform> p: P;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let e = ${FLAT_WORKGROUP_INDEX} * 64u + lid;
+  if (e >= p.n) { return; }
+${body(dec.join("\n  "))}
+}`;
+}
+
 const transposeKernels = new Map<number, Kernel>();
 
 /**
@@ -490,24 +521,15 @@ function transposeKernel(rank: number): Kernel {
     key: `${rank}`,
     bindings: ["read", "read_write"],
     uniformBytes: fields.length * 4,
-    source: () => {
-      const dec: string[] = ["var r = e;", "var ib = p.ishift;", "var ob = p.oshift;"];
-      for (let d = rank - 1; d >= 0; d--) {
-        dec.push(
-          `{ let c = r % p.d${d}; r = r / p.d${d}; ib += c * p.is${d}; ob += c * p.os${d}; }`,
-        );
-      }
-      return `
-struct P { ${fields.map((f) => `${f}: u32`).join(", ")} }
-@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
-@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;
-@group(0) @binding(2) var<uniform> p: P;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let e = ${FLAT_WORKGROUP_INDEX} * 64u + lid;
-  if (e >= p.n) { return; }
-  ${dec.join("\n  ")}
+    source: () =>
+      permuteWgsl(
+        fields,
+        rank,
+        (decompose) =>
+          `  var r = e;
+  var ib = p.ishift;
+  var ob = p.oshift;
+  ${decompose}
   // Inside a block, rows step the input by ist vec4s and columns the output by q vec4s.
   let st = p.ist;
   let v0 = src[ib];
@@ -518,9 +540,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   dst[ob] = vec4<u32>(v0.x, v1.x, v2.x, v3.x);
   dst[ob + oq] = vec4<u32>(v0.y, v1.y, v2.y, v3.y);
   dst[ob + 2u * oq] = vec4<u32>(v0.z, v1.z, v2.z, v3.z);
-  dst[ob + 3u * oq] = vec4<u32>(v0.w, v1.w, v2.w, v3.w);
-}`;
-    },
+  dst[ob + 3u * oq] = vec4<u32>(v0.w, v1.w, v2.w, v3.w);`,
+      ),
   });
   transposeKernels.set(rank, k);
   return k;
@@ -544,30 +565,19 @@ function permuteRowsKernel(outer: number): Kernel {
     key: `${outer}`,
     bindings: ["read", "read_write"],
     uniformBytes: fields.length * 4,
-    source: () => {
-      const dec: string[] = ["var ib = p.ishift;", "var ob = 0u;"];
-      for (let d = outer - 1; d >= 0; d--) {
-        dec.push(
-          `{ let c = r % p.d${d}; r = r / p.d${d}; ib += c * p.is${d}; ob += c * p.os${d}; }`,
-        );
-      }
-      return `
-struct P { ${fields.map((f) => `${f}: u32`).join(", ")} }
-@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
-@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;
-@group(0) @binding(2) var<uniform> p: P;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let e = ${FLAT_WORKGROUP_INDEX} * 64u + lid;
-  if (e >= p.n) { return; }
-  let start = (e % p.chunks) * p.len;
+    source: () =>
+      permuteWgsl(
+        fields,
+        outer,
+        (decompose) =>
+          `  let start = (e % p.chunks) * p.len;
   var r = e / p.chunks;
-  ${dec.join("\n  ")}
+  var ib = p.ishift;
+  var ob = 0u;
+  ${decompose}
   let stop = min(start + p.len, p.rowv);
-  for (var j = start; j < stop; j++) { dst[ob + j] = src[ib + j]; }
-}`;
-    },
+  for (var j = start; j < stop; j++) { dst[ob + j] = src[ib + j]; }`,
+      ),
   });
   permuteRowsKernels.set(outer, k);
   return k;

@@ -117,8 +117,6 @@ type RecordedCommand =
 export class Recording {
   readonly commands: RecordedCommand[] = [];
   readonly uniforms: UniformArena;
-  /** Every buffer a recorded command touches. */
-  readonly buffers: Set<GPUBuffer> = new Set();
   /** Buffers released during the capture, kept out of the pool while the recording lives. */
   readonly held: GPUBuffer[] = [];
   constructor(device: GPUDevice) {
@@ -429,16 +427,13 @@ export class Gpu {
     this.#kernelsInEncoder.push(k.name);
     this.#stats.dispatches++;
     this.#stats.openDispatches++;
-    if (this.#capture) {
-      this.#capture.commands.push({
-        kind: "dispatch",
-        pipeline: p.pipeline,
-        bindGroup,
-        workgroups: wg,
-        name: k.name,
-      });
-      for (const b of buffers) this.#capture.buffers.add(b.buffer);
-    }
+    this.#capture?.commands.push({
+      kind: "dispatch",
+      pipeline: p.pipeline,
+      bindGroup,
+      workgroups: wg,
+      name: k.name,
+    });
   }
 
   #validate(
