@@ -525,6 +525,19 @@ export interface EmbeddingsBlock {
   patchTokens?: Float32Array;
 }
 
+/** A whole in-memory set (written or read) as one `append` block. */
+export function embeddingsBlock(
+  e: Pick<EmbeddingsData, "features" | "paths" | "labels" | "patients" | "patchTokens">,
+): EmbeddingsBlock {
+  return {
+    features: e.features,
+    paths: e.paths,
+    labels: e.labels,
+    patients: e.patients,
+    patchTokens: e.patchTokens?.data,
+  };
+}
+
 /** Bytes copied per read/write when assembling a safetensors file. */
 const COPY_CHUNK = 8 * 2 ** 20;
 
@@ -821,13 +834,7 @@ export async function writeEmbeddings(
     meta: data.meta,
   });
   try {
-    await w.append({
-      features: data.features,
-      paths: data.paths,
-      labels: data.labels,
-      patients: data.patients,
-      patchTokens: data.patchTokens?.data,
-    });
+    await w.append(embeddingsBlock(data));
   } catch (e) {
     await w.abort();
     throw e;

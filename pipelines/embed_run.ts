@@ -15,6 +15,7 @@
 import { basename, dirname, extname, join } from "node:path";
 import {
   createEmbeddingsWriter,
+  embeddingsBlock,
   type EmbeddingsFormat,
   type EmbeddingsMeta,
   readEmbeddings,
@@ -319,13 +320,7 @@ async function assemble(
   try {
     for (const c of chunks) {
       const e = c === chunks[0] ? first : await readEmbeddings(c, { patchTokens });
-      await w.append({
-        features: e.features,
-        paths: e.paths,
-        labels: e.labels,
-        patients: e.patients,
-        patchTokens: e.patchTokens?.data,
-      });
+      await w.append(embeddingsBlock(e));
     }
     await w.finish();
     return { rows: w.rows, dim: first.dim };

@@ -243,48 +243,21 @@ Deno.test({
   sanitizeResources: false,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "bloom-embed-cli-" });
-    const r1 = await embedCli(["--input", dir, "--out", join(dir, "x.safetensors")]);
-    assertEquals(r1.code, 2);
-    assert(
-      r1.stderr.includes("DinoBloom-S.pth") && r1.stderr.includes("--random-weights"),
-      r1.stderr,
-    );
-    const r2 = await embedCli([
-      "--random-weights",
-      "--input",
-      dir,
-      "--out",
-      join(dir, "x.safetensors"),
-      "--size",
-      "100",
-    ]);
-    assertEquals(r2.code, 2);
-    assert(r2.stderr.includes("--size") && r2.stderr.includes("14"), r2.stderr);
-    const r3 = await embedCli([
-      "--random-weights",
-      "--input",
-      dir,
-      "--out",
-      join(dir, "x.safetensors"),
-      "--part",
-      "5/3",
-    ]);
-    assertEquals(r3.code, 2);
-    assert(r3.stderr.includes("--part"), r3.stderr);
-    const r4 = await embedCli([
-      "--random-weights",
-      "--input",
-      dir,
-      "--out",
-      join(dir, "x.safetensors"),
-      "--part",
-      "/4",
-    ]);
-    assertEquals(r4.code, 2);
-    assert(r4.stderr.includes("JOB_COMPLETION_INDEX"), r4.stderr);
-    const r5 = await embedCli(["--out", join(dir, "x.safetensors"), "--merge"]);
-    assertEquals(r5.code, 1);
-    assert(r5.stderr.includes("no part files"), r5.stderr);
+    const out = ["--out", join(dir, "x.safetensors")];
+    const random = ["--random-weights", "--input", dir, ...out];
+    // [arguments, exit code, what stderr must name]
+    const cases: [string[], number, string[]][] = [
+      [["--input", dir, ...out], 2, ["DinoBloom-S.pth", "--random-weights"]],
+      [[...random, "--size", "100"], 2, ["--size", "14"]],
+      [[...random, "--part", "5/3"], 2, ["--part"]],
+      [[...random, "--part", "/4"], 2, ["JOB_COMPLETION_INDEX"]],
+      [[...out, "--merge"], 1, ["no part files"]],
+    ];
+    for (const [args, code, named] of cases) {
+      const r = await embedCli(args);
+      assertEquals(r.code, code, `${args.join(" ")}: ${r.stderr}`);
+      for (const n of named) assert(r.stderr.includes(n), `${args.join(" ")}: ${r.stderr}`);
+    }
     await Deno.remove(dir, { recursive: true });
   },
 });
