@@ -86,7 +86,7 @@ export {
   writeSyntheticImageFolder,
 } from "./pipelines/synthetic.ts";
 export { embedBatch, type Pool } from "./pipelines/embed.ts";
-export { stratifiedKFold, trainTestSplit } from "./pipelines/split.ts";
+export { stratifiedKFold, trainTestSplit } from "./eval/split.ts";
 
 // Training.
 export { dinobloomConfig, PRESETS, type TrainConfig } from "./pipelines/train/config.ts";

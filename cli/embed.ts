@@ -4,7 +4,7 @@
  * normalisation, CLS after the final norm).
  */
 import { join } from "node:path";
-import { parseFormat, POOLINGS, readEmbeddings } from "../eval/embeddings_file.ts";
+import { parseFormat, POOLINGS, readEmbeddings } from "../data/embeddings_file.ts";
 import { matrix } from "../eval/matrix.ts";
 import { writePatchPcaFigure } from "../eval/patch_pca_figure.ts";
 import { writeUmapFigure } from "../eval/umap_figure.ts";

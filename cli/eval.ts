@@ -32,7 +32,7 @@ import {
   readEmbeddings,
   requireLabels,
   requirePatients,
-} from "../eval/embeddings_file.ts";
+} from "../data/embeddings_file.ts";
 import { gpuNeighborSearch } from "../eval/gpu_knn.ts";
 import { GpuLinearProbe } from "../eval/gpu_probe.ts";
 import { KNeighborsClassifier } from "../eval/knn.ts";
@@ -51,7 +51,7 @@ import {
 } from "../eval/report.ts";
 import { EvalThreads } from "../eval/threads.ts";
 import { getGpu, type Gpu } from "../kernels/runtime.ts";
-import { type Split, stratifiedKFold, trainTestSplit } from "../pipelines/split.ts";
+import { type Split, stratifiedKFold, trainTestSplit } from "../eval/split.ts";
 
 const SUMMARY = "Evaluate embeddings with the paper's protocols: kNN, linear probe, MIL.";
 

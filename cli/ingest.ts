@@ -7,8 +7,8 @@
  */
 import { numberFlag, parseFlags, runMain, usage, UsageError } from "./args.ts";
 import { IngestOptionError, type IngestOptions, runIngest } from "../pipelines/ingest/run.ts";
-import { isLayout, LAYOUTS } from "../pipelines/ingest/layouts.ts";
-import { LayoutError } from "../pipelines/ingest/sample.ts";
+import { isLayout, LAYOUTS } from "../pipelines/dataset/layouts.ts";
+import { LayoutError } from "../pipelines/dataset/sample.ts";
 
 const SUMMARY = "Ingest a cell-image dataset into resized WebDataset shards.";
 

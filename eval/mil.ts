@@ -51,7 +51,7 @@ import type { Tensor } from "../graph/tensor.ts";
 import { addInPlace } from "../kernels/elementwise.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
-import { stratifiedKFold, trainTestSplit } from "../pipelines/split.ts";
+import { stratifiedKFold, trainTestSplit } from "./split.ts";
 import { encodeLabels, uniqueSorted } from "./labels.ts";
 import { type ClassificationMetrics, classificationMetrics } from "./metrics.ts";
 import { NumpyRandomState } from "./numpy_random.ts";

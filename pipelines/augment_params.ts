@@ -26,7 +26,7 @@
  * wgpu-matrix; the GPU kernel then resamples each output pixel once.
  */
 import { mat3d } from "wgpu-matrix";
-import { mixSeed, mulberry32 } from "./ingest/shuffle.ts";
+import { mixSeed, mulberry32 } from "./dataset/shuffle.ts";
 
 /** A seeded uniform source: `() => [0, 1)`. */
 export type Random = () => number;

@@ -20,7 +20,7 @@ import {
   type EmbeddingsMeta,
   readEmbeddings,
   writeEmbeddings,
-} from "../eval/embeddings_file.ts";
+} from "../data/embeddings_file.ts";
 import { tuneForVit } from "../graph/tune.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { embedBatch, type EmbedModel, type Pool } from "./embed.ts";

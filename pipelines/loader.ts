@@ -24,23 +24,23 @@
 import { join } from "node:path";
 import type { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
-import { decodeCell, readImageFile, type Region, setImageThreads } from "./images.ts";
-import { RESAMPLE_FILTERS, type ResampleFilter } from "./ingest/resample.ts";
-import { enumerate, type Layout } from "./ingest/layouts.ts";
-import { readManifest } from "./ingest/manifest.ts";
-import { orderedMap } from "./ingest/ordered.ts";
-import { BoundedQueue } from "./ingest/queue.ts";
-import { mixSeed, mulberry32, shuffleInPlace } from "./ingest/shuffle.ts";
-import { boxWithMargin } from "./ingest/voc.ts";
-import { readShardSamples } from "./ingest/webdataset.ts";
+import { decodeCell, readImageFile, type Region, setImageThreads } from "./dataset/images.ts";
+import { RESAMPLE_FILTERS, type ResampleFilter } from "./dataset/resample.ts";
+import { enumerate, type Layout } from "./dataset/layouts.ts";
+import { readManifest } from "./dataset/manifest.ts";
+import { orderedMap } from "./dataset/ordered.ts";
+import { BoundedQueue } from "./dataset/queue.ts";
+import { mixSeed, mulberry32, shuffleInPlace } from "./dataset/shuffle.ts";
+import { boxWithMargin } from "./dataset/voc.ts";
+import { readShardSamples } from "./dataset/webdataset.ts";
 import {
   dedupeKeys,
   type Enumeration,
   type InputError,
   keyFromPath,
   type SampleSource,
-} from "./ingest/sample.ts";
-import { listDir, walkImages } from "./ingest/walk.ts";
+} from "./dataset/sample.ts";
+import { listDir, walkImages } from "./dataset/walk.ts";
 
 /** One batch: B images [B, S, S, 3] RGB bytes, row-major, plus their labels and keys. */
 export interface Batch {

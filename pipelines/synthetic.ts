@@ -33,7 +33,7 @@
  */
 import { join } from "node:path";
 import sharp from "sharp";
-import { mixSeed, mulberry32 } from "./ingest/shuffle.ts";
+import { mixSeed, mulberry32 } from "./dataset/shuffle.ts";
 
 /** The synthetic classes, in folder (alphabetical) order: label i is class i. */
 export const SYNTHETIC_CLASSES = [

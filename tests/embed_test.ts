@@ -7,7 +7,7 @@
  */
 import { join } from "node:path";
 import sharp from "sharp";
-import { readEmbeddings } from "../eval/embeddings_file.ts";
+import { readEmbeddings } from "../data/embeddings_file.ts";
 import { loadCheckpoint } from "../graph/checkpoint.ts";
 import { getGpu } from "../kernels/runtime.ts";
 import { mergeParts, runEmbed } from "../pipelines/embed_run.ts";

@@ -15,7 +15,7 @@ import {
   requireLabels,
   requirePatients,
   writeEmbeddings,
-} from "../eval/embeddings_file.ts";
+} from "../data/embeddings_file.ts";
 import { openSafetensors, writeSafetensors } from "../data/safetensors.ts";
 import { writeNpy } from "../data/npy.ts";
 

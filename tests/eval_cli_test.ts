@@ -5,11 +5,11 @@
  * split), MIL on patient-level files, and every bad input failing with its
  * exit code and a message naming the file or flag and the fix.
  */
-import { writeEmbeddings } from "../eval/embeddings_file.ts";
+import { writeEmbeddings } from "../data/embeddings_file.ts";
 import { matrix } from "../eval/matrix.ts";
 import { evaluateEmbeddings } from "../eval/protocols.ts";
 import type { EvalReport } from "../eval/report.ts";
-import { trainTestSplit } from "../pipelines/split.ts";
+import { trainTestSplit } from "../eval/split.ts";
 import { assert, assertClose, assertEquals } from "./assert.ts";
 import { Rng } from "./helpers.ts";
 

@@ -21,9 +21,9 @@ import {
   ImageError,
   probeImage,
   type Region,
-} from "../pipelines/images.ts";
-import { BmpError, decodeBmp } from "../pipelines/ingest/bmp.ts";
-import { resizeRgb } from "../pipelines/ingest/resample.ts";
+} from "../pipelines/dataset/images.ts";
+import { BmpError, decodeBmp } from "../pipelines/dataset/bmp.ts";
+import { resizeRgb } from "../pipelines/dataset/resample.ts";
 
 /** Random RGB bytes (noise: the hardest case for any resampler or codec). */
 function noise(w: number, h: number, ch: number, seed = 1): Uint8Array {

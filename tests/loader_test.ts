@@ -7,10 +7,10 @@ import sharp from "sharp";
 import { join } from "node:path";
 import { assert, assertEquals, assertNotEquals, assertRejects } from "./assert.ts";
 import { gpuTest, Rng } from "./helpers.ts";
-import { decodeCell } from "../pipelines/images.ts";
+import { decodeCell } from "../pipelines/dataset/images.ts";
 import { runIngest } from "../pipelines/ingest/run.ts";
-import { readManifest } from "../pipelines/ingest/manifest.ts";
-import { readShardSamples } from "../pipelines/ingest/webdataset.ts";
+import { readManifest } from "../pipelines/dataset/manifest.ts";
+import { readShardSamples } from "../pipelines/dataset/webdataset.ts";
 import { tarEnd, tarEntry } from "../data/tar.ts";
 import { type Batch, openLoader, uploadBatch } from "../pipelines/loader.ts";
 

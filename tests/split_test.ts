@@ -8,7 +8,7 @@
  */
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { NumpyRandomState } from "../eval/numpy_random.ts";
-import { stratifiedKFold, trainTestSplit } from "../pipelines/split.ts";
+import { stratifiedKFold, trainTestSplit } from "../eval/split.ts";
 import { sharedData } from "./helpers.ts";
 
 const read = async (name: string) =>

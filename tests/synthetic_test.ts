@@ -8,7 +8,7 @@ import sharp from "sharp";
 import process from "node:process";
 import { join } from "node:path";
 import { openLoader } from "../pipelines/loader.ts";
-import { mulberry32 } from "../pipelines/ingest/shuffle.ts";
+import { mulberry32 } from "../pipelines/dataset/shuffle.ts";
 import {
   renderCell,
   SYNTHETIC_CLASSES,

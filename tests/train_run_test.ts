@@ -271,7 +271,7 @@ gpuTest(
     const { runIngest } = await import("../pipelines/ingest/run.ts");
     const { runVitOracle } = await import("./vit_oracle.ts");
     const { runEmbed } = await import("../pipelines/embed_run.ts");
-    const { readEmbeddings } = await import("../eval/embeddings_file.ts");
+    const { readEmbeddings } = await import("../data/embeddings_file.ts");
     const dir = await Deno.makeTempDir({ prefix: "bloom-finetune-" });
     // A DINOv2-layout ViT saved by torch.save, its position grid trained at another size (4×4 vs 2×2).
     const orc = await runVitOracle({

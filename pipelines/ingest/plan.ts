@@ -5,9 +5,9 @@
  * output parameters, which is what makes shards reproducible and resumable.
  */
 import { createHash } from "node:crypto";
-import { trainTestSplit } from "../split.ts";
-import type { SampleSource } from "./sample.ts";
-import { mixSeed, mulberry32, shuffleInPlace } from "./shuffle.ts";
+import { trainTestSplit } from "../../eval/split.ts";
+import type { SampleSource } from "../dataset/sample.ts";
+import { mixSeed, mulberry32, shuffleInPlace } from "../dataset/shuffle.ts";
 
 /** The parameters that change shard bytes (workers and paths of the output do not). */
 export interface OutputParams {

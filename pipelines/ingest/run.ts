@@ -20,11 +20,11 @@ import {
   ImageError,
   readImageFile,
   setImageThreads,
-} from "../images.ts";
+} from "../dataset/images.ts";
 import { Progress, type ProgressOptions } from "../progress.ts";
-import { enumerate, isLayout, type Layout, LAYOUTS } from "./layouts.ts";
-import { buildManifest, type Manifest, writeOutputs } from "./manifest.ts";
-import { orderedMap } from "./ordered.ts";
+import { enumerate, isLayout, type Layout, LAYOUTS } from "../dataset/layouts.ts";
+import { buildManifest, type Manifest, writeOutputs } from "../dataset/manifest.ts";
+import { orderedMap } from "../dataset/ordered.ts";
 import {
   assignSplits,
   type OutputParams,
@@ -33,7 +33,7 @@ import {
   planShards,
   SHARD_NAME,
 } from "./plan.ts";
-import type { InputError, SampleSource } from "./sample.ts";
+import type { InputError, SampleSource } from "../dataset/sample.ts";
 import { type SampleFiles, ShardWriter } from "./shard_writer.ts";
 import {
   loadFinished,
@@ -42,7 +42,7 @@ import {
   saveRecord,
   type ShardRecord,
 } from "./state.ts";
-import { boxWithMargin } from "./voc.ts";
+import { boxWithMargin } from "../dataset/voc.ts";
 
 /** Everything `deno task ingest` takes. */
 export interface IngestOptions {

@@ -6,7 +6,7 @@
  * anything else is redone.
  */
 import { join } from "node:path";
-import type { InputError } from "./sample.ts";
+import type { InputError } from "../dataset/sample.ts";
 import type { ShardInfo } from "./shard_writer.ts";
 
 /** The state folder inside the output directory. */

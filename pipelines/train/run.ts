@@ -20,7 +20,7 @@ import { augmentGlobalCrops, DINOBLOOM_AUGMENT } from "../augment.ts";
 import { embedBatch } from "../embed.ts";
 import { openLoader } from "../loader.ts";
 import { Progress } from "../progress.ts";
-import { trainTestSplit } from "../split.ts";
+import { trainTestSplit } from "../../eval/split.ts";
 import type { TrainConfig } from "./config.ts";
 import { batchMasks, MaskingGenerator } from "./masking.ts";
 import { seeded, type StepMetrics, Trainer } from "./trainer.ts";

@@ -26,8 +26,8 @@
  *   grey cell is worse than a missing one.
  */
 import sharp from "sharp";
-import { BmpError, bmpSize, decodeBmp, isBmp } from "./ingest/bmp.ts";
-import { RESAMPLE_FILTERS, type ResampleFilter, resizeRgb } from "./ingest/resample.ts";
+import { BmpError, bmpSize, decodeBmp, isBmp } from "./bmp.ts";
+import { RESAMPLE_FILTERS, type ResampleFilter, resizeRgb } from "./resample.ts";
 
 /** Why an image was refused; `reason` is what errors.jsonl records. */
 export class ImageError extends Error {

@@ -24,9 +24,9 @@
  * one entry per feature row; readers check it and name the file and field.
  */
 import { extname } from "node:path";
-import { AtomicFile } from "../data/file.ts";
-import { createNpyWriter, type NpyRowWriter, openNpy } from "../data/npy.ts";
-import { openSafetensors } from "../data/safetensors.ts";
+import { AtomicFile } from "./file.ts";
+import { createNpyWriter, type NpyRowWriter, openNpy } from "./npy.ts";
+import { openSafetensors } from "./safetensors.ts";
 
 /** File formats of embeddings. */
 export type EmbeddingsFormat = "safetensors" | "npy" | "csv";

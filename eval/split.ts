@@ -17,8 +17,8 @@
  * the group level, and a grouped split equals scikit-learn's split of the
  * patient list, expanded.
  */
-import { NumpyRandomState } from "../eval/numpy_random.ts";
-import { bincount, encodeLabels, type Label, labelKind, uniqueSorted } from "../eval/labels.ts";
+import { NumpyRandomState } from "./numpy_random.ts";
+import { bincount, encodeLabels, type Label, labelKind, uniqueSorted } from "./labels.ts";
 
 /** Sample indices of one split. */
 export interface Split {

@@ -5,8 +5,8 @@
  */
 import { join } from "node:path";
 import type { InputError } from "./sample.ts";
-import type { ShardRecord } from "./state.ts";
-import { writeAtomic } from "./state.ts";
+import type { ShardRecord } from "../ingest/state.ts";
+import { writeAtomic } from "../ingest/state.ts";
 
 /** Manifest format tag and version, checked by readers. */
 export const MANIFEST_FORMAT = "bloom-webdataset";
