@@ -43,6 +43,16 @@ export function isDtype(s: unknown): s is DtypeName {
   return typeof s === "string" && Object.hasOwn(DTYPE_SIZE, s);
 }
 
+/**
+ * `table[key]` when `key` is one of the table's own entries, else undefined:
+ * names read from a file ("constructor", "__proto__", "toString") must never
+ * reach Object.prototype's properties. Every table lookup keyed by file
+ * content goes through here.
+ */
+export function lookup<V>(table: { readonly [key: string]: V }, key: string): V | undefined {
+  return Object.hasOwn(table, key) ? table[key] : undefined;
+}
+
 /** PyTorch storage class names (`torch.<Name>`) → dtype, as persistent ids carry them. */
 export const TORCH_STORAGE_DTYPE: { readonly [name: string]: DtypeName } = {
   DoubleStorage: "f64",

@@ -5,7 +5,9 @@
  * - **safetensors** (default): tensor `features` F32 [N, D], optional
  *   `patch_tokens` F32 [N, Np, D]; `__metadata__` strings `paths` (JSON list),
  *   `labels` (JSON list of class names; absent for unlabelled inputs),
- *   `patients` (JSON list; patient-level data only), `arch`, `weights`,
+ *   `patients` (JSON list; patient-level data only), `splits` and `keys`
+ *   (JSON lists: each row's ingest split and sample key, when the input was
+ *   ingested shards; `bloom.split` names where the split came from), `arch`, `weights`,
  *   `pool` (cls|mean|cls+mean) and `bloom.version`.
  * - **npy**: the features array only (for numpy users), plus an optional
  *   sidecar `FILE.json` (e.g. `emb.npy.json`) holding the same metadata as
@@ -20,13 +22,14 @@
  * Every final file appears atomically (written as `PATH.tmp`, renamed); the
  * side files are removed on finish and on abort.
  *
- * Invariant: `paths`, `labels` and `patients`, where present, have exactly
+ * Invariant: `paths`, `labels`, `patients`, `splits` and `keys`, where present, have exactly
  * one entry per feature row; readers check it and name the file and field.
  */
-import { extname } from "node:path";
-import { AtomicFile } from "./file.ts";
+import { extname } from "./paths.ts"; // not node:path: the browser page reads these files too
+import { FileFieldError } from "./errors.ts";
+import { AtomicFile, type ByteSource, type FileSource, writeAtomically } from "./file.ts";
 import { createNpyWriter, type NpyRowWriter, openNpy } from "./npy.ts";
-import { openSafetensors } from "./safetensors.ts";
+import { encodeSafetensorsHeader, openSafetensors } from "./safetensors.ts";
 
 /** File formats of embeddings. */
 export type EmbeddingsFormat = "safetensors" | "npy" | "csv";
@@ -59,8 +62,8 @@ export interface EmbeddingsMeta {
   extra?: Record<string, string>;
 }
 
-/** An embeddings file in memory. */
-export interface Embeddings {
+/** An embeddings file read into memory (what `readEmbeddings` returns). */
+export interface EmbeddingsFile {
   /** The file it was read from. */
   path: string;
   format: EmbeddingsFormat;
@@ -74,38 +77,36 @@ export interface Embeddings {
   labels: string[] | null;
   /** One patient id per row, or null when the data is not patient-level. */
   patients: string[] | null;
+  /** Each row's split ("train", "test", …) as ingest assigned it, or null. */
+  splits: string[] | null;
+  /** Each row's sample key (ingest's), or null; with `splits` (eval/split_record.ts). */
+  keys: string[] | null;
   /** Every scalar metadata string (`arch`, `weights`, `pool`, `bloom.version`, others). */
   meta: Record<string, string>;
   /** `patch_tokens` [rows, tokens, dim], only when asked for and present. */
   patchTokens: { data: Float32Array; tokens: number } | null;
 }
 
-/** What `writeEmbeddings` takes. */
-export interface EmbeddingsData {
-  /** Row-major [rows, dim]. */
-  features: Float32Array;
+/** What `writeEmbeddings` takes: every row as one block, with its width and metadata. */
+export interface EmbeddingsData extends Omit<EmbeddingsBlock, "patchTokens"> {
   dim: number;
-  paths: readonly string[];
-  labels?: readonly string[] | null;
-  patients?: readonly string[] | null;
   /** [rows, tokens, dim] (safetensors only). */
   patchTokens?: { data: Float32Array; tokens: number } | null;
   meta?: EmbeddingsMeta;
 }
 
 /** A bad or unreadable embeddings file: names the file and the field, and the fix. */
-export class EmbeddingsFileError extends Error {
+export class EmbeddingsFileError extends FileFieldError {
   override name = "EmbeddingsFileError";
-  readonly file: string;
-  readonly field: string;
-  constructor(file: string, field: string, what: string, fix?: string) {
-    super(`${file}: ${field}: ${what}${fix ? `. ${fix}` : ""}`);
-    this.file = file;
-    this.field = field;
-  }
 }
 
-const META_KEYS = { paths: "paths", labels: "labels", patients: "patients" } as const;
+const META_KEYS = {
+  paths: "paths",
+  labels: "labels",
+  patients: "patients",
+  splits: "splits",
+  keys: "keys",
+} as const;
 const VERSION_KEY = "bloom.version";
 
 /**
@@ -120,30 +121,41 @@ export function formatFromPath(path: string): EmbeddingsFormat | null {
   return null;
 }
 
-/** Parses a `--format`-style value, naming `what` in the error. */
-export function parseFormat(value: string, what = "format"): EmbeddingsFormat {
-  if ((EMBEDDINGS_FORMATS as readonly string[]).includes(value)) return value as EmbeddingsFormat;
-  throw new RangeError(`${what} must be one of ${EMBEDDINGS_FORMATS.join("|")}, got '${value}'`);
-}
-
 // ------------------------------------------------------------------ reading
 
 /**
  * Reads an embeddings file (format from its content for binary files, from
  * the extension for csv). `patchTokens: true` also loads `patch_tokens`
- * (safetensors only; it can be large).
+ * (safetensors only; it can be large). A ByteSource (a file dropped on the
+ * browser page) is read the same way, except npy: its labels live in a
+ * sidecar file, which a single dropped file does not bring.
  */
 export async function readEmbeddings(
-  path: string,
+  path: FileSource,
   opts: { patchTokens?: boolean } = {},
-): Promise<Embeddings> {
+): Promise<EmbeddingsFile> {
   const format = await detectFormat(path);
   if (format === "safetensors") return await readSafetensorsEmbeddings(path, opts.patchTokens);
-  if (format === "npy") return await readNpyEmbeddings(path);
+  if (format === "npy") {
+    if (typeof path !== "string") {
+      throw new EmbeddingsFileError(
+        path.name,
+        "file",
+        "an npy file keeps its labels in a sidecar .json, which cannot come along here",
+        "use the .safetensors or .csv format (`deno task embed --format safetensors`)",
+      );
+    }
+    return await readNpyEmbeddings(path);
+  }
   return await readCsvEmbeddings(path);
 }
 
-async function detectFormat(path: string): Promise<EmbeddingsFormat> {
+async function detectFormat(source: FileSource): Promise<EmbeddingsFormat> {
+  if (typeof source !== "string") {
+    const head = new Uint8Array(Math.min(16, source.size));
+    return formatOf(source.name, head.subarray(0, await source.read(0, head)));
+  }
+  const path = source;
   let head: Uint8Array;
   try {
     using f = await Deno.open(path, { read: true });
@@ -164,6 +176,11 @@ async function detectFormat(path: string): Promise<EmbeddingsFormat> {
       "check the path (write embeddings with `deno task embed`)",
     );
   }
+  return formatOf(path, head);
+}
+
+/** The format of file `path` from its first bytes (binary formats) or its name (csv). */
+function formatOf(path: string, head: Uint8Array): EmbeddingsFormat {
   if (head[0] === 0x93 && String.fromCharCode(...head.subarray(1, 6)) === "NUMPY") return "npy";
   if (head.length >= 9 && head[8] === 0x7b) return "safetensors";
   const byExt = formatFromPath(path);
@@ -178,8 +195,12 @@ async function detectFormat(path: string): Promise<EmbeddingsFormat> {
   );
 }
 
-async function readSafetensorsEmbeddings(path: string, patch = false): Promise<Embeddings> {
-  using f = await openSafetensors(path);
+async function readSafetensorsEmbeddings(
+  source: FileSource,
+  patch = false,
+): Promise<EmbeddingsFile> {
+  using f = await openSafetensors(source);
+  const path = f.path;
   const t = f.tensors.get("features");
   if (!t) {
     throw new EmbeddingsFileError(
@@ -199,7 +220,7 @@ async function readSafetensorsEmbeddings(path: string, patch = false): Promise<E
   }
   const [rows, dim] = t.shape;
   const features = await t.f32();
-  let patchTokens: Embeddings["patchTokens"] = null;
+  let patchTokens: EmbeddingsFile["patchTokens"] = null;
   const pt = f.tensors.get("patch_tokens");
   if (patch && pt) {
     if (pt.shape.length !== 3 || pt.shape[0] !== rows || pt.shape[2] !== dim) {
@@ -214,7 +235,7 @@ async function readSafetensorsEmbeddings(path: string, patch = false): Promise<E
   return assemble(path, "safetensors", features, rows, dim, { ...f.metadata }, patchTokens);
 }
 
-async function readNpyEmbeddings(path: string): Promise<Embeddings> {
+async function readNpyEmbeddings(path: string): Promise<EmbeddingsFile> {
   using f = await openNpy(path);
   const shape = f.header.shape;
   if (shape.length !== 2) {
@@ -278,8 +299,8 @@ function assemble(
   rows: number,
   dim: number,
   metadata: Record<string, string>,
-  patchTokens: Embeddings["patchTokens"],
-): Embeddings {
+  patchTokens: EmbeddingsFile["patchTokens"],
+): EmbeddingsFile {
   const list = (key: string): string[] | null => {
     const raw = metadata[key];
     if (raw === undefined) return null;
@@ -305,6 +326,8 @@ function assemble(
   const paths = list(META_KEYS.paths) ?? Array.from({ length: rows }, (_, i) => `#${i}`);
   const labels = list(META_KEYS.labels);
   const patients = list(META_KEYS.patients);
+  const splits = list(META_KEYS.splits);
+  const keys = list(META_KEYS.keys);
   if (labels?.some((l) => l === "")) {
     throw new EmbeddingsFileError(path, "labels", `row ${labels.indexOf("")} has an empty label`);
   }
@@ -317,7 +340,7 @@ function assemble(
   }
   const meta: Record<string, string> = {};
   for (const [k, v] of Object.entries(metadata)) {
-    if (!(k in META_KEYS)) meta[k] = v;
+    if (!Object.hasOwn(META_KEYS, k)) meta[k] = v;
   }
   if (meta.pool !== undefined && !(POOLINGS as readonly string[]).includes(meta.pool)) {
     throw new EmbeddingsFileError(path, "pool", `'${meta.pool}' is not ${POOLINGS.join("|")}`);
@@ -329,14 +352,28 @@ function assemble(
       `${features.length} values for [${rows}, ${dim}]`,
     );
   }
-  return { path, format, features, rows, dim, paths, labels, patients, meta, patchTokens };
+  return {
+    path,
+    format,
+    features,
+    rows,
+    dim,
+    paths,
+    labels,
+    patients,
+    splits,
+    keys,
+    meta,
+    patchTokens,
+  };
 }
 
 /**
  * Reads a csv file row by row (RFC 4180 quoting, CRLF, BOM), never holding
  * the whole text: features go straight into a growing Float32Array.
  */
-async function readCsvEmbeddings(path: string): Promise<Embeddings> {
+async function readCsvEmbeddings(source: FileSource): Promise<EmbeddingsFile> {
+  const path = typeof source === "string" ? source : source.name;
   let header: string[] | null = null;
   let dim = 0;
   let rows = 0;
@@ -388,16 +425,18 @@ async function readCsvEmbeddings(path: string): Promise<Embeddings> {
     patients.push(row[2]);
     rows++;
   };
-  let file: Deno.FsFile;
-  try {
-    file = await Deno.open(path, { read: true });
-  } catch (e) {
-    throw new EmbeddingsFileError(path, "file", `cannot open: ${(e as Error).message}`);
-  }
+  let chunks: AsyncIterable<Uint8Array>;
+  if (typeof source === "string") {
+    try {
+      chunks = (await Deno.open(path, { read: true })).readable;
+    } catch (e) {
+      throw new EmbeddingsFileError(path, "file", `cannot open: ${(e as Error).message}`);
+    }
+  } else chunks = byteChunks(source);
   const parser = new CsvParser(onRow);
   const decoder = new TextDecoder("utf-8", { fatal: true });
   try {
-    for await (const chunk of file.readable) parser.push(decoder.decode(chunk, { stream: true }));
+    for await (const chunk of chunks) parser.push(decoder.decode(chunk, { stream: true }));
     parser.push(decoder.decode());
     parser.end();
   } catch (e) {
@@ -433,13 +472,26 @@ async function readCsvEmbeddings(path: string): Promise<Embeddings> {
     paths,
     labels: column(labels, "label"),
     patients: column(patients, "patient"),
+    splits: null,
+    keys: null,
     meta: {},
     patchTokens: null,
   };
 }
 
+/** A ByteSource in 1 MiB chunks, in order. */
+async function* byteChunks(source: ByteSource): AsyncGenerator<Uint8Array> {
+  for (let at = 0; at < source.size;) {
+    const buf = new Uint8Array(Math.min(2 ** 20, source.size - at));
+    const n = await source.read(at, buf);
+    if (n === 0) return;
+    yield buf.subarray(0, n);
+    at += n;
+  }
+}
+
 /** An incremental RFC 4180 parser: text in chunks, whole rows out. */
-class CsvParser {
+export class CsvParser {
   #row: string[] = [];
   #field = "";
   #quoted = false;
@@ -521,19 +573,27 @@ export interface EmbeddingsBlock {
   /** One per row, or omitted/null for unlabelled data (consistently over all blocks). */
   labels?: readonly string[] | null;
   patients?: readonly string[] | null;
+  /** Each row's ingest split and sample key, or omitted/null (consistently; not in csv). */
+  splits?: readonly string[] | null;
+  keys?: readonly string[] | null;
   /** [n, Np, dim] when the writer was created with `patchTokens`. */
   patchTokens?: Float32Array;
 }
 
 /** A whole in-memory set (written or read) as one `append` block. */
 export function embeddingsBlock(
-  e: Pick<EmbeddingsData, "features" | "paths" | "labels" | "patients" | "patchTokens">,
+  e: Pick<
+    EmbeddingsData,
+    "features" | "paths" | "labels" | "patients" | "splits" | "keys" | "patchTokens"
+  >,
 ): EmbeddingsBlock {
   return {
     features: e.features,
     paths: e.paths,
     labels: e.labels,
     patients: e.patients,
+    splits: e.splits,
+    keys: e.keys,
     patchTokens: e.patchTokens?.data,
   };
 }
@@ -555,6 +615,8 @@ export class EmbeddingsWriter {
   #paths: string[] = [];
   #labels: string[] | null | undefined = undefined;
   #patients: string[] | null | undefined = undefined;
+  #splits: string[] | null | undefined = undefined;
+  #keys: string[] | null | undefined = undefined;
   #meta: EmbeddingsMeta;
   #npy: NpyRowWriter | null = null;
   /** safetensors side files (features, patch tokens); `file` is null once closed. */
@@ -639,6 +701,8 @@ export class EmbeddingsWriter {
     }
     this.#labels = this.#column("labels", this.#labels, block.labels, n);
     this.#patients = this.#column("patients", this.#patients, block.patients, n);
+    this.#splits = this.#column("splits", this.#splits, block.splits, n);
+    this.#keys = this.#column("keys", this.#keys, block.keys, n);
     if (this.patchTokens > 0) {
       if (!block.patchTokens || block.patchTokens.length !== n * this.patchTokens * d) {
         throw new EmbeddingsFileError(
@@ -711,6 +775,8 @@ export class EmbeddingsWriter {
     out[META_KEYS.paths] = JSON.stringify(this.#paths);
     if (this.#labels) out[META_KEYS.labels] = JSON.stringify(this.#labels);
     if (this.#patients) out[META_KEYS.patients] = JSON.stringify(this.#patients);
+    if (this.#splits) out[META_KEYS.splits] = JSON.stringify(this.#splits);
+    if (this.#keys) out[META_KEYS.keys] = JSON.stringify(this.#keys);
     if (m.arch !== undefined) out.arch = m.arch;
     if (m.weights !== undefined) out.weights = m.weights;
     if (m.pool !== undefined) out.pool = m.pool;
@@ -741,7 +807,7 @@ export class EmbeddingsWriter {
   #sidecar(): Record<string, unknown> {
     const out: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(this.#metadata())) {
-      out[k] = k in META_KEYS ? JSON.parse(v) : v;
+      out[k] = Object.hasOwn(META_KEYS, k) ? JSON.parse(v) : v;
     }
     return out;
   }
@@ -760,21 +826,14 @@ export class EmbeddingsWriter {
         data_offsets: [featBytes, featBytes + pb],
       };
     }
-    const text = JSON.stringify(header);
-    // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
-    let json = new TextEncoder().encode(text);
-    const pad = (8 - (json.length % 8)) % 8;
-    if (pad) json = new TextEncoder().encode(text + " ".repeat(pad));
-    const len = new Uint8Array(8);
-    new DataView(len.buffer).setBigUint64(0, BigInt(json.length), true);
+    const head = encodeSafetensorsHeader(header);
     for (const r of this.#raw) {
       r.file?.close();
       r.file = null;
     }
     const out = await AtomicFile.create(this.path);
     try {
-      await out.write(len);
-      await out.write(json);
+      await out.write(head);
       for (const r of this.#raw) {
         using src = await Deno.open(r.path, { read: true });
         const buf = new Uint8Array(COPY_CHUNK);
@@ -846,7 +905,7 @@ export async function writeEmbeddings(
  * The labels of `emb`, or an error saying which protocol needs them and how
  * to get a labelled file.
  */
-export function requireLabels(emb: Embeddings, protocol: string): string[] {
+export function requireLabels(emb: EmbeddingsFile, protocol: string): string[] {
   if (emb.labels) return emb.labels;
   throw new EmbeddingsFileError(
     emb.path,
@@ -858,7 +917,7 @@ export function requireLabels(emb: Embeddings, protocol: string): string[] {
 }
 
 /** The patient ids of `emb`, or an error naming the protocol and the fix. */
-export function requirePatients(emb: Embeddings, protocol: string): string[] {
+export function requirePatients(emb: EmbeddingsFile, protocol: string): string[] {
   if (emb.patients) return emb.patients;
   throw new EmbeddingsFileError(
     emb.path,
@@ -868,7 +927,8 @@ export function requirePatients(emb: Embeddings, protocol: string): string[] {
   );
 }
 
-function csvField(s: string): string {
+/** A csv field, quoted (RFC 4180) when it holds a comma, quote, line break or edge spaces. */
+export function csvField(s: string): string {
   return /[",\r\n]/.test(s) || s !== s.trim() ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
@@ -878,13 +938,9 @@ async function writeAll(file: Deno.FsFile, data: Float32Array): Promise<void> {
   while (done < bytes.length) done += await file.write(bytes.subarray(done));
 }
 
-async function writeJsonAtomically(path: string, obj: unknown): Promise<void> {
-  const out = await AtomicFile.create(path);
-  try {
-    await out.write(new TextEncoder().encode(JSON.stringify(obj) + "\n"));
-  } catch (e) {
-    await out.abort();
-    throw e;
-  }
-  await out.commit();
+function writeJsonAtomically(path: string, obj: unknown): Promise<void> {
+  return writeAtomically(
+    path,
+    (out) => out.write(new TextEncoder().encode(JSON.stringify(obj) + "\n")),
+  );
 }

@@ -8,26 +8,86 @@
  * than the file holds.
  */
 import { CheckpointError, CorruptFileError, ioError } from "./errors.ts";
+// Not node:path: the readers here are bundled for the browser page too.
+import { dirname } from "./paths.ts";
+
+/**
+ * Where a reader's bytes come from: a file on disk (what `RandomAccessFile.open`
+ * makes of a path under Deno) or anything else that reads byte ranges, such as
+ * a browser `File` (`blobSource`). The readers take either, so the page parses
+ * a dropped checkpoint with the same code the command line runs.
+ */
+export interface ByteSource {
+  /** Named in errors: the path, or the dropped file's name. */
+  readonly name: string;
+  /** Size in bytes. */
+  readonly size: number;
+  /** Reads up to `into.length` bytes at `offset` into `into`; returns how many (fewer only at the end). */
+  read(offset: number, into: Uint8Array): Promise<number>;
+}
+
+/** What the readers open: a path (read with Deno) or a ByteSource. */
+export type FileSource = string | ByteSource;
+
+/** A `Blob` (a browser `File`, say) as a ByteSource; `name` defaults to the File's name. */
+export function blobSource(blob: Blob, name?: string): ByteSource {
+  return {
+    name: name ?? ((blob as File).name || "blob"),
+    size: blob.size,
+    async read(offset: number, into: Uint8Array): Promise<number> {
+      const bytes = new Uint8Array(await blob.slice(offset, offset + into.length).arrayBuffer());
+      into.set(bytes);
+      return bytes.length;
+    },
+  };
+}
+
+/** A file opened with Deno, as a ByteSource (seek + read is not atomic: RandomAccessFile serialises). */
+function denoFileSource(path: string, file: Deno.FsFile, size: number): ByteSource {
+  return {
+    name: path,
+    size,
+    async read(offset: number, into: Uint8Array): Promise<number> {
+      await file.seek(offset, Deno.SeekMode.Start);
+      let got = 0;
+      while (got < into.length) {
+        const n = await file.read(into.subarray(got));
+        if (n === null) break;
+        got += n;
+      }
+      return got;
+    },
+  };
+}
 
 /** A read-only file read by byte ranges. Concurrent reads are serialised (seek + read is not atomic). */
 export class RandomAccessFile {
+  /** The path, or the source's name. */
   readonly path: string;
   /** File size in bytes at open time. */
   readonly size: number;
-  #file: Deno.FsFile;
+  #source: ByteSource;
+  #release: () => void;
   #queue: Promise<unknown> = Promise.resolve();
   #closed = false;
   /** Largest single read so far, in bytes (the fuzz test checks it never exceeds `size`). */
   largestRead = 0;
 
-  private constructor(path: string, file: Deno.FsFile, size: number) {
-    this.path = path;
-    this.#file = file;
-    this.size = size;
+  private constructor(source: ByteSource, release: () => void) {
+    this.path = source.name;
+    this.size = source.size;
+    this.#source = source;
+    this.#release = release;
   }
 
-  /** Opens `path` for reading; a missing or unreadable file is a CheckpointError naming it. */
-  static async open(path: string): Promise<RandomAccessFile> {
+  /**
+   * Opens a path for reading (a missing or unreadable file is a
+   * CheckpointError naming it), or reads from a ByteSource, which stays the
+   * caller's: `close` ends this reader's use of it.
+   */
+  static async open(source: FileSource): Promise<RandomAccessFile> {
+    if (typeof source !== "string") return new RandomAccessFile(source, () => {});
+    const path = source;
     let file: Deno.FsFile;
     try {
       file = await Deno.open(path, { read: true });
@@ -48,7 +108,7 @@ export class RandomAccessFile {
         fix: "pass the path of the checkpoint file itself",
       });
     }
-    return new RandomAccessFile(path, file, st.size);
+    return new RandomAccessFile(denoFileSource(path, file, st.size), () => file.close());
   }
 
   /**
@@ -91,25 +151,19 @@ export class RandomAccessFile {
     }
     const buf = new Uint8Array(length);
     if (length > this.largestRead) this.largestRead = length;
+    let got: number;
     try {
-      await this.#file.seek(offset, Deno.SeekMode.Start);
-      let got = 0;
-      while (got < length) {
-        const n = await this.#file.read(buf.subarray(got));
-        if (n === null) break;
-        got += n;
-      }
-      if (got < length) {
-        throw new CorruptFileError("the file ended early (it changed while open?)", {
-          file: this.path,
-          key: what,
-          expected: `${length} bytes at ${offset}`,
-          found: `${got}`,
-        });
-      }
+      got = await this.#source.read(offset, buf);
     } catch (e) {
-      if (e instanceof CorruptFileError) throw e;
       throw ioError(this.path, `read ${what}`, e);
+    }
+    if (got < length) {
+      throw new CorruptFileError("the file ended early (it changed while open?)", {
+        file: this.path,
+        key: what,
+        expected: `${length} bytes at ${offset}`,
+        found: `${got}`,
+      });
     }
     return buf;
   }
@@ -123,7 +177,17 @@ export class RandomAccessFile {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#file.close();
+    this.#release();
+  }
+}
+
+/** Whether anything (a file, a folder, a link's target) is at `path`. */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
   }
 }
 
@@ -219,4 +283,33 @@ export async function writeAtomically(
     throw e;
   }
   await out.commit();
+}
+
+/**
+ * Writes a small text file (a manifest, a resume record) atomically and
+ * durably: `PATH.tmp` is written, fsynced and renamed over `PATH`, then the
+ * directory is fsynced so that the rename itself survives a crash.
+ */
+export async function writeTextAtomic(path: string, text: string): Promise<void> {
+  await writeAtomically(path, (out) => out.write(new TextEncoder().encode(text)));
+  await syncDirectory(dirname(path), path);
+}
+
+/** fsyncs directory `dir` (after a rename into it that `path` names). */
+async function syncDirectory(dir: string, path: string): Promise<void> {
+  // Windows cannot open a directory as a file; its renames are not made durable this way.
+  if (Deno.build.os === "windows") return;
+  let f: Deno.FsFile;
+  try {
+    f = await Deno.open(dir, { read: true });
+  } catch (e) {
+    throw ioError(path, `open its directory ${dir} to sync it`, e);
+  }
+  try {
+    await f.sync();
+  } catch (e) {
+    throw ioError(path, `sync its directory ${dir}`, e);
+  } finally {
+    f.close();
+  }
 }

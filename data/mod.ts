@@ -16,7 +16,9 @@ export {
   CheckpointError,
   type CheckpointErrorInfo,
   CorruptFileError,
+  InputError,
   InvalidTensorError,
+  LimitError,
   MissingKeyError,
   UnsafeFileError,
   UnsupportedFormatError,
@@ -50,7 +52,13 @@ export {
   type PthValue,
 } from "./pth.ts";
 export { type PthLeaf, type PthTree, writePth, type WritePthOptions } from "./pth_writer.ts";
-export { openSafetensors, SafetensorsFile, writeSafetensors } from "./safetensors.ts";
+export {
+  encodeSafetensors,
+  openSafetensors,
+  SafetensorsFile,
+  writeSafetensors,
+} from "./safetensors.ts";
+export { blobSource, type ByteSource, type FileSource } from "./file.ts";
 export {
   createNpyWriter,
   NpyFile,
@@ -65,3 +73,5 @@ export { openTensorFile, sniffFormat, type TensorFileFormat, withPrefix } from "
 export { type ZipEntry, ZipReader } from "./zip.ts";
 export { ZipWriter, type ZipWriterOptions } from "./zip_writer.ts";
 export { type PickleValue, unpickle } from "./pickle.ts";
+export { LIMITS } from "./limits.ts";
+export { readTar, readTarFile, type TarFile, TarFormatError, type TarSource } from "./tar.ts";

@@ -9,14 +9,15 @@
  * `createNpyWriter` streams an [N, D] float32 matrix row block by row block
  * (embeddings of a whole data set) without holding it in memory.
  */
-import { DTYPE_NUMPY, DTYPE_SIZE, type DtypeName, NUMPY_DTYPE, takeFloat32 } from "./dtypes.ts";
+import { DTYPE_NUMPY, DTYPE_SIZE, type DtypeName, lookup, NUMPY_DTYPE } from "./dtypes.ts";
 import { CorruptFileError, InvalidTensorError, UnsupportedFormatError } from "./errors.ts";
-import { AtomicFile, RandomAccessFile, writeAtomically } from "./file.ts";
+import { AtomicFile, type FileSource, RandomAccessFile, writeAtomically } from "./file.ts";
+import { limitError, LIMITS } from "./limits.ts";
 import {
   checkSource,
-  missingTensor,
+  FileRangeTensor,
+  OpenTensorFile,
   sourceBytes,
-  type TensorFile,
   type TensorRecord,
   type TensorSource,
 } from "./record.ts";
@@ -35,62 +36,24 @@ export interface NpyHeader {
   dataOffset: number;
 }
 
-class NpyTensor implements TensorRecord {
-  readonly numel: number;
-  constructor(
-    readonly name: string,
-    readonly dtype: DtypeName,
-    readonly shape: readonly number[],
-    private readonly file: RandomAccessFile,
-    private readonly offset: number,
-  ) {
-    this.numel = numelOf(shape);
-  }
-  bytes(): Promise<Uint8Array> {
-    return this.file.readAt(this.offset, this.numel * DTYPE_SIZE[this.dtype], this.name);
-  }
-  async f32(): Promise<Float32Array> {
-    return takeFloat32(await this.bytes(), this.dtype);
-  }
-}
-
 /** An open .npy file: one tensor, named after the file (without `.npy`). */
-export class NpyFile implements TensorFile {
-  readonly path: string;
+export class NpyFile extends OpenTensorFile {
   readonly header: NpyHeader;
   /** The array. */
   readonly array: TensorRecord;
-  readonly tensors: ReadonlyMap<string, TensorRecord>;
-  #file: RandomAccessFile;
 
   constructor(file: RandomAccessFile, header: NpyHeader) {
-    this.path = file.path;
-    this.#file = file;
-    this.header = header;
     const name = (file.path.split("/").pop() ?? "array").replace(/\.npy$/, "");
-    this.array = new NpyTensor(name, header.dtype, header.shape, file, header.dataOffset);
-    this.tensors = new Map([[name, this.array]]);
-  }
-
-  /** The array, if `name` is its name. */
-  tensor(name: string): TensorRecord {
-    const t = this.tensors.get(name);
-    if (!t) throw missingTensor(this.path, name, this.tensors.keys());
-    return t;
-  }
-
-  close(): void {
-    this.#file.close();
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
+    const array = new FileRangeTensor(name, header.dtype, header.shape, file, header.dataOffset);
+    super(file.path, new Map([[name, array]]), file);
+    this.header = header;
+    this.array = array;
   }
 }
 
 /** Opens a .npy file and validates its header against the file size. */
-export async function openNpy(path: string): Promise<NpyFile> {
-  const file = await RandomAccessFile.open(path);
+export async function openNpy(source: FileSource): Promise<NpyFile> {
+  const file = await RandomAccessFile.open(source);
   try {
     return new NpyFile(file, await readHeader(file));
   } catch (e) {
@@ -153,7 +116,10 @@ async function readHeader(file: RandomAccessFile): Promise<NpyHeader> {
       text.trim(),
     );
   }
-  const dtype = NUMPY_DTYPE[descr];
+  if (shape.length > LIMITS.rank) {
+    throw limitError(path, "shape", "rank", LIMITS.rank, shape.length);
+  }
+  const dtype = lookup(NUMPY_DTYPE, descr);
   if (!dtype) {
     throw new UnsupportedFormatError("dtype not supported", {
       file: path,

@@ -4,7 +4,7 @@
  * checkpoint by key prefix (DinoBloom's `teacher.backbone.` keys).
  */
 import { CorruptFileError } from "./errors.ts";
-import { RandomAccessFile } from "./file.ts";
+import { type FileSource, RandomAccessFile } from "./file.ts";
 import { openNpy } from "./npy.ts";
 import { openPth } from "./pth.ts";
 import type { TensorFile, TensorRecord } from "./record.ts";
@@ -13,8 +13,8 @@ import { openSafetensors } from "./safetensors.ts";
 /** File formats openTensorFile recognises. */
 export type TensorFileFormat = "pth" | "safetensors" | "npy";
 
-/** The format of the file at `path`, from its first bytes; CorruptFileError if none fits. */
-export async function sniffFormat(path: string): Promise<TensorFileFormat> {
+/** The format of the file at `path` (or of a ByteSource), from its first bytes; CorruptFileError if none fits. */
+export async function sniffFormat(path: FileSource): Promise<TensorFileFormat> {
   const f = await RandomAccessFile.open(path);
   let head: Uint8Array;
   try {
@@ -27,14 +27,15 @@ export async function sniffFormat(path: string): Promise<TensorFileFormat> {
   if (head.length === 9 && head[8] === 0x7b) return "safetensors"; // u64 length, then "{"
   if (head[0] === 0x80) return "pth"; // a legacy pickle: openPth explains what to do
   throw new CorruptFileError("not a .pth, .safetensors or .npy file", {
-    file: path,
+    file: f.path,
     key: "file header",
+    expected: "the first bytes of a .pth (zip), .safetensors or .npy file",
     found: [...head].map((b) => b.toString(16).padStart(2, "0")).join(" ") || "an empty file",
   });
 }
 
-/** Opens `path` with the reader its content calls for. */
-export async function openTensorFile(path: string): Promise<TensorFile> {
+/** Opens `path` (or a ByteSource) with the reader its content calls for. */
+export async function openTensorFile(path: FileSource): Promise<TensorFile> {
   switch (await sniffFormat(path)) {
     case "pth":
       return await openPth(path);

@@ -9,18 +9,24 @@
  * Tensors come out as TensorRef (storage key, offset, size, stride); reading
  * their bytes is the `.pth` reader's job (data/pth.ts).
  *
- * Invariant: every length read from the pickle is checked against the bytes
+ * Invariants: every length read from the pickle is checked against the bytes
  * left before anything is sliced or allocated, and every opcode consumes at
- * least one byte, so a hostile pickle can neither allocate beyond its own
- * size nor loop.
+ * least one byte, so a hostile pickle cannot loop. Everything built is
+ * charged to an AllocationBudget of a small multiple of the pickle's size
+ * (objects, elements, strings, and the copies some calls make: bytearray,
+ * _codecs.encode, torch.Size, set, OrderedDict of a list), so neither one
+ * stored blob copied by every call nor a million empty dicts can blow up.
+ * Rank and the nesting of rebuild calls are capped (data/limits.ts); nothing
+ * here recurses on the pickle's structure.
  */
-import { type DtypeName, TORCH_DTYPE, TORCH_STORAGE_DTYPE } from "./dtypes.ts";
+import { type DtypeName, lookup, TORCH_DTYPE, TORCH_STORAGE_DTYPE } from "./dtypes.ts";
 import {
   CheckpointError,
   CorruptFileError,
   UnsafeFileError,
   UnsupportedFormatError,
 } from "./errors.ts";
+import { AllocationBudget, COST, limitError, LIMITS } from "./limits.ts";
 
 /** A Python tuple. */
 export class PickleTuple {
@@ -252,12 +258,17 @@ const MAX_LONG_BYTES = 64;
 
 /**
  * Unpickles `data` under the restrictions above. Throws UnsafeFileError for a
- * forbidden global or opcode, CorruptFileError for a malformed pickle and
- * UnsupportedFormatError for valid but unsupported content; each message
- * names the file, the entry and the byte offset.
+ * forbidden global or opcode, CorruptFileError for a malformed pickle,
+ * UnsupportedFormatError for valid but unsupported content and LimitError
+ * past a cap or the allocation budget (by default one sized for `data`);
+ * each message names the file, the entry and the byte offset.
  */
-export function unpickle(data: Uint8Array, source: PickleSource): PickleValue {
-  return new Unpickler(data, source).run();
+export function unpickle(
+  data: Uint8Array,
+  source: PickleSource,
+  budget: AllocationBudget = new AllocationBudget(source.file, source.entry, data.length),
+): PickleValue {
+  return new Unpickler(data, source, budget).run();
 }
 
 class Unpickler {
@@ -271,12 +282,21 @@ class Unpickler {
   #stack: PickleValue[] = [];
   #marks: PickleValue[][] = [];
   #memo = new Map<number, PickleValue>();
+  #budget: AllocationBudget;
 
-  constructor(data: Uint8Array, source: PickleSource) {
+  constructor(data: Uint8Array, source: PickleSource, budget: AllocationBudget) {
     this.#d = data;
     this.#dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
     this.#src = source;
+    this.#budget = budget;
   }
+
+  /** Charges the budget for what the opcode at hand builds. */
+  #charge(bytes: number, what?: string): void {
+    this.#budget.charge(bytes, what === undefined ? this.#at : () => `${what} at byte ${this.#op}`);
+  }
+  /** Where the opcode at hand is, for the budget's error (made once: charged per opcode). */
+  readonly #at = () => `${this.#opName} at byte ${this.#op}`;
 
   #info(extra: { expected?: string; found?: string; fix?: string } = {}) {
     return { file: this.#src.file, key: `${this.#src.entry} byte ${this.#op}`, ...extra };
@@ -315,8 +335,10 @@ class Unpickler {
     return this.#d.subarray(at, at + n);
   }
   #text(n: number): string {
+    const b = this.#bytes(n);
+    this.#charge(COST.object + COST.char * n);
     try {
-      return utf8.decode(this.#bytes(n));
+      return utf8.decode(b);
     } catch (e) {
       if (e instanceof CheckpointError) throw e;
       throw this.#corrupt("string is not valid UTF-8");
@@ -327,6 +349,7 @@ class Unpickler {
     if (end < 0 || end - this.#pos > 1024) {
       throw this.#corrupt(`${this.#opName} name line is unterminated`);
     }
+    this.#charge(COST.object + COST.char * (end - this.#pos));
     const s = latin1.decode(this.#d.subarray(this.#pos, end));
     this.#pos = end + 1;
     return s;
@@ -348,6 +371,7 @@ class Unpickler {
     return items;
   }
   #memoPut(i: number) {
+    this.#charge(COST.element * 2);
     this.#memo.set(i, this.#top());
   }
   #memoGet(i: number): PickleValue {
@@ -375,6 +399,8 @@ class Unpickler {
     const push = (v: PickleValue): void => {
       this.#stack.push(v);
     };
+    // A stack slot; what the opcode builds beyond it (objects, elements, strings) below.
+    this.#charge(COST.element);
     switch (name) {
       case "PROTO": {
         const v = this.#u8();
@@ -394,6 +420,7 @@ class Unpickler {
         return;
       }
       case "MARK":
+        this.#charge(COST.object);
         this.#marks.push(this.#stack);
         this.#stack = [];
         return;
@@ -431,75 +458,82 @@ class Unpickler {
       case "BINUNICODE8":
         return push(this.#text(this.#u64()));
       case "SHORT_BINSTRING": // Python 2 str: bytes, read as latin-1 text like torch does
-        return push(latin1.decode(this.#bytes(this.#u8())));
-      case "BINSTRING": {
-        const n = this.#dv.getInt32(this.#need(4), true);
-        return push(latin1.decode(this.#bytes(n)));
-      }
+        return push(this.#latin1(this.#u8()));
+      case "BINSTRING":
+        return push(this.#latin1(this.#dv.getInt32(this.#need(4), true)));
       case "SHORT_BINBYTES":
-        return push(this.#bytes(this.#u8()).slice());
+        return push(this.#copy(this.#u8()));
       case "BINBYTES":
-        return push(this.#bytes(this.#u32()).slice());
+        return push(this.#copy(this.#u32()));
       case "BINBYTES8":
       case "BYTEARRAY8":
-        return push(this.#bytes(this.#u64()).slice());
+        return push(this.#copy(this.#u64()));
       case "EMPTY_TUPLE":
+        this.#charge(COST.object);
         return push(new PickleTuple([]));
       case "TUPLE":
-        return push(new PickleTuple(this.#popMark()));
+        return push(new PickleTuple(this.#items(this.#popMark())));
       case "TUPLE1": {
+        this.#charge(COST.object + COST.element);
         const a = this.#pop();
         return push(new PickleTuple([a]));
       }
       case "TUPLE2": {
+        this.#charge(COST.object + 2 * COST.element);
         const b = this.#pop();
         const a = this.#pop();
         return push(new PickleTuple([a, b]));
       }
       case "TUPLE3": {
+        this.#charge(COST.object + 3 * COST.element);
         const c = this.#pop();
         const b = this.#pop();
         const a = this.#pop();
         return push(new PickleTuple([a, b, c]));
       }
       case "EMPTY_LIST":
+        this.#charge(COST.object);
         return push([]);
       case "LIST":
-        return push(this.#popMark());
+        return push(this.#items(this.#popMark()));
       case "APPEND": {
+        this.#charge(COST.element);
         const v = this.#pop();
         this.#list().push(v);
         return;
       }
       case "APPENDS": {
-        const items = this.#popMark();
+        const items = this.#items(this.#popMark());
         const list = this.#list();
         for (const v of items) list.push(v);
         return;
       }
       case "EMPTY_DICT":
+        this.#charge(COST.object);
         return push(new PickleDict());
       case "DICT": {
-        const items = this.#popMark();
+        const items = this.#items(this.#popMark());
         const dict = new PickleDict();
         this.#setItems(dict, items);
         return push(dict);
       }
       case "SETITEM": {
+        this.#charge(2 * COST.element);
         const v = this.#pop();
         const k = this.#pop();
         this.#setItems(this.#dict(), [k, v]);
         return;
       }
       case "SETITEMS": {
-        const items = this.#popMark();
+        const items = this.#items(this.#popMark());
         this.#setItems(this.#dict(), items);
         return;
       }
       case "EMPTY_SET":
+        this.#charge(COST.object);
         return push(new PickleSet([], false));
       case "ADDITEMS": {
-        const items = this.#popMark();
+        const items = this.#items(this.#popMark());
         const s = this.#top();
         if (!(s instanceof PickleSet) || s.frozen) {
           throw this.#corrupt("ADDITEMS on something not a set");
@@ -508,7 +542,7 @@ class Unpickler {
         return;
       }
       case "FROZENSET":
-        return push(new PickleSet(this.#popMark(), true));
+        return push(new PickleSet(this.#items(this.#popMark()), true));
       case "BINPUT":
         return this.#memoPut(this.#u8());
       case "LONG_BINPUT":
@@ -535,6 +569,7 @@ class Unpickler {
       case "REDUCE": {
         const args = this.#pop();
         const fn = this.#pop();
+        this.#charge(2 * COST.object); // the result (a TensorRef, a dict, a device…)
         return push(this.#call(fn, args));
       }
       case "NEWOBJ": {
@@ -581,6 +616,26 @@ class Unpickler {
     );
   }
 
+  /** Charges a container built from `items` (an object and its elements) and returns them. */
+  #items(items: PickleValue[]): PickleValue[] {
+    this.#charge(COST.object + COST.element * items.length);
+    return items;
+  }
+
+  /** `n` bytes of the pickle as latin-1 text. */
+  #latin1(n: number): string {
+    const b = this.#bytes(n);
+    this.#charge(COST.object + COST.char * n);
+    return latin1.decode(b);
+  }
+
+  /** A copy of the next `n` bytes. */
+  #copy(n: number): Uint8Array {
+    const b = this.#bytes(n);
+    this.#charge(COST.object + n);
+    return b.slice();
+  }
+
   #long(n: number): number | bigint {
     if (n > MAX_LONG_BYTES) {
       throw new UnsupportedFormatError(
@@ -625,9 +680,8 @@ class Unpickler {
   }
 
   #global(module: string, name: string): PickleGlobal | TorchDtype {
-    if (module === "torch" && Object.hasOwn(TORCH_DTYPE, name)) {
-      return new TorchDtype(TORCH_DTYPE[name], `torch.${name}`);
-    }
+    const dtype = module === "torch" ? lookup(TORCH_DTYPE, name) : undefined;
+    if (dtype) return new TorchDtype(dtype, `torch.${name}`);
     if (isAllowedGlobal(module, name)) return new PickleGlobal(module, name);
     if (module === "torch" && /Storage$/.test(name)) {
       throw new UnsupportedFormatError(
@@ -670,6 +724,8 @@ class Unpickler {
         const d = new PickleDict();
         d.ordered = true;
         if (args.length === 1 && Array.isArray(args[0])) {
+          // The list may be a memo reference, built once and passed to many calls.
+          this.#charge(4 * COST.element * args[0].length, "OrderedDict(list)");
           for (const pair of args[0]) {
             const kv = pair instanceof PickleTuple ? pair.items : Array.isArray(pair) ? pair : null;
             if (!kv || kv.length !== 2) throw bad("(list of (key, value) pairs)");
@@ -682,6 +738,18 @@ class Unpickler {
       case "torch._utils._rebuild_tensor_v2": {
         const [storage, offset, size, stride, requiresGrad] = args;
         const v2 = q.endsWith("v2");
+        for (const [field, t] of [["size", size], ["stride", stride]] as const) {
+          // Before the checks below walk it: a long tuple may be shared by many calls.
+          if (t instanceof PickleTuple && t.items.length > LIMITS.rank) {
+            throw limitError(
+              this.#src.file,
+              `${this.#src.entry} byte ${this.#op}`,
+              `tensor rank (length of ${field})`,
+              LIMITS.rank,
+              t.items.length,
+            );
+          }
+        }
         if (
           !(storage instanceof StorageRef) || !isIndex(offset) || !isIntTuple(size) ||
           !isIntTuple(stride) || (v2 && args.length < 6) || args.length > 7 ||
@@ -709,13 +777,32 @@ class Unpickler {
         return new TensorRef(data.storage, data.offset, data.shape, data.stride, rg, data.at);
       }
       case "torch._tensor._rebuild_from_type_v2": {
-        // (func, new_type, args, state): the tensor is func(*args), then retyped.
-        const [inner, newType, innerArgs] = args;
-        if (
-          !(inner instanceof PickleGlobal) || !REBUILD_FUNCTIONS.has(inner.qualified) ||
-          !(newType instanceof PickleGlobal) || !TENSOR_TYPES.has(newType.qualified)
-        ) {
-          throw this.#unsafe(`_rebuild_from_type_v2 of ${describe(inner)} as ${describe(newType)}`);
+        // (func, new_type, args, state): the tensor is func(*args), then retyped. func may be
+        // _rebuild_from_type_v2 again: unwrapped in a loop, a few levels at most.
+        let [inner, newType, innerArgs] = args;
+        for (let level = 1;; level++) {
+          if (
+            !(inner instanceof PickleGlobal) || !REBUILD_FUNCTIONS.has(inner.qualified) ||
+            !(newType instanceof PickleGlobal) || !TENSOR_TYPES.has(newType.qualified)
+          ) {
+            throw this.#unsafe(
+              `_rebuild_from_type_v2 of ${describe(inner)} as ${describe(newType)}`,
+            );
+          }
+          if (inner.qualified !== q) break;
+          if (level >= LIMITS.rebuildNesting) {
+            throw limitError(
+              this.#src.file,
+              `${this.#src.entry} byte ${this.#op}`,
+              "nesting of _rebuild_from_type_v2 calls",
+              LIMITS.rebuildNesting,
+              `more than ${LIMITS.rebuildNesting}`,
+            );
+          }
+          if (!(innerArgs instanceof PickleTuple)) {
+            throw this.#corrupt(`arguments of ${q} are not a tuple`);
+          }
+          [inner, newType, innerArgs] = innerArgs.items;
         }
         const t = this.#call(inner, innerArgs);
         if (!(t instanceof TensorRef)) throw bad("(rebuild function, tensor type, args, state)");
@@ -724,9 +811,9 @@ class Unpickler {
       case "torch.Size": {
         const src = args[0];
         const items = args.length === 0 ? [] : src instanceof PickleTuple ? src.items : src;
-        if (args.length > 1 || !Array.isArray(items) || !items.every(isIndex)) {
-          throw bad("(tuple of ints)");
-        }
+        if (args.length > 1 || !Array.isArray(items)) throw bad("(tuple of ints)");
+        this.#charge(COST.element * items.length, "torch.Size");
+        if (!items.every(isIndex)) throw bad("(tuple of ints)");
         return new PickleTuple([...items]);
       }
       case "torch.device": {
@@ -745,6 +832,7 @@ class Unpickler {
         const src = args[0];
         const items = Array.isArray(src) ? src : src instanceof PickleTuple ? src.items : null;
         if (!items || args.length !== 1) throw bad("(list)");
+        this.#charge(COST.element * items.length, fn.qualified);
         return new PickleSet([...items], frozen);
       }
       case "_codecs.encode":
@@ -752,10 +840,14 @@ class Unpickler {
       case "__builtin__.bytearray": {
         if (args.length === 0 && fn.name === "bytearray") return new Uint8Array(0);
         const [s, enc] = args;
-        if (s instanceof Uint8Array && args.length === 1) return s.slice();
+        if (s instanceof Uint8Array && args.length === 1) {
+          this.#charge(s.length, q);
+          return s.slice();
+        }
         if (typeof s !== "string" || (enc !== "latin1" && enc !== "latin-1")) {
           throw bad("(str, 'latin1')");
         }
+        this.#charge(s.length, q);
         const out = new Uint8Array(s.length);
         for (let i = 0; i < s.length; i++) {
           const c = s.charCodeAt(i);
@@ -787,12 +879,22 @@ class Unpickler {
         describe(type),
       );
     }
-    const dtype = TORCH_STORAGE_DTYPE[type.name];
+    const dtype = lookup(TORCH_STORAGE_DTYPE, type.name);
     if (!dtype) {
       throw this.#corrupt(
         "storage persistent id names no storage type",
         "torch.XStorage",
         type.qualified,
+      );
+    }
+    const keyLength = typeof key === "string" || key instanceof Uint8Array ? key.length : 0;
+    if (keyLength > LIMITS.storageKeyChars) {
+      throw limitError(
+        this.#src.file,
+        `${this.#src.entry} byte ${this.#op}`,
+        "length of a storage key",
+        LIMITS.storageKeyChars,
+        keyLength,
       );
     }
     const k = typeof key === "string" ? key : key instanceof Uint8Array ? latin1.decode(key) : null;

@@ -8,11 +8,20 @@
  *
  * Every tensor is validated when the file opens: its storage entry exists,
  * is as long as the pickle says, and holds every element its size × stride
- * view reaches.
+ * view reaches. Every zip entry's CRC-32 is checked the first time its bytes
+ * are read (data.pkl at open, a storage when a tensor is first read), so no
+ * damaged byte reaches a tensor.
+ *
+ * Names, nesting and everything the unpickler copies are capped
+ * (data/limits.ts): a tensor's name is built from the dict keys leading to it,
+ * and a pickle can reuse one long key at every level, so the name length is
+ * checked before any name is joined, and names are charged to the pickle's
+ * allocation budget.
  */
 import { DTYPE_SIZE, type DtypeName, takeFloat32 } from "./dtypes.ts";
 import { CorruptFileError, MissingKeyError, UnsupportedFormatError } from "./errors.ts";
-import { RandomAccessFile } from "./file.ts";
+import { type FileSource, RandomAccessFile } from "./file.ts";
+import { AllocationBudget, COST, limitError, LIMITS } from "./limits.ts";
 import {
   describe,
   PickleDict,
@@ -26,7 +35,7 @@ import {
   TorchDtype,
   unpickle,
 } from "./pickle.ts";
-import { missingTensor, type TensorFile, type TensorRecord } from "./record.ts";
+import { OpenTensorFile, type TensorRecord } from "./record.ts";
 import { gatherStrided, isContiguous, numelOf, viewExtent } from "./strided.ts";
 import { type ZipEntry, ZipReader } from "./zip.ts";
 
@@ -56,12 +65,13 @@ export class PthDict extends Map<string | number | bigint | boolean | null, PthV
 
 /** Options of openPth. */
 export interface OpenPthOptions {
-  /** Check each storage's CRC-32 on every read (torch's own reader does not). Default false. */
-  verifyStorages?: boolean;
+  /**
+   * Check each zip entry's CRC-32 the first time it is read (default true):
+   * data.pkl when the file opens, a storage when one of its tensors is first
+   * read, streamed with that read.
+   */
+  verify?: boolean;
 }
-
-/** Nesting deeper than this is refused (torch's pickler itself stops at Python's 1000 frames). */
-const MAX_DEPTH = 1000;
 
 /** A tensor of a .pth archive, read lazily from its storage entry. */
 export class PthTensor implements TensorRecord {
@@ -77,9 +87,8 @@ export class PthTensor implements TensorRecord {
   readonly numel: number;
   #zip: ZipReader;
   #entry: ZipEntry;
-  #verify: boolean;
 
-  constructor(zip: ZipReader, entry: ZipEntry, name: string, ref: TensorRef, verify: boolean) {
+  constructor(zip: ZipReader, entry: ZipEntry, name: string, ref: TensorRef) {
     this.name = name;
     this.dtype = ref.storage.dtype;
     this.shape = ref.shape;
@@ -90,17 +99,15 @@ export class PthTensor implements TensorRecord {
     this.numel = numelOf(ref.shape);
     this.#zip = zip;
     this.#entry = entry;
-    this.#verify = verify;
   }
 
-  /** C-contiguous little-endian bytes; non-contiguous views are gathered. */
+  /**
+   * C-contiguous little-endian bytes; non-contiguous views are gathered.
+   * The storage's CRC-32 is checked on its first read (ZipReader).
+   */
   async bytes(): Promise<Uint8Array> {
     const size = DTYPE_SIZE[this.dtype];
     if (this.numel === 0) return new Uint8Array(0);
-    if (this.#verify) {
-      const all = await this.#zip.read(this.#entry, true);
-      return gatherStrided(all, size, this.shape, this.stride, this.storageOffset);
-    }
     if (isContiguous(this.shape, this.stride)) {
       return await this.#zip.readRange(this.#entry, this.storageOffset * size, this.numel * size);
     }
@@ -116,20 +123,18 @@ export class PthTensor implements TensorRecord {
   }
 }
 
-/** An open .pth checkpoint. Close it when done (or `using ckpt = await openPth(…)`). */
-export class PthCheckpoint implements TensorFile {
-  readonly path: string;
+/**
+ * An open .pth checkpoint. Close it when done (or `using ckpt = await openPth(…)`).
+ * Its `tensors` are every tensor by its dotted path from the root
+ * ("teacher.backbone.cls_token"; list items by index; a bare
+ * `torch.save(tensor)` is "(root)"), in file order; a tensor reachable twice
+ * is listed under its first path.
+ */
+export class PthCheckpoint extends OpenTensorFile {
   /** The folder every entry lives in ("archive", or the saved file's stem). */
   readonly archiveName: string;
   /** The unpickled object: usually a PthDict (a state dict, or {"teacher": state dict}). */
   readonly root: PthValue;
-  /**
-   * Every tensor by its dotted path from the root ("teacher.backbone.cls_token"; list items by
-   * index; a bare `torch.save(tensor)` is "(root)"), in file order. A tensor reachable twice is
-   * listed under its first path.
-   */
-  readonly tensors: ReadonlyMap<string, TensorRecord>;
-  #zip: ZipReader;
 
   constructor(
     zip: ZipReader,
@@ -137,27 +142,9 @@ export class PthCheckpoint implements TensorFile {
     root: PthValue,
     tensors: Map<string, TensorRecord>,
   ) {
-    this.path = zip.path;
-    this.#zip = zip;
+    super(zip.path, tensors, zip);
     this.archiveName = archiveName;
     this.root = root;
-    this.tensors = tensors;
-  }
-
-  /** The tensor called `name` (dotted path, e.g. "teacher.backbone.cls_token"). */
-  tensor(name: string): TensorRecord {
-    const t = this.tensors.get(name);
-    if (!t) throw missingTensor(this.path, name, this.tensors.keys());
-    return t;
-  }
-
-  /** Closes the archive. */
-  close(): void {
-    this.#zip.close();
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
   }
 }
 
@@ -166,15 +153,19 @@ export class PthCheckpoint implements TensorFile {
  * and the entry or tensor) for anything that is not a safe, intact
  * zip-serialized checkpoint of tensors and containers.
  */
-export async function openPth(path: string, opts: OpenPthOptions = {}): Promise<PthCheckpoint> {
-  const file = await RandomAccessFile.open(path);
+export async function openPth(
+  source: FileSource,
+  opts: OpenPthOptions = {},
+): Promise<PthCheckpoint> {
+  const file = await RandomAccessFile.open(source);
+  const path = file.path;
   try {
     await refuseNonZip(file);
   } catch (e) {
     file.close();
     throw e;
   }
-  const zip = await ZipReader.open(file);
+  const zip = await ZipReader.open(file, { verify: opts.verify ?? true });
   try {
     const archive = archiveName(zip);
     const byteorder = zip.entry(`${archive}/byteorder`);
@@ -191,14 +182,13 @@ export async function openPth(path: string, opts: OpenPthOptions = {}): Promise<
       }
     }
     const pklName = `${archive}/data.pkl`;
-    const pkl = await zip.read(zip.require(pklName));
-    const value = unpickle(pkl, { file: path, entry: pklName });
+    const pklEntry = zip.require(pklName);
+    const pkl = await zip.read(pklEntry);
+    // Sized by the pickle's bytes as stored: a deflated pickle gets no more than its file bytes.
+    const budget = new AllocationBudget(path, pklName, pklEntry.compressedSize);
+    const value = unpickle(pkl, { file: path, entry: pklName }, budget);
     const tensors = new Map<string, TensorRecord>();
-    const root = new Resolver(zip, archive, tensors, opts.verifyStorages ?? false).value(
-      value,
-      [],
-      0,
-    );
+    const root = new Resolver(zip, archive, tensors, budget).value(value, 0);
     return new PthCheckpoint(zip, archive, root, tensors);
   } catch (e) {
     zip.close();
@@ -252,50 +242,94 @@ function archiveName(zip: ZipReader): string {
   );
 }
 
-/** Turns unpickled values into PthValues, validating and wrapping every tensor. */
+/**
+ * Turns unpickled values into PthValues, validating and wrapping every
+ * tensor. Walks depth first with one path stack (keys by reference, never
+ * copied); nesting is capped, so the recursion is too.
+ */
 class Resolver {
   #done = new Map<object, PthValue>();
+  /** Keys from the root to the value at hand. */
+  #path: (string | number)[] = [];
+  /** Length of `#path.join(".")`, kept without joining. */
+  #nameChars = 0;
+  /** Bytes of every tensor so far, as read (views counted in full). */
+  #logical = 0;
+
   constructor(
     readonly zip: ZipReader,
     readonly archive: string,
     readonly tensors: Map<string, TensorRecord>,
-    readonly verify: boolean,
+    readonly budget: AllocationBudget,
   ) {}
 
-  value(v: PickleValue, path: (string | number)[], depth: number): PthValue {
+  /** The first keys of the path, for messages (never the whole of a long one). */
+  #where(): string {
+    const shown = this.#path.slice(0, 8).map((k) => {
+      const s = String(k);
+      return s.length > 40 ? s.slice(0, 40) + "…" : s;
+    });
+    return (shown.join(".") || "(root)") + (this.#path.length > 8 ? ".…" : "");
+  }
+
+  /** Resolves `x` under key `k` of the value at hand. */
+  #child(k: string | number, x: PickleValue, depth: number): PthValue {
+    if (x === null || typeof x !== "object" || x instanceof Uint8Array) return x;
+    const before = this.#nameChars;
+    this.#nameChars += String(k).length + (this.#path.length > 0 ? 1 : 0);
+    this.#path.push(k);
+    try {
+      return this.value(x, depth + 1);
+    } finally {
+      this.#path.pop();
+      this.#nameChars = before;
+    }
+  }
+
+  value(v: PickleValue, depth: number): PthValue {
     if (v === null || typeof v !== "object" || v instanceof Uint8Array) return v;
-    if (depth > MAX_DEPTH) {
-      throw new UnsupportedFormatError("containers nested too deeply", {
-        file: this.zip.path,
-        key: path.slice(0, 8).join(".") + "…",
-        expected: `at most ${MAX_DEPTH} levels`,
-      });
+    if (depth > LIMITS.nesting) {
+      throw limitError(this.zip.path, this.#where(), "container nesting", LIMITS.nesting, depth);
     }
     // Shared (and cyclic) containers resolve once; the first path names their tensors.
     const seen = this.#done.get(v);
     if (seen !== undefined) return seen;
     if (v instanceof TensorRef) {
-      const t = this.tensor(v, path.join("."));
+      if (this.#nameChars > LIMITS.nameChars) {
+        throw limitError(
+          this.zip.path,
+          this.#where(),
+          "tensor name length (its dict keys joined by dots)",
+          LIMITS.nameChars,
+          this.#nameChars,
+        );
+      }
+      // Names are built from keys the pickle may share: charged, like everything built here.
+      this.budget.charge(
+        4 * COST.object + COST.char * this.#nameChars,
+        () => `the name of tensor ${this.#where()}`,
+      );
+      const t = this.tensor(v, this.#path.join("."));
       this.#done.set(v, t);
       return t;
     }
     if (v instanceof PickleDict) {
+      this.budget.charge(COST.object + COST.element * v.size, () => this.#where());
       const d = new PthDict();
       d.ordered = v.ordered;
       d.state = v.state;
       this.#done.set(v, d);
       for (const [k, x] of v) {
-        d.set(k, this.value(x, [...path, typeof k === "number" ? k : String(k)], depth + 1));
+        d.set(k, this.#child(typeof k === "number" ? k : String(k), x, depth));
       }
       return d;
     }
     if (Array.isArray(v) || v instanceof PickleTuple || v instanceof PickleSet) {
       const items = Array.isArray(v) ? v : v.items;
+      this.budget.charge(COST.object + COST.element * items.length, () => this.#where());
       const out: PthValue[] = [];
       this.#done.set(v, out);
-      for (let i = 0; i < items.length; i++) {
-        out.push(this.value(items[i], [...path, i], depth + 1));
-      }
+      for (let i = 0; i < items.length; i++) out.push(this.#child(i, items[i], depth));
       return out;
     }
     if (v instanceof TorchDtype) return v.name;
@@ -304,7 +338,7 @@ class Resolver {
     if (v instanceof StorageRef) {
       throw new UnsupportedFormatError("a bare storage (not inside a tensor) is not supported", {
         file: this.zip.path,
-        key: path.join(".") || "(root)",
+        key: this.#where(),
         found: describe(v),
       });
     }
@@ -364,7 +398,14 @@ class Resolver {
         found: `${bytes} bytes for size [${ref.shape}]`,
       });
     }
-    const t = new PthTensor(this.zip, entry, key, ref, this.verify);
+    // Views may overlap (stride 0, or several over one storage): all tensors together may
+    // reach a small multiple of the file, not one file per tensor.
+    this.#logical += bytes;
+    const most = LIMITS.budgetFixed + LIMITS.budgetPerByte * this.zip.file.size;
+    if (this.#logical > most) {
+      throw limitError(file, key, "bytes of all tensors together", most, this.#logical);
+    }
+    const t = new PthTensor(this.zip, entry, key, ref);
     if (!this.tensors.has(key)) this.tensors.set(key, t);
     return t;
   }

@@ -1,11 +1,22 @@
 /**
  * The tensor types every format shares: TensorRecord (a loaded tensor whose
  * bytes are read lazily), TensorData (what writers take from memory) and
- * TensorFile (an open file of named tensors). The whole project uses these
- * for tensors that come from or go to disk.
+ * TensorFile (an open file of named tensors, and OpenTensorFile, the part of
+ * one every reader shares). The whole project uses these for tensors that
+ * come from or go to disk.
  */
-import { DTYPE_ARRAY, DTYPE_SIZE, type DtypeName, DTYPES, fromFloat32, isDtype } from "./dtypes.ts";
+import {
+  DTYPE_ARRAY,
+  DTYPE_SIZE,
+  type DtypeName,
+  DTYPES,
+  fromFloat32,
+  isDtype,
+  takeFloat32,
+} from "./dtypes.ts";
 import { InvalidTensorError, MissingKeyError } from "./errors.ts";
+import type { RandomAccessFile } from "./file.ts";
+import { numelOf } from "./strided.ts";
 
 /** A tensor in a file. Its bytes are read only when asked for, each call afresh. */
 export interface TensorRecord {
@@ -50,6 +61,66 @@ export interface TensorFile {
   /** Closes the file; records read afterwards fail. */
   close(): void;
   [Symbol.dispose](): void;
+}
+
+/**
+ * What every format's open file shares: its tensors by full name, lookup
+ * with near-name hints, and closing the file (or archive) they are read from.
+ */
+export class OpenTensorFile implements TensorFile {
+  readonly path: string;
+  readonly tensors: ReadonlyMap<string, TensorRecord>;
+  #source: { close(): void };
+
+  constructor(
+    path: string,
+    tensors: ReadonlyMap<string, TensorRecord>,
+    source: { close(): void },
+  ) {
+    this.path = path;
+    this.tensors = tensors;
+    this.#source = source;
+  }
+
+  tensor(name: string): TensorRecord {
+    const t = this.tensors.get(name);
+    if (!t) throw missingTensor(this.path, name, this.tensors.keys());
+    return t;
+  }
+
+  close(): void {
+    this.#source.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * A tensor stored as one C-contiguous run of bytes in a file (a .npy array,
+ * a safetensors entry), read from disk on each call.
+ */
+export class FileRangeTensor implements TensorRecord {
+  readonly numel: number;
+  readonly byteLength: number;
+  constructor(
+    readonly name: string,
+    readonly dtype: DtypeName,
+    readonly shape: readonly number[],
+    private readonly file: RandomAccessFile,
+    /** Absolute file offset of the first byte. */
+    readonly offset: number,
+  ) {
+    this.numel = numelOf(shape);
+    this.byteLength = this.numel * DTYPE_SIZE[dtype];
+  }
+  bytes(): Promise<Uint8Array> {
+    return this.file.readAt(this.offset, this.byteLength, this.name);
+  }
+  async f32(): Promise<Float32Array> {
+    return takeFloat32(await this.bytes(), this.dtype);
+  }
 }
 
 /** Whether `v` is a TensorRecord (has `bytes()`), as opposed to TensorData. */

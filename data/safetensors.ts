@@ -14,88 +14,45 @@ import {
   DTYPE_SAFETENSORS,
   DTYPE_SIZE,
   type DtypeName,
+  lookup,
   SAFETENSORS_DTYPE,
-  takeFloat32,
 } from "./dtypes.ts";
 import { CorruptFileError, InvalidTensorError, UnsupportedFormatError } from "./errors.ts";
-import { RandomAccessFile, writeAtomically } from "./file.ts";
+import { type FileSource, RandomAccessFile, writeAtomically } from "./file.ts";
+import { limitError, LIMITS } from "./limits.ts";
 import {
   checkShape,
   checkSource,
-  missingTensor,
+  FileRangeTensor,
+  OpenTensorFile,
   sourceBytes,
-  type TensorFile,
+  type TensorData,
   type TensorRecord,
   type TensorSource,
 } from "./record.ts";
-import { numelOf } from "./strided.ts";
 
 /** The reference implementation refuses headers above 100 MB; so does bloom. */
 export const MAX_HEADER_BYTES = 100_000_000;
 const METADATA_KEY = "__metadata__";
 
-/** A tensor of a safetensors file, read from disk on each call. */
-class SafetensorsTensor implements TensorRecord {
-  readonly numel: number;
-  constructor(
-    readonly name: string,
-    readonly dtype: DtypeName,
-    readonly shape: readonly number[],
-    /** Absolute file offset of the first byte. */
-    readonly offset: number,
-    readonly byteLength: number,
-    private readonly file: RandomAccessFile,
-  ) {
-    this.numel = numelOf(shape);
-  }
-  bytes(): Promise<Uint8Array> {
-    return this.file.readAt(this.offset, this.byteLength, this.name);
-  }
-  async f32(): Promise<Float32Array> {
-    return takeFloat32(await this.bytes(), this.dtype);
-  }
-}
-
-/** An open safetensors file. */
-export class SafetensorsFile implements TensorFile {
-  readonly path: string;
+/** An open safetensors file. Its tensors are in the order of their data in the file. */
+export class SafetensorsFile extends OpenTensorFile {
   /** The `__metadata__` string map ({} when absent). */
   readonly metadata: Readonly<Record<string, string>>;
-  /** Tensors in the order of their data in the file. */
-  readonly tensors: ReadonlyMap<string, TensorRecord>;
-  #file: RandomAccessFile;
 
   constructor(
     file: RandomAccessFile,
     metadata: Record<string, string>,
     tensors: Map<string, TensorRecord>,
   ) {
-    this.path = file.path;
-    this.#file = file;
+    super(file.path, tensors, file);
     this.metadata = metadata;
-    this.tensors = tensors;
-  }
-
-  /** The tensor called `name`. */
-  tensor(name: string): TensorRecord {
-    const t = this.tensors.get(name);
-    if (!t) throw missingTensor(this.path, name, this.tensors.keys());
-    return t;
-  }
-
-  /** Closes the file. */
-  close(): void {
-    this.#file.close();
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
   }
 }
 
 /** Opens and validates a safetensors file; tensor bytes are read later, on demand. */
-export async function openSafetensors(path: string): Promise<SafetensorsFile> {
-  const file = await RandomAccessFile.open(path);
+export async function openSafetensors(source: FileSource): Promise<SafetensorsFile> {
+  const file = await RandomAccessFile.open(source);
   try {
     return await parse(file);
   } catch (e) {
@@ -159,7 +116,21 @@ async function parse(file: RandomAccessFile): Promise<SafetensorsFile> {
     if (typeof info !== "object" || info === null) {
       throw new CorruptFileError("tensor entry is not an object", { file: path, key: name });
     }
-    const dtype = typeof info.dtype === "string" ? SAFETENSORS_DTYPE[info.dtype] : undefined;
+    if (name.length > LIMITS.nameChars) {
+      throw limitError(
+        path,
+        name.slice(0, 64) + "…",
+        "tensor name length",
+        LIMITS.nameChars,
+        name.length,
+      );
+    }
+    if (Array.isArray(info.shape) && info.shape.length > LIMITS.rank) {
+      throw limitError(path, name, "rank (length of shape)", LIMITS.rank, info.shape.length);
+    }
+    const dtype = typeof info.dtype === "string"
+      ? lookup(SAFETENSORS_DTYPE, info.dtype)
+      : undefined;
     if (!dtype) {
       throw new UnsupportedFormatError("unknown or unsupported dtype", {
         file: path,
@@ -242,7 +213,7 @@ async function parse(file: RandomAccessFile): Promise<SafetensorsFile> {
   for (const s of spans) {
     tensors.set(
       s.name,
-      new SafetensorsTensor(s.name, s.dtype, s.shape, dataStart + s.begin, s.end - s.begin, file),
+      new FileRangeTensor(s.name, s.dtype, s.shape, file, dataStart + s.begin),
     );
   }
   return new SafetensorsFile(file, metadata, tensors);
@@ -277,6 +248,41 @@ export async function writeSafetensors(
   metadata: Record<string, string> = {},
 ): Promise<void> {
   const list = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
+  const head = header(path, list, metadata);
+  await writeAtomically(path, async (out) => {
+    await out.write(head);
+    for (const [name, t] of list) await out.write(await sourceBytes(path, name, t));
+  });
+}
+
+/**
+ * The bytes of a safetensors file holding in-memory `tensors` and `metadata`,
+ * as `writeSafetensors` would write them (where there is no file system: the
+ * browser page's downloads). `name` stands for the file in errors.
+ */
+export function encodeSafetensors(
+  name: string,
+  tensors: Record<string, TensorData> | Map<string, TensorData>,
+  metadata: Record<string, string> = {},
+): Uint8Array {
+  const list = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
+  const head = header(name, list, metadata);
+  const views = list.map(([, t]) =>
+    new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)
+  );
+  const out = new Uint8Array(head.length + views.reduce((a, v) => a + v.length, 0));
+  out.set(head);
+  let at = head.length;
+  for (const v of views) out.set(v, at), at += v.length;
+  return out;
+}
+
+/** The u64 header length and the JSON header (checked, space-padded to 8 bytes). */
+function header(
+  path: string,
+  list: [string, TensorSource][],
+  metadata: Record<string, string>,
+): Uint8Array {
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length) header[METADATA_KEY] = checkWriteMetadata(path, metadata);
   let offset = 0;
@@ -296,17 +302,23 @@ export async function writeSafetensors(
     };
     offset += bytes;
   }
-  let json = new TextEncoder().encode(JSON.stringify(header));
-  // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
+  return encodeSafetensorsHeader(header);
+}
+
+/**
+ * The u64 LE header length and the JSON `header`, space-padded so the data
+ * starts 8-byte aligned, as the reference writer does. For writers that
+ * build the header themselves (the embeddings file streams its tensors).
+ */
+export function encodeSafetensorsHeader(header: Record<string, unknown>): Uint8Array {
+  const text = JSON.stringify(header);
+  let json = new TextEncoder().encode(text);
   const pad = (8 - (json.length % 8)) % 8;
-  if (pad) json = new TextEncoder().encode(JSON.stringify(header) + " ".repeat(pad));
-  const len = new Uint8Array(8);
-  new DataView(len.buffer).setBigUint64(0, BigInt(json.length), true);
-  await writeAtomically(path, async (out) => {
-    await out.write(len);
-    await out.write(json);
-    for (const [name, t] of list) await out.write(await sourceBytes(path, name, t));
-  });
+  if (pad) json = new TextEncoder().encode(text + " ".repeat(pad));
+  const out = new Uint8Array(8 + json.length);
+  new DataView(out.buffer).setBigUint64(0, BigInt(json.length), true);
+  out.set(json, 8);
+  return out;
 }
 
 function checkWriteMetadata(path: string, m: Record<string, string>): Record<string, string> {

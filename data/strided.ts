@@ -60,16 +60,21 @@ export function gatherStrided(
   const Arr = unit === 4 ? Uint32Array : unit === 2 ? Uint16Array : Uint8Array;
   const from = new Arr(s.buffer as ArrayBuffer, s.byteOffset, Math.floor(s.byteLength / unit));
   const to = new Arr(out.buffer);
-  const nd = shape.length;
+  // Size-1 dimensions never move the view, but each would cost the odometer a carry per
+  // element; without them every dimension has ≥ 2 steps and carries average under one.
+  const dims = [...shape.keys()].filter((d) => shape[d] !== 1);
+  const sh = dims.map((d) => shape[d]);
+  const st = dims.map((d) => stride[d]);
+  const nd = dims.length;
   const idx = new Array<number>(nd).fill(0);
   let at = offset;
   for (let o = 0; o < n; o++) {
     for (let w = 0; w < per; w++) to[o * per + w] = from[at * per + w];
     // Odometer: step the last dimension, carrying into earlier ones.
     for (let d = nd - 1; d >= 0; d--) {
-      at += stride[d];
-      if (++idx[d] < shape[d]) break;
-      at -= stride[d] * shape[d];
+      at += st[d];
+      if (++idx[d] < sh[d]) break;
+      at -= st[d] * sh[d];
       idx[d] = 0;
     }
   }

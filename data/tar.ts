@@ -10,7 +10,11 @@
  * - Output is a pure function of the entries: fixed mtime, uid, gid and mode,
  *   so two runs over the same samples give byte-identical shards (resume and
  *   reproducibility depend on it).
+ * - Reading is bounded by the archive: no size field is trusted before it is
+ *   checked against the bytes left and LIMITS.tarMemberBytes.
  */
+import { CorruptFileError, ioError } from "./errors.ts";
+import { LIMITS } from "./limits.ts";
 
 /** Tar block size; headers and payloads are padded to it. */
 export const BLOCK = 512;
@@ -18,8 +22,12 @@ export const BLOCK = 512;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-/** A malformed or truncated archive; the message names the byte offset. */
-export class TarFormatError extends Error {
+/**
+ * A malformed or truncated archive: names the shard (`file`) and the header's
+ * byte offset (`key`). A CorruptFileError, so an InputError: the loader
+ * catches it to skip and report the shard.
+ */
+export class TarFormatError extends CorruptFileError {
   override name = "TarFormatError";
 }
 
@@ -212,37 +220,58 @@ export interface TarFile {
   offset: number;
 }
 
-/** Reads exact byte counts from a stream of chunks. */
+/** Where a tar stream comes from, for errors and bounds. */
+export interface TarSource {
+  /** Named in every error: the shard's path. */
+  name: string;
+  /** Bytes in the stream when known (a file's size): no entry may claim more than is left. */
+  size?: number;
+}
+
+/** Reads exact byte counts from a stream of chunks, allocating only for bytes that arrived. */
 class ExactReader {
   #it: AsyncIterator<Uint8Array>;
   #buf: Uint8Array = new Uint8Array(0);
   #at = 0;
+  #name: string;
   /** Bytes consumed so far. */
   position = 0;
 
-  constructor(source: AsyncIterable<Uint8Array>) {
+  constructor(source: AsyncIterable<Uint8Array>, name: string) {
     this.#it = source[Symbol.asyncIterator]();
+    this.#name = name;
   }
 
   /** Exactly `n` bytes, or fewer only at the end of the stream. */
   async read(n: number): Promise<Uint8Array> {
-    const out = new Uint8Array(n);
+    // Pieces first, one buffer at the end: a size field claiming more than the stream holds
+    // costs only what the stream delivers.
+    const parts: Uint8Array[] = [];
     let got = 0;
     while (got < n) {
       if (this.#at >= this.#buf.length) {
-        const r = await this.#it.next();
+        let r: IteratorResult<Uint8Array>;
+        try {
+          r = await this.#it.next();
+        } catch (e) {
+          throw ioError(this.#name, `read the tar stream at byte ${this.position + got}`, e);
+        }
         if (r.done) break;
         this.#buf = r.value;
         this.#at = 0;
         continue;
       }
       const take = Math.min(n - got, this.#buf.length - this.#at);
-      out.set(this.#buf.subarray(this.#at, this.#at + take), got);
+      parts.push(this.#buf.subarray(this.#at, this.#at + take));
       this.#at += take;
       got += take;
     }
     this.position += got;
-    return got === n ? out : out.subarray(0, got);
+    if (parts.length === 1) return parts[0].slice();
+    const out = new Uint8Array(got);
+    let at = 0;
+    for (const p of parts) out.set(p, at), at += p.length;
+    return out;
   }
 
   /** Stops reading the underlying stream (closes a file early). */
@@ -257,30 +286,32 @@ function readString(h: Uint8Array, offset: number, length: number): string {
   return decoder.decode(h.subarray(offset, end));
 }
 
-function readOctal(h: Uint8Array, offset: number, length: number, at: number): number {
-  // GNU base-256 for large values: high bit of the first byte set.
+/** A numeric header field: octal text, or GNU base-256 (high bit of the first byte set). */
+function readNumber(h: Uint8Array, offset: number, length: number): number | string {
   if (h[offset] & 0x80) {
+    // Base-256, two's complement: 0x80 starts a positive value, 0xff a negative one.
+    if (h[offset] === 0xff) return "a negative base-256 number";
     let n = h[offset] & 0x7f;
     for (let i = 1; i < length; i++) n = n * 256 + h[offset + i];
-    return n;
+    return Number.isSafeInteger(n) ? n : "a base-256 number past 2^53";
   }
   const s = readString(h, offset, length).trim();
   if (s === "") return 0;
-  if (!/^[0-7]+$/.test(s)) {
-    throw new TarFormatError(`tar header at byte ${at}: bad octal field '${s}'`);
-  }
+  if (!/^[0-7]+$/.test(s)) return `'${s}'`;
   return parseInt(s, 8);
 }
 
-function parsePax(data: Uint8Array, at: number): Map<string, string> {
+function parsePax(data: Uint8Array, bad: (what: string) => TarFormatError): Map<string, string> {
   const out = new Map<string, string>();
   let i = 0;
   while (i < data.length) {
     let sp = i;
-    while (sp < data.length && data[sp] !== 0x20) sp++;
-    const len = parseInt(decoder.decode(data.subarray(i, sp)), 10);
-    if (!Number.isFinite(len) || len <= 0 || i + len > data.length) {
-      throw new TarFormatError(`PAX header at byte ${at}: malformed record`);
+    while (sp < data.length && sp - i < 20 && data[sp] !== 0x20) sp++;
+    const digits = decoder.decode(data.subarray(i, sp));
+    const len = /^[0-9]+$/.test(digits) ? Number(digits) : NaN;
+    // "LEN key=value\n": LEN counts the whole record, so it covers at least "LEN k=\n".
+    if (!(len >= sp - i + 4) || i + len > data.length || data[i + len - 1] !== 0x0a) {
+      throw bad(`malformed PAX record at byte ${i} of the extended header`);
     }
     const rec = decoder.decode(data.subarray(sp + 1, i + len - 1)); // drop the trailing \n
     const eq = rec.indexOf("=");
@@ -293,11 +324,21 @@ function parsePax(data: Uint8Array, at: number): Map<string, string> {
 /**
  * Yields the regular files of a tar stream in archive order, holding one
  * entry in memory at a time. Understands ustar prefixes, PAX `path`/`size`
- * records and GNU long names; skips directories, links and other types.
- * Throws `TarFormatError` on a bad checksum or a truncated entry.
+ * records and GNU long names and base-256 sizes; skips directories, links
+ * and other types.
+ *
+ * Bounded by the stream: an entry's size is checked against what is left of
+ * `source.size` (when known) and against `LIMITS.tarMemberBytes` before
+ * anything is read, and only bytes that arrive are buffered. Every problem
+ * is a `TarFormatError` naming `source.name` and the header's byte offset
+ * (I/O failures: a CheckpointError naming it too).
  */
-export async function* readTar(source: AsyncIterable<Uint8Array>): AsyncGenerator<TarFile> {
-  const r = new ExactReader(source);
+export async function* readTar(
+  source: AsyncIterable<Uint8Array>,
+  from: TarSource = { name: "tar stream" },
+): AsyncGenerator<TarFile> {
+  const file = from.name;
+  const r = new ExactReader(source, file);
   let paxPath: string | null = null;
   let paxSize: number | null = null;
   let longName: string | null = null;
@@ -305,39 +346,71 @@ export async function* readTar(source: AsyncIterable<Uint8Array>): AsyncGenerato
   try {
     while (true) {
       const at = r.position;
+      const key = `header at byte ${at}`;
+      const bad = (what: string, expected?: string, found?: string) =>
+        new TarFormatError(what, { file, key, expected, found, fix: TAR_FIX });
       const h = await r.read(BLOCK);
       if (h.length === 0) return; // lenient: EOF without the end blocks
-      if (h.length < BLOCK) throw new TarFormatError(`tar truncated in the header at byte ${at}`);
+      if (h.length < BLOCK) throw bad("tar truncated in the header");
       if (h.every((b) => b === 0)) return; // end of archive
       let sum = 0;
       for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : h[i];
-      const stored = readOctal(h, 148, 8, at);
+      const stored = readNumber(h, 148, 8);
       if (stored !== sum) {
-        throw new TarFormatError(
-          `tar header at byte ${at} has a bad checksum (not a tar file, or corrupt)`,
+        throw bad(
+          "tar header has a bad checksum (not a tar file, or corrupt)",
+          `${sum}`,
+          `${stored}`,
         );
       }
       if (entryStart < 0) entryStart = at;
       const type = String.fromCharCode(h[156] || 0x30);
-      const size = paxSize ?? readOctal(h, 124, 12, at);
+      const size = paxSize ?? readNumber(h, 124, 12);
+      if (typeof size === "string") throw bad("bad size field", "an octal size", size);
+      const left = from.size === undefined ? Infinity : from.size - r.position;
+      if (size > left) {
+        throw bad(
+          "entry is larger than the rest of the file (truncated, or a damaged size)",
+          `at most ${left} bytes`,
+          `${size}`,
+        );
+      }
+      if (size > LIMITS.tarMemberBytes) {
+        throw new TarFormatError("entry size exceeds bloom's limit for a shard member", {
+          file,
+          key,
+          expected: `at most ${LIMITS.tarMemberBytes} bytes`,
+          found: `${size}`,
+        });
+      }
       const data = await r.read(size);
       if (data.length < size) {
-        throw new TarFormatError(`tar truncated inside the entry whose header is at byte ${at}`);
+        throw bad("tar truncated inside the entry", `${size} bytes of data`, `${data.length}`);
       }
       const pad = padding(size);
       if (pad > 0 && (await r.read(pad)).length < pad) {
-        throw new TarFormatError(`tar truncated after the entry whose header is at byte ${at}`);
+        throw bad("tar truncated after the entry", `${pad} bytes of padding`, "fewer");
       }
       if (type === "x") {
-        const pax = parsePax(data, at);
-        paxPath = pax.get("path") ?? paxPath;
+        const pax = parsePax(data, bad);
+        const p = pax.get("path");
+        if (p !== undefined) paxPath = checkPath(p, bad);
         const s = pax.get("size");
-        paxSize = s !== undefined ? Number(s) : paxSize;
+        if (s !== undefined) {
+          if (!/^[0-9]{1,16}$/.test(s) || !Number.isSafeInteger(Number(s))) {
+            throw bad(
+              "bad PAX size record",
+              "a decimal byte count",
+              JSON.stringify(s.slice(0, 40)),
+            );
+          }
+          paxSize = Number(s);
+        }
         continue;
       }
       if (type === "g") continue; // global PAX defaults: nothing we use
       if (type === "L") {
-        longName = readString(data, 0, data.length);
+        longName = checkPath(readString(data, 0, data.length), bad);
         continue;
       }
       if (type === "K") continue; // GNU long link name
@@ -354,9 +427,34 @@ export async function* readTar(source: AsyncIterable<Uint8Array>): AsyncGenerato
   }
 }
 
-/** Reads the files of a tar archive on disk, streaming it. */
+const TAR_FIX = "the shard is damaged or not a tar file; re-run the ingest to rewrite it";
+
+/** A PAX or GNU long path, refused past LIMITS.pathChars. */
+function checkPath(p: string, bad: (what: string, e?: string, f?: string) => TarFormatError) {
+  if (p.length > LIMITS.pathChars) {
+    throw bad("member name exceeds bloom's limit", `at most ${LIMITS.pathChars}`, `${p.length}`);
+  }
+  return p;
+}
+
+/**
+ * Reads the files of a tar archive on disk, streaming it; errors name `path`
+ * (TarFormatError for a damaged archive, CheckpointError for I/O).
+ */
 export async function* readTarFile(path: string): AsyncGenerator<TarFile> {
-  const f = await Deno.open(path, { read: true });
+  let f: Deno.FsFile;
+  try {
+    f = await Deno.open(path, { read: true });
+  } catch (e) {
+    throw ioError(path, "open the shard", e);
+  }
+  let size: number;
+  try {
+    size = (await f.stat()).size;
+  } catch (e) {
+    f.close();
+    throw ioError(path, "read the shard's size", e);
+  }
   // readTar closes the stream (and so the file) when it stops.
-  yield* readTar(f.readable);
+  yield* readTar(f.readable, { name: path, size });
 }

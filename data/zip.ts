@@ -8,18 +8,22 @@
  *
  * Invariants, checked before anything is allocated or trusted:
  * - every offset and length lies inside the file (and entry data lies before
- *   the central directory);
+ *   the central directory), and a deflated entry inflates to no more than
+ *   the allocation budget of the whole file (data/limits.ts);
  * - every entry name stays inside the archive (no `..`, absolute path,
  *   backslash or drive letter), since callers build paths from them.
  */
-import { inflateSync, ZipPassThrough } from "fflate";
+import { inflateSync } from "npm:fflate@0.8.2";
+import { Crc32, crc32 } from "./crc32.ts";
 import {
   CorruptFileError,
+  LimitError,
   MissingKeyError,
   UnsafeFileError,
   UnsupportedFormatError,
 } from "./errors.ts";
-import { RandomAccessFile } from "./file.ts";
+import { type FileSource, RandomAccessFile } from "./file.ts";
+import { LIMITS } from "./limits.ts";
 
 /** Record signatures (APPNOTE.txt §4.3). */
 export const SIG = {
@@ -45,6 +49,10 @@ export interface ZipEntry {
   readonly name: string;
   /** 0 = stored, 8 = deflated. */
   readonly method: number;
+  /** General-purpose flags (bit 3: sizes and CRC in a data descriptor; bit 11: UTF-8 name). */
+  readonly flags: number;
+  /** DOS modification time and date (time in the low 16 bits), as the directory records them. */
+  readonly modified: number;
   /** CRC-32 of the uncompressed data, as the directory records it. */
   readonly crc32: number;
   /** Bytes of (possibly compressed) data in the file. */
@@ -55,28 +63,7 @@ export interface ZipEntry {
   readonly localHeaderOffset: number;
 }
 
-/** CRC-32 (zip's polynomial) of the concatenated chunks, computed by fflate. */
-export class Crc32 {
-  #p = new ZipPassThrough("");
-  constructor() {
-    this.#p.ondata = () => {};
-  }
-  /** Adds bytes. */
-  update(chunk: Uint8Array): this {
-    this.#p.push(chunk);
-    return this;
-  }
-  /** The CRC of everything added, as an unsigned 32-bit number. */
-  digest(): number {
-    this.#p.push(new Uint8Array(0), true);
-    return this.#p.crc >>> 0;
-  }
-}
-
-/** CRC-32 of `bytes`. */
-export function crc32(bytes: Uint8Array): number {
-  return new Crc32().update(bytes).digest();
-}
+export { Crc32, crc32 } from "./crc32.ts";
 
 /**
  * Throws UnsafeFileError unless `name` is a relative '/'-separated path that
@@ -125,19 +112,43 @@ interface Directory {
   end: number;
 }
 
+/** Options of ZipReader.open. */
+export interface ZipReaderOptions {
+  /**
+   * Check every entry's CRC-32 the first time its bytes are read (default
+   * true). A range of a stored entry that is not yet checked is read by
+   * streaming the whole entry once through the CRC, keeping the range; later
+   * reads of a checked entry read just their range.
+   */
+  verify?: boolean;
+}
+
+/** Bytes per read while a stored entry streams through the CRC for a partial range. */
+const VERIFY_CHUNK = 8 << 20;
+
 /** A zip archive open for random access. Call `close()` when done. */
 export class ZipReader {
   readonly file: RandomAccessFile;
   readonly entries: readonly ZipEntry[];
+  /** Whether entries are CRC-checked on first read. */
+  readonly verify: boolean;
   #byName: Map<string, ZipEntry>;
   #dataOffsets = new Map<string, Promise<number>>();
+  /** Per stored entry, the one check of its CRC (settled: checked, or the failure, kept). */
+  #checks = new Map<string, Promise<void>>();
   #dirOffset: number;
 
-  private constructor(file: RandomAccessFile, entries: ZipEntry[], dirOffset: number) {
+  private constructor(
+    file: RandomAccessFile,
+    entries: ZipEntry[],
+    dirOffset: number,
+    verify: boolean,
+  ) {
     this.file = file;
     this.entries = entries;
     this.#byName = new Map(entries.map((e) => [e.name, e]));
     this.#dirOffset = dirOffset;
+    this.verify = verify;
   }
 
   /** The archive's path. */
@@ -146,12 +157,15 @@ export class ZipReader {
   }
 
   /** Opens `path` (or takes an open file, which the reader then owns) and reads its directory. */
-  static async open(path: string | RandomAccessFile): Promise<ZipReader> {
-    const file = typeof path === "string" ? await RandomAccessFile.open(path) : path;
+  static async open(
+    path: FileSource | RandomAccessFile,
+    opts: ZipReaderOptions = {},
+  ): Promise<ZipReader> {
+    const file = path instanceof RandomAccessFile ? path : await RandomAccessFile.open(path);
     try {
       const dir = await readDirectory(file);
       const entries = await readEntries(file, dir);
-      return new ZipReader(file, entries, dir.offset);
+      return new ZipReader(file, entries, dir.offset, opts.verify ?? true);
     } catch (e) {
       file.close();
       throw e;
@@ -175,7 +189,12 @@ export class ZipReader {
     return e;
   }
 
-  /** File offset of the entry's data, from its local header (read once, then cached). */
+  /**
+   * File offset of the entry's data, from its local header (read once, then
+   * cached). The local header must agree with the directory: same name,
+   * flags, method and time stamp, and the same CRC and sizes (or zeros, when
+   * a data descriptor carries them: flag bit 3).
+   */
   dataOffset(entry: ZipEntry): Promise<number> {
     let p = this.#dataOffsets.get(entry.name);
     if (!p) {
@@ -187,76 +206,117 @@ export class ZipReader {
   }
 
   async #resolve(entry: ZipEntry): Promise<number> {
-    const h = view(await this.file.readAt(entry.localHeaderOffset, RECORD_SIZE.local, entry.name));
+    const at = entry.localHeaderOffset;
+    const h = view(await this.file.readAt(at, RECORD_SIZE.local, entry.name));
+    const info = { file: this.path, key: entry.name };
     if (h.getUint32(0, true) !== SIG.local) {
       throw new CorruptFileError("no local file header where the directory points", {
-        file: this.path,
-        key: entry.name,
-        expected: `signature 0x${SIG.local.toString(16)} at byte ${entry.localHeaderOffset}`,
+        ...info,
+        expected: `signature 0x${SIG.local.toString(16)} at byte ${at}`,
         found: `0x${h.getUint32(0, true).toString(16)}`,
       });
     }
-    const start = entry.localHeaderOffset + RECORD_SIZE.local + h.getUint16(26, true) +
-      h.getUint16(28, true);
+    const nameLen = h.getUint16(26, true);
+    const extraLen = h.getUint16(28, true);
+    const start = at + RECORD_SIZE.local + nameLen + extraLen;
     if (start + entry.compressedSize > this.#dirOffset) {
       throw new CorruptFileError("entry data runs into the central directory", {
-        file: this.path,
-        key: entry.name,
+        ...info,
         expected: `data ending by byte ${this.#dirOffset}`,
         found: `bytes ${start}..${start + entry.compressedSize}`,
       });
+    }
+    // Name and extra lie before the data, so inside the file (checked just above).
+    const rest = await this.file.readAt(at + RECORD_SIZE.local, nameLen + extraLen, entry.name);
+    const mismatch = (field: string, local: string, central: string) =>
+      new CorruptFileError(`the local header's ${field} differs from the central directory's`, {
+        ...info,
+        expected: `${central} (central directory)`,
+        found: `${local} (local header at byte ${at})`,
+        fix: "the file is damaged; download or copy it again",
+      });
+    let localName: string;
+    try {
+      localName = utf8.decode(rest.subarray(0, nameLen));
+    } catch {
+      localName = "(not UTF-8)";
+    }
+    if (localName !== entry.name) {
+      throw mismatch("name", JSON.stringify(localName), JSON.stringify(entry.name));
+    }
+    const flags = h.getUint16(6, true);
+    if (flags !== entry.flags) throw mismatch("flags", hex(flags), hex(entry.flags));
+    const method = h.getUint16(8, true);
+    if (method !== entry.method) throw mismatch("method", `${method}`, `${entry.method}`);
+    const time = h.getUint32(10, true); // DOS time and date
+    if (time !== entry.modified) throw mismatch("time stamp", hex(time), hex(entry.modified));
+    // With a data descriptor (flag bit 3; torch sets it) these may be zero; else they must agree.
+    const described = (flags & 8) !== 0;
+    const crc = h.getUint32(14, true);
+    if (crc !== entry.crc32 && !(described && crc === 0)) {
+      throw mismatch("CRC-32", hex(crc), hex(entry.crc32));
+    }
+    let csize: number | null = h.getUint32(18, true);
+    let size: number | null = h.getUint32(22, true);
+    if (csize === 0xffffffff || size === 0xffffffff) {
+      // ZIP64: both sizes in the local extra field, uncompressed first (when it is there).
+      const z = findExtra(rest.subarray(nameLen), ZIP64_EXTRA_ID);
+      [size, csize] = z && z.length >= 16 ? [u64(view(z), 0), u64(view(z), 8)] : [null, null];
+    }
+    const zero = described && csize === 0 && size === 0;
+    if (size !== null && !zero && (csize !== entry.compressedSize || size !== entry.size)) {
+      throw mismatch(
+        "sizes",
+        `${csize} compressed, ${size}`,
+        `${entry.compressedSize} compressed, ${entry.size}`,
+      );
     }
     return start;
   }
 
   /**
-   * The entry's uncompressed bytes. `verify` checks the CRC-32 (costs one
-   * pass over the data; torch's own reader skips it for storages).
+   * The entry's uncompressed bytes, CRC-checked on the first read (or on
+   * every read, for deflated entries) unless the reader was opened with
+   * `verify: false` or `verify` is false here.
    */
-  async read(entry: ZipEntry | string, verify = true): Promise<Uint8Array> {
+  async read(entry: ZipEntry | string, verify = this.verify): Promise<Uint8Array> {
     const e = typeof entry === "string" ? this.require(entry) : entry;
+    if (e.method !== 8) return await this.#readStored(e, 0, e.size, verify);
     const start = await this.dataOffset(e);
     const raw = await this.file.readAt(start, e.compressedSize, e.name);
-    let data = raw;
-    if (e.method === 8) {
-      try {
-        data = inflateSync(raw, { out: new Uint8Array(e.size) });
-      } catch (err) {
-        throw new CorruptFileError("deflated data does not inflate", {
-          file: this.path,
-          key: e.name,
-          cause: err,
-        });
-      }
-      if (data.length !== e.size) {
-        throw new CorruptFileError("inflated size differs from the directory's", {
-          file: this.path,
-          key: e.name,
-          expected: `${e.size} bytes`,
-          found: `${data.length}`,
-        });
-      }
+    let data: Uint8Array;
+    try {
+      data = inflateSync(raw, { out: new Uint8Array(e.size) });
+    } catch (err) {
+      throw new CorruptFileError("deflated data does not inflate", {
+        file: this.path,
+        key: e.name,
+        cause: err,
+      });
     }
-    if (verify) {
-      const got = crc32(data);
-      if (got !== e.crc32) {
-        throw new CorruptFileError("CRC-32 mismatch (the entry's bytes are damaged)", {
-          file: this.path,
-          key: e.name,
-          expected: `0x${e.crc32.toString(16)}`,
-          found: `0x${got.toString(16)}`,
-        });
-      }
+    if (data.length !== e.size) {
+      throw new CorruptFileError("inflated size differs from the directory's", {
+        file: this.path,
+        key: e.name,
+        expected: `${e.size} bytes`,
+        found: `${data.length}`,
+      });
     }
+    if (verify) this.#compare(e, crc32(data));
     return data;
   }
 
   /**
    * `length` bytes from `offset` within the entry's uncompressed data, read
    * in place for stored entries (deflated ones are inflated whole, then cut).
+   * Every byte returned lies in an entry whose CRC-32 was checked (unless
+   * verification is off).
    */
   async readRange(entry: ZipEntry, offset: number, length: number): Promise<Uint8Array> {
-    if (offset < 0 || length < 0 || offset + length > entry.size) {
+    if (
+      !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 ||
+      length < 0 || offset + length > entry.size
+    ) {
       throw new CorruptFileError("range lies outside the entry", {
         file: this.path,
         key: entry.name,
@@ -266,8 +326,71 @@ export class ZipReader {
     }
     // Deflated: inflate it all (CRC-checked, since a short inflate would otherwise go unnoticed).
     if (entry.method === 8) return (await this.read(entry, true)).slice(offset, offset + length);
-    const start = await this.dataOffset(entry);
-    return await this.file.readAt(start + offset, length, entry.name);
+    return await this.#readStored(entry, offset, length, this.verify);
+  }
+
+  /** A range of a stored entry; the entry's first read checks its CRC (see ZipReaderOptions). */
+  async #readStored(
+    e: ZipEntry,
+    offset: number,
+    length: number,
+    verify: boolean,
+  ): Promise<Uint8Array> {
+    const start = await this.dataOffset(e);
+    if (verify) {
+      const check = this.#checks.get(e.name);
+      if (check) await check; // checked (or being checked): the range alone is enough
+      else {
+        let out: Uint8Array | undefined;
+        const p = this.#streamCheck(e, start, offset, length).then((b) => void (out = b));
+        this.#checks.set(e.name, p);
+        await p;
+        return out!;
+      }
+    }
+    return await this.file.readAt(start + offset, length, e.name);
+  }
+
+  /**
+   * Reads the whole stored entry once, through the CRC, and returns bytes
+   * [offset, offset+length) of it: one read when that is the whole entry,
+   * else chunks of VERIFY_CHUNK with the range copied out as it passes.
+   */
+  async #streamCheck(
+    e: ZipEntry,
+    start: number,
+    offset: number,
+    length: number,
+  ): Promise<Uint8Array> {
+    if (offset === 0 && length === e.size) {
+      const all = await this.file.readAt(start, e.size, e.name);
+      this.#compare(e, crc32(all));
+      return all;
+    }
+    const out = new Uint8Array(length);
+    const crc = new Crc32();
+    for (let at = 0; at < e.size; at += VERIFY_CHUNK) {
+      const chunk = await this.file.readAt(start + at, Math.min(VERIFY_CHUNK, e.size - at), e.name);
+      crc.update(chunk);
+      // The part of [offset, offset+length) inside this chunk.
+      const lo = Math.max(offset, at);
+      const hi = Math.min(offset + length, at + chunk.length);
+      if (lo < hi) out.set(chunk.subarray(lo - at, hi - at), lo - offset);
+    }
+    this.#compare(e, crc.digest());
+    return out;
+  }
+
+  #compare(e: ZipEntry, got: number): void {
+    if (got !== e.crc32) {
+      throw new CorruptFileError("CRC-32 mismatch (the entry's bytes are damaged)", {
+        file: this.path,
+        key: e.name,
+        expected: hex(e.crc32),
+        found: hex(got),
+        fix: "the file is damaged; download or copy it again",
+      });
+    }
   }
 
   /** Closes the underlying file. */
@@ -278,6 +401,10 @@ export class ZipReader {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+function hex(n: number): string {
+  return `0x${n.toString(16).padStart(8, "0")}`;
 }
 
 function corrupt(file: RandomAccessFile, what: string, expected?: string, found?: string) {
@@ -403,6 +530,7 @@ async function readEntries(file: RandomAccessFile, dir: Directory): Promise<ZipE
     }
     const flags = dv.getUint16(p + 8, true);
     const method = dv.getUint16(p + 10, true);
+    const modified = dv.getUint32(p + 12, true);
     const crc = dv.getUint32(p + 16, true);
     let compressedSize = dv.getUint32(p + 20, true);
     let size = dv.getUint32(p + 24, true);
@@ -474,6 +602,17 @@ async function readEntries(file: RandomAccessFile, dir: Directory): Promise<ZipE
         found: `${compressedSize}`,
       });
     }
+    // Inflating may not build more than the allocation budget allows for the whole file.
+    const inflateLimit = LIMITS.budgetFixed + LIMITS.budgetPerByte * file.size;
+    if (method === 8 && size > inflateLimit) {
+      throw new LimitError("deflated entry inflates past bloom's limit for this file", {
+        ...entryInfo,
+        expected: `at most ${inflateLimit} bytes (${LIMITS.budgetFixed} + ` +
+          `${LIMITS.budgetPerByte} × the file's ${file.size})`,
+        found: `${size}`,
+        fix: "re-save the checkpoint uncompressed (torch.save does)",
+      });
+    }
     if (method === 8 && size > compressedSize * MAX_INFLATE_RATIO + 1024) {
       throw new CorruptFileError("deflated entry claims an impossible expansion", {
         ...entryInfo,
@@ -488,7 +627,16 @@ async function readEntries(file: RandomAccessFile, dir: Directory): Promise<ZipE
         found: `local header at ${localHeaderOffset}, ${compressedSize} bytes of data`,
       });
     }
-    entries.push({ name, method, crc32: crc, compressedSize, size, localHeaderOffset });
+    entries.push({
+      name,
+      method,
+      flags,
+      modified,
+      crc32: crc,
+      compressedSize,
+      size,
+      localHeaderOffset,
+    });
     p = next;
   }
   return entries;

@@ -34,8 +34,8 @@ interface Written {
   offset: number;
 }
 
-/** Little-endian byte builder for headers. */
-class Bytes {
+/** Little-endian byte builder for headers (the fuzz tests build crafted archives with it too). */
+export class Bytes {
   #a: number[] = [];
   u16(v: number): this {
     this.#a.push(v & 0xff, (v >>> 8) & 0xff);
