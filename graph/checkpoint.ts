@@ -5,14 +5,22 @@
  * tensors, checks every key and shape, and loads the weights into an arena.
  * The file formats themselves live in data/.
  */
-import { CheckpointError, MissingKeyError } from "../data/errors.ts";
+import { CheckpointError, LimitError, MissingKeyError } from "../data/errors.ts";
+import type { FileSource } from "../data/file.ts";
 import { openTensorFile } from "../data/open.ts";
 import type { TensorFile, TensorRecord } from "../data/record.ts";
 import { bicubicResampleRef } from "../kernels/resample.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { ParamArena } from "./arena.ts";
 import { type HeadConfig, headParamSpecs } from "./heads.ts";
-import { ARCHS, type VitArch, type VitConfig, vitParamSpecs } from "./vit.ts";
+import {
+  ARCHS,
+  VIT_LIMITS,
+  type VitArch,
+  type VitConfig,
+  vitConfigProblems,
+  vitParamSpecs,
+} from "./vit.ts";
 
 /** Where the weights came from. */
 export type CheckpointLayout = "dinov2-hub" | "dinobloom" | "timm" | "bloom";
@@ -108,16 +116,56 @@ function need(path: string, m: Map<string, TensorRecord>, key: string, prefix = 
   return t;
 }
 
-/** Infers the ViT configuration from the backbone tensors' shapes. */
+/**
+ * The number of transformer blocks: every `blocks.i` for i < depth present,
+ * and no block past them. Counted from the keys that are there, before
+ * anything is built, so a stray `blocks.99999999.x` is a missing-block
+ * error, not a request for a hundred million blocks.
+ */
+function blockDepth(path: string, bb: Map<string, TensorRecord>): number {
+  const present = new Set<number>();
+  for (const k of bb.keys()) {
+    const m = /^blocks\.(\d+)\./.exec(k);
+    if (m) present.add(Number(m[1]));
+  }
+  let depth = 0;
+  while (present.has(depth)) depth++;
+  const beyond = [...present].filter((i) => i > depth);
+  if (beyond.length > 0) {
+    const last = Math.max(...beyond);
+    throw new MissingKeyError("transformer blocks are missing before a later block", {
+      file: path,
+      key: `blocks.${depth}.*`,
+      expected: `every block 0..${last} (the file has blocks.${last}.*)`,
+      found: `blocks 0..${depth - 1} only, then a gap`,
+      fix: "the checkpoint is incomplete or damaged",
+    });
+  }
+  return depth;
+}
+
+/** Infers the ViT configuration from the backbone tensors' shapes, within VIT_LIMITS. */
 export function inferConfig(path: string, bb: Map<string, TensorRecord>): VitConfig {
+  const mismatch = (key: string, expected: string, t: TensorRecord) =>
+    new CheckpointMismatchError("tensor does not have a ViT's shape", {
+      file: path,
+      key,
+      expected,
+      found: `[${t.shape}]`,
+    });
   const pe = need(path, bb, "patch_embed.proj.weight");
+  if (pe.shape.length !== 4 || pe.shape[1] !== 3 || pe.shape[2] !== pe.shape[3]) {
+    throw mismatch("patch_embed.proj.weight", "[D, 3, P, P]", pe);
+  }
   const [dim, , patch] = pe.shape;
   const pos = need(path, bb, "pos_embed");
+  if (pos.shape.length < 2) throw mismatch("pos_embed", "[1, 1 + g², D]", pos);
   const posTokens = pos.shape[pos.shape.length - 2];
   const regs = bb.get("register_tokens");
+  if (regs && regs.shape.length !== 3) throw mismatch("register_tokens", "[1, R, D]", regs);
   const registers = regs ? regs.shape[1] : 0;
   const posGrid = Math.round(Math.sqrt(posTokens - 1));
-  if (posGrid * posGrid !== posTokens - 1) {
+  if (!(posGrid * posGrid === posTokens - 1)) {
     throw new CheckpointMismatchError("pos_embed is not a square grid plus CLS", {
       file: path,
       key: "pos_embed",
@@ -125,15 +173,11 @@ export function inferConfig(path: string, bb: Map<string, TensorRecord>): VitCon
       found: `[${pos.shape}]`,
     });
   }
-  let depth = 0;
-  for (const k of bb.keys()) {
-    const m = /^blocks\.(\d+)\./.exec(k);
-    if (m) depth = Math.max(depth, Number(m[1]) + 1);
-  }
+  const depth = blockDepth(path, bb);
   const swiglu = bb.has("blocks.0.mlp.w12.weight");
-  const hidden = swiglu
-    ? need(path, bb, "blocks.0.mlp.w12.weight").shape[0] / 2
-    : need(path, bb, "blocks.0.mlp.fc1.weight").shape[0];
+  const fc = need(path, bb, swiglu ? "blocks.0.mlp.w12.weight" : "blocks.0.mlp.fc1.weight");
+  if (fc.shape.length !== 2) throw mismatch(fc.name, "[H, D]", fc);
+  const hidden = swiglu ? fc.shape[0] / 2 : fc.shape[0];
   const heads = dim / 64;
   const base = {
     dim,
@@ -142,6 +186,7 @@ export function inferConfig(path: string, bb: Map<string, TensorRecord>): VitCon
     mlpHidden: hidden,
     ffn: (swiglu ? "swiglu" : "mlp") as VitConfig["ffn"],
   };
+  checkLimits(path, { ...base, patch, registers, posGrid });
   const arch = (Object.keys(ARCHS) as VitArch[]).find((a) =>
     ARCHS[a].dim === base.dim && ARCHS[a].depth === base.depth &&
     ARCHS[a].mlpHidden === base.mlpHidden && ARCHS[a].ffn === base.ffn
@@ -155,6 +200,20 @@ export function inferConfig(path: string, bb: Map<string, TensorRecord>): VitCon
     eps: 1e-6,
     posInterp: "runtime",
   };
+}
+
+/** LimitError unless the shapes are within VIT_LIMITS (and heads divide dim). */
+function checkLimits(path: string, cfg: Parameters<typeof vitConfigProblems>[0]): void {
+  const problems = vitConfigProblems(cfg);
+  if (problems.length > 0) {
+    throw new LimitError("the checkpoint's architecture is outside bloom's limits", {
+      file: path,
+      key: problems.map((p) => p.split(":")[0]).join(", "),
+      found: problems.join("; "),
+      fix: "bloom builds ViTs up to " +
+        Object.entries(VIT_LIMITS).map(([k, v]) => `${k} ${v}`).join(", "),
+    });
+  }
 }
 
 /** Infers a head's shapes from its tensors. */
@@ -171,15 +230,17 @@ export function inferHead(path: string, prefix: string, m: Map<string, TensorRec
 }
 
 /**
- * Opens a checkpoint and reads its layout and architecture. `arch`, when
- * given, must agree with the tensors (a mismatch names the key). `heads`
- * (from a model's own config) may override head count for custom sizes.
+ * Opens a checkpoint (a path, or a ByteSource such as a dropped browser
+ * File) and reads its layout and architecture. `arch`, when given, must
+ * agree with the tensors (a mismatch names the key). `heads` (from a model's
+ * own config) may override head count for custom sizes.
  */
 export async function openCheckpoint(
-  path: string,
+  source: FileSource,
   opts: { arch?: VitArch | "custom"; heads?: number } = {},
 ): Promise<CheckpointContents> {
-  const file = await openTensorFile(path);
+  const file = await openTensorFile(source);
+  const path = file.path;
   try {
     const { layout, backbone, heads } = splitKeys(path, file.tensors);
     if (backbone.size === 0) {
@@ -196,6 +257,7 @@ export async function openCheckpoint(
     if (m) Object.assign(meta, m);
     if (meta["bloom.heads"]) config.heads = Number(meta["bloom.heads"]);
     if (opts.heads) config.heads = opts.heads;
+    checkLimits(path, config);
     if (opts.arch && opts.arch !== "custom" && opts.arch !== config.arch) {
       const want = ARCHS[opts.arch];
       throw new CheckpointMismatchError(`the weights are not ${opts.arch}`, {
@@ -311,10 +373,11 @@ export interface LoadedModel {
 /** Loads a checkpoint's backbone (and heads, if asked) into a new arena. */
 export async function loadCheckpoint(
   gpu: Gpu,
-  path: string,
+  source: FileSource,
   opts: LoadOptions = {},
 ): Promise<LoadedModel> {
-  const ck = await openCheckpoint(path, { arch: opts.arch, heads: opts.heads });
+  const ck = await openCheckpoint(source, { arch: opts.arch, heads: opts.heads });
+  const path = ck.path;
   try {
     const config = { ...ck.config };
     const resample = opts.posGrid !== undefined && opts.posGrid !== ck.config.posGrid;

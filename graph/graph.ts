@@ -13,6 +13,7 @@
 import { addInPlace, fill } from "../kernels/elementwise.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
+import type { Param } from "./arena.ts";
 import { ACCUMULATED, type BackwardContext } from "./rule.ts";
 import { type Attrs, type Prim, RULES } from "./rules.ts";
 import { Tensor } from "./tensor.ts";
@@ -166,13 +167,32 @@ export class Graph {
    * calling backward on several micro-batches accumulates. Gradients of
    * leaves made with `input(…, {requiresGrad: true})` are kept for `grad()`.
    * The tape is consumed: saved tensors are freed as soon as their node ran.
+   * `onParamReady` is told, while backward is being recorded, of each
+   * parameter whose gradient this backward will not touch again (a
+   * data-parallel run starts reducing those gradients early).
    */
-  backward(loss: Tensor, seed?: GpuTensor): void {
+  backward(
+    loss: Tensor,
+    seed?: GpuTensor,
+    opts: { onParamReady?: (p: Param) => void } = {},
+  ): void {
     this.#alive();
     if (!loss.requiresGrad) {
       throw new Error("backward() on a tensor that does not require grad (made under noGrad?)");
     }
     const gpu = this.gpu;
+    // A parameter's gradient is final once backward passes the first node that used it.
+    const readyAt = new Map<number, Param[]>();
+    if (opts.onParamReady) {
+      const seen = new Set<Param>();
+      for (const node of this.#nodes) {
+        for (const t of node.inputs) {
+          if (!t.param || !t.requiresGrad || seen.has(t.param)) continue;
+          seen.add(t.param);
+          readyAt.set(node.index, [...(readyAt.get(node.index) ?? []), t.param]);
+        }
+      }
+    }
     const grads = new Map<Tensor, GpuTensor>();
     grads.set(loss, seed ?? fill(gpu, [...loss.shape], 1));
     for (let i = this.#nodes.length - 1; i >= 0; i--) {
@@ -223,6 +243,7 @@ export class Graph {
         }
       }
       this.#finish(node);
+      for (const p of readyAt.get(i) ?? []) opts.onParamReady!(p);
     }
     // What is left are gradients of leaves that are not parameters.
     for (const [t, g] of grads) {

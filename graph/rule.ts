@@ -4,7 +4,7 @@
  * gradients. The table of rules is `rules.ts`.
  */
 import type { Gpu } from "../kernels/runtime.ts";
-import { GpuTensor } from "../kernels/tensor.ts";
+import type { GpuTensor } from "../kernels/tensor.ts";
 
 /** Returned by a backward rule for an input whose gradient it already added into the target. */
 export const ACCUMULATED: unique symbol = Symbol("accumulated");
@@ -48,14 +48,6 @@ export type Grads = (GpuTensor | null | typeof ACCUMULATED)[];
 export interface Rule<A> {
   forward(gpu: Gpu, xs: GpuTensor[], attrs: A, training: boolean): ForwardResult;
   backward(ctx: BackwardContext<A>, dy: GpuTensor): Grads;
-}
-
-/**
- * The same buffer under another shape, keeping ownership (a pooled tensor
- * stays pooled): for gradients handed on unchanged.
- */
-export function reshapeOwned(t: GpuTensor, shape: readonly number[]): GpuTensor {
-  return new GpuTensor(t.buffer, shape, t.dtype, t.offset, t.pooled);
 }
 
 /** Input `i`'s saved value, or a clear error when the rule forgot to save it. */

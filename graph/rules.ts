@@ -38,10 +38,10 @@ import {
   scatterRows,
   slice,
   sliceBackward,
-} from "../kernels/layout.ts";
-import { matmul, matmulBackward } from "../kernels/matmul.ts";
+} from "../kernels/layout/mod.ts";
+import { matmul, matmulBackward } from "../kernels/matmul/mod.ts";
 import { col2im, im2col } from "../kernels/patch_embed.ts";
-import { broadcastTo, sum, sumToShape } from "../kernels/reduce.ts";
+import { type Axis, broadcastTo, sum, sumToShape } from "../kernels/reduce.ts";
 import {
   crossEntropySoft,
   crossEntropySoftBackward,
@@ -50,19 +50,13 @@ import {
   softmax,
   softmaxBackward,
 } from "../kernels/softmax.ts";
-import type { Gpu, GpuLimits } from "../kernels/runtime.ts";
-import { type GpuTensor, numel } from "../kernels/tensor.ts";
-import {
-  ACCUMULATED,
-  type BackwardContext,
-  type Grads,
-  reshapeOwned,
-  type Rule,
-  saved,
-} from "./rule.ts";
+import type { Gpu } from "../kernels/runtime.ts";
+import { type GpuTensor, numel, retag } from "../kernels/tensor.ts";
+import { normalizeAxis, sameShape } from "../kernels/common/shape.ts";
+import { type BindingLimits, type Span, splitSpans } from "../kernels/common/split.ts";
+import { ACCUMULATED, type BackwardContext, type Grads, type Rule, saved } from "./rule.ts";
 
-/** Reduction axis: a dimension (negative from the end) or every element. */
-export type Axis = number | "all";
+export type { Axis };
 
 /** Attributes of every primitive. */
 export interface PrimAttrs {
@@ -116,21 +110,11 @@ export type Prim = keyof PrimAttrs;
 /** Attributes by primitive. */
 export type Attrs = PrimAttrs;
 
-function normAxis(axis: number, rank: number): number {
-  const a = axis < 0 ? rank + axis : axis;
-  if (a < 0 || a >= rank) throw new RangeError(`axis ${axis} out of range for rank ${rank}`);
-  return a;
-}
-
 /** Shape after reducing `axis` with keepDims. */
 function keptShape(shape: readonly number[], axis: Axis): number[] {
   if (axis === "all") return shape.map(() => 1);
-  const a = normAxis(axis, shape.length);
+  const a = normalizeAxis("keepDims", axis, shape.length);
   return shape.map((d, i) => (i === a ? 1 : d));
-}
-
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
 /** Copies a tensor (for a gradient that must go to two owners). */
@@ -145,35 +129,20 @@ function reduceTo(gpu: Gpu, dy: GpuTensor, shape: readonly number[]): GpuTensor 
   return sameShape(dy.shape, shape) ? dy : sumToShape(gpu, dy, [...shape]);
 }
 
-/** The two limits a row-block split depends on. */
-export type BindingLimits = Pick<
-  GpuLimits,
-  "maxStorageBufferBindingSize" | "minStorageBufferOffsetAlignment"
->;
-
 /**
- * Row ranges over operands [rows, cols_i] (row-major) such that each operand's
- * block fits one binding and starts at an aligned offset (one range when the
- * whole fits). The linear rule sums its weight gradient over these blocks; the
- * benchmarks tune the K they give.
+ * Row spans of the weight gradient dyᵀ·x [N, K] over operands dy [rows, N] and
+ * x [rows, K] (row-major) such that each operand's span fits one binding at an
+ * aligned offset (one span when the whole fits). The linear rule sums over
+ * these; `graph/tune.ts` tunes the K they give.
  */
-export function rowBlocks(
-  limits: BindingLimits,
-  rows: number,
-  cols: readonly number[],
-): [number, number][] {
-  const limit = limits.maxStorageBufferBindingSize;
-  const widest = Math.max(...cols);
-  if (rows * widest * 4 <= limit) return [[0, rows]];
-  const align = limits.minStorageBufferOffsetAlignment;
-  const gcd = (a: number, b: number): number => (b ? gcd(b, a % b) : a);
-  // Rows per block must keep every operand's block start aligned.
-  const step = cols.map((c) => align / gcd(c * 4, align)).reduce((a, b) => (a * b) / gcd(a, b), 1);
-  const per = Math.floor(Math.floor(limit / (widest * 4)) / step) * step;
-  if (per < 1) return [[0, rows]]; // one aligned block is over the limit: matmul names the limit
-  const out: [number, number][] = [];
-  for (let r = 0; r < rows; r += per) out.push([r, Math.min(rows, r + per)]);
-  return out;
+export function weightGradSpans(limits: BindingLimits, rows: number, n: number, k: number): Span[] {
+  return splitSpans(limits, {
+    op: "linear (weight gradient)",
+    item: "row",
+    count: rows,
+    itemBytes: [n * 4, k * 4],
+    fix: "use a smaller output or input dimension",
+  });
 }
 
 const linear: Rule<PrimAttrs["linear"]> = {
@@ -196,9 +165,9 @@ const linear: Rule<PrimAttrs["linear"]> = {
       // (iBOT logits over every masked token: [tokens, 65,536]) it is summed over row blocks.
       // The first block writes a fresh gradient; the rest (and a given target) accumulate.
       let dw = targets[1];
-      for (const [r0, r1] of rowBlocks(gpu.limits, m, [n, k])) {
-        const dyb = dy2.view(r0 * n, [r1 - r0, n]);
-        const xb = x2.view(r0 * k, [r1 - r0, k]);
+      for (const c of weightGradSpans(gpu.limits, m, n, k)) {
+        const dyb = dy2.view(c.start * n, [c.count, n]);
+        const xb = x2.view(c.start * k, [c.count, k]);
         if (dw) matmul(gpu, dyb, xb, { transA: true, accumulate: dw });
         else dw = matmul(gpu, dyb, xb, { transA: true });
       }
@@ -240,7 +209,7 @@ const binaryRule: Rule<PrimAttrs["binary"]> = {
         if (!sameShape(dy.shape, shape)) return sumToShape(gpu, dy, [...shape]);
         if (dyTaken) return copyOf(gpu, dy);
         dyTaken = true;
-        return reshapeOwned(dy, shape);
+        return retag(dy, shape);
       };
       const da = needs[0] ? take(inShapes[0]) : null;
       let db: GpuTensor | null = null;
@@ -305,7 +274,7 @@ function rows(t: GpuTensor): GpuTensor {
 const layerNormRule: Rule<PrimAttrs["layerNorm"]> = {
   forward(gpu, [x, w, b], { eps }) {
     const { y, mean, rstd } = layerNorm(gpu, rows(x), w, b, eps);
-    return { y: reshapeOwned(y, x.shape), saveInputs: [0, 1], aux: [mean, rstd] };
+    return { y: retag(y, x.shape), saveInputs: [0, 1], aux: [mean, rstd] };
   },
   backward(ctx, dy) {
     const x = saved(ctx, 0);
@@ -324,7 +293,7 @@ const layerNormRule: Rule<PrimAttrs["layerNorm"]> = {
       return null;
     };
     return [
-      keep(reshapeOwned(dx, x.shape), ctx.needs[0]),
+      keep(retag(dx, x.shape), ctx.needs[0]),
       keep(dweight, ctx.needs[1]),
       keep(dbias, ctx.needs[2]),
     ];
@@ -350,31 +319,27 @@ const attentionRule: Rule<PrimAttrs["attention"]> = {
   },
 };
 
-const softmaxRule: Rule<PrimAttrs["softmax"]> = {
-  forward: (gpu, [x], { temperature }) => ({
-    y: reshapeOwned(softmax(gpu, rows(x), { temperature }), x.shape),
-    saveOutput: true,
-  }),
-  backward: (ctx, dy) => [
-    reshapeOwned(
-      softmaxBackward(ctx.gpu, rows(dy), rows(ctx.y!), { temperature: ctx.attrs.temperature }),
-      dy.shape,
-    ),
-  ],
-};
+/** The rule of softmax or log-softmax: row-wise with a temperature, backward from the output. */
+function softmaxFamilyRule(
+  fwd: typeof softmax,
+  bwd: typeof softmaxBackward,
+): Rule<{ temperature: number }> {
+  return {
+    forward: (gpu, [x], { temperature }) => ({
+      y: retag(fwd(gpu, rows(x), { temperature }), x.shape),
+      saveOutput: true,
+    }),
+    backward: (ctx, dy) => [
+      retag(
+        bwd(ctx.gpu, rows(dy), rows(ctx.y!), { temperature: ctx.attrs.temperature }),
+        dy.shape,
+      ),
+    ],
+  };
+}
 
-const logSoftmaxRule: Rule<PrimAttrs["logSoftmax"]> = {
-  forward: (gpu, [x], { temperature }) => ({
-    y: reshapeOwned(logSoftmax(gpu, rows(x), { temperature }), x.shape),
-    saveOutput: true,
-  }),
-  backward: (ctx, dy) => [
-    reshapeOwned(
-      logSoftmaxBackward(ctx.gpu, rows(dy), rows(ctx.y!), { temperature: ctx.attrs.temperature }),
-      dy.shape,
-    ),
-  ],
-};
+const softmaxRule = softmaxFamilyRule(softmax, softmaxBackward);
+const logSoftmaxRule = softmaxFamilyRule(logSoftmax, logSoftmaxBackward);
 
 const crossEntropyRule: Rule<PrimAttrs["crossEntropySoft"]> = {
   forward(gpu, [logits, targets], { temperature }) {
@@ -386,19 +351,19 @@ const crossEntropyRule: Rule<PrimAttrs["crossEntropySoft"]> = {
     const d = crossEntropySoftBackward(ctx.gpu, dy, ctx.aux[0], rows(targets), {
       temperature: ctx.attrs.temperature,
     });
-    return [reshapeOwned(d, ctx.inShapes[0]), null];
+    return [retag(d, ctx.inShapes[0]), null];
   },
 };
 
 const l2NormalizeRule: Rule<PrimAttrs["l2Normalize"]> = {
   forward(gpu, [x], { eps }) {
     const { y, norm } = l2Normalize(gpu, rows(x), eps);
-    return { y: reshapeOwned(y, x.shape), saveInputs: [0], aux: [norm] };
+    return { y: retag(y, x.shape), saveInputs: [0], aux: [norm] };
   },
   backward(ctx, dy) {
     const x = saved(ctx, 0);
     const dx = l2NormalizeBackward(ctx.gpu, rows(dy), rows(x), ctx.aux[0], ctx.attrs.eps);
-    return [reshapeOwned(dx, x.shape)];
+    return [retag(dx, x.shape)];
   },
 };
 
@@ -411,7 +376,7 @@ const weightNormRule: Rule<PrimAttrs["weightNorm"]> = {
     const v = saved(ctx, 0);
     const g = saved(ctx, 1);
     const { dv, dg } = weightNormBackward(ctx.gpu, dy, v, g.reshape([v.shape[0]]), ctx.aux[0]);
-    return [dv, reshapeOwned(dg, ctx.inShapes[1])];
+    return [dv, retag(dg, ctx.inShapes[1])];
   },
 };
 
@@ -444,7 +409,7 @@ function reduceRule(mean: boolean): Rule<PrimAttrs["sum"]> {
 
 const reshapeRule: Rule<PrimAttrs["reshape"]> = {
   forward: (_gpu, [x], { shape }) => ({ y: x.reshape(shape), view: true }),
-  backward: (ctx, dy) => [reshapeOwned(dy, ctx.inShapes[0])],
+  backward: (ctx, dy) => [retag(dy, ctx.inShapes[0])],
 };
 
 const broadcastRule: Rule<PrimAttrs["broadcastTo"]> = {
@@ -462,7 +427,7 @@ const sliceRule: Rule<PrimAttrs["slice"]> = {
 const concatRule: Rule<PrimAttrs["concat"]> = {
   forward: (gpu, xs, { axis }) => ({ y: concat(gpu, xs, axis) }),
   backward(ctx, dy) {
-    const a = normAxis(ctx.attrs.axis, dy.shape.length);
+    const a = normalizeAxis("concat backward", ctx.attrs.axis, dy.shape.length);
     let at = 0;
     return ctx.inShapes.map((s, i) => {
       const len = s[a];
@@ -494,7 +459,7 @@ const maskRowsRule: Rule<PrimAttrs["maskRows"]> = {
   forward: (gpu, [x, mask, token]) => ({ y: maskRows(gpu, x, mask, token), saveInputs: [1] }),
   backward(ctx, dy) {
     const { dx, dtoken } = maskRowsBackward(ctx.gpu, dy, saved(ctx, 1));
-    return [dx, null, reshapeOwned(dtoken, ctx.inShapes[2])];
+    return [dx, null, retag(dtoken, ctx.inShapes[2])];
   },
 };
 

@@ -1,7 +1,7 @@
 /**
  * The DINOv2 vision transformer family (patch 14, LayerScale, optional
  * register tokens, SwiGLU FFN for giant), with DINOv2's state-dict names, so
- * checkpoints map one to one. See /shared/RECIPE.md §1.
+ * checkpoints map one to one. See docs/recipe.md and docs/checkpoints.md.
  */
 import type { ParamSpec } from "./arena.ts";
 import { fusedLinear } from "./fused.ts";
@@ -50,7 +50,7 @@ export interface VitConfig {
   posInterp: "runtime" | "size";
 }
 
-/** The named sizes (RECIPE.md §1 table). */
+/** The named sizes (docs/recipe.md, the backbone table). */
 export const ARCHS: {
   readonly [A in VitArch]: Pick<VitConfig, "dim" | "depth" | "heads" | "mlpHidden" | "ffn">;
 } = {
@@ -59,6 +59,44 @@ export const ARCHS: {
   vit_large: { dim: 1024, depth: 24, heads: 16, mlpHidden: 4096, ffn: "mlp" },
   vit_giant2: { dim: 1536, depth: 40, heads: 24, mlpHidden: 4096, ffn: "swiglu" },
 };
+
+/**
+ * Bounds on a ViT bloom builds, from a checkpoint or a config: far above
+ * DINOv2 giant (dim 1536, depth 40), low enough that a damaged or hostile
+ * file cannot make bloom build millions of parameter specs or an absurd
+ * arena before anything is checked.
+ */
+export const VIT_LIMITS = {
+  dim: 8192,
+  depth: 128,
+  heads: 128,
+  mlpHidden: 65536,
+  patch: 64,
+  registers: 64,
+  posGrid: 256,
+} as const;
+
+/**
+ * What is wrong with `cfg`'s shapes, as "field: expected …, found …" lines
+ * (empty when it is fine): each a positive integer within VIT_LIMITS, and
+ * heads dividing dim.
+ */
+export function vitConfigProblems(
+  cfg: Pick<VitConfig, keyof typeof VIT_LIMITS>,
+): string[] {
+  const out: string[] = [];
+  for (const k of Object.keys(VIT_LIMITS) as (keyof typeof VIT_LIMITS)[]) {
+    const v = cfg[k];
+    const min = k === "registers" ? 0 : 1;
+    if (!Number.isSafeInteger(v) || v < min || v > VIT_LIMITS[k]) {
+      out.push(`${k}: expected an integer in ${min}..${VIT_LIMITS[k]}, found ${v}`);
+    }
+  }
+  if (out.length === 0 && cfg.dim % cfg.heads !== 0) {
+    out.push(`heads: expected a divisor of dim ${cfg.dim}, found ${cfg.heads}`);
+  }
+  return out;
+}
 
 /** A named architecture with DINOv2's defaults (patch 14, 224 px grid unless given). */
 export function vitConfig(arch: VitArch, over: Partial<VitConfig> = {}): VitConfig {
@@ -140,6 +178,12 @@ export interface VitForwardOptions {
   masks?: Tensor | null;
   /** Which outputs to compute (default: all). */
   outputs?: readonly (keyof VitOutputs)[];
+  /**
+   * Inference only: "f16" reads the block weights as f16 halves (f32 sums) where the adapter
+   * offers `shader-f16` (kernels/matmul `precision`). Features then differ from PyTorch's f32
+   * forward by ~1e-3 relative (tests/vit_test.ts states the tolerance). Default "f32".
+   */
+  precision?: "f32" | "f16";
 }
 
 /** Position embeddings for a gh × gw patch grid: [1, 1 + gh·gw, D]. */
@@ -157,29 +201,46 @@ export function positionEmbedding(ps: Params, cfg: VitConfig, gh: number, gw: nu
   return concat(g, [clsPos, reshape(g, resampled, [1, gh * gw, D])], 1);
 }
 
-/** One pre-norm transformer block. */
-export function vitBlock(ps: Params, cfg: VitConfig, i: number, x: Tensor): Tensor {
+/**
+ * One pre-norm transformer block. Without a recording graph (inference) every linear layer
+ * runs as one matmul with its epilogue fused (`fusedLinear`: bias, GELU, LayerScale and the
+ * residual in the write-out), and attention reads the qkv projection's output as it is —
+ * [B, T, 3·H·Dh], heads side by side — so no permute pass sits between them.
+ */
+export function vitBlock(
+  ps: Params,
+  cfg: VitConfig,
+  i: number,
+  x: Tensor,
+  precision: "f32" | "f16" = "f32",
+): Tensor {
   const g = ps.g;
   const p = (n: string) => ps.get(`blocks.${i}.${n}`);
   const h = layerNorm(g, x, p("norm1.weight"), p("norm1.bias"), cfg.eps);
-  const qkv = linear(g, h, p("attn.qkv.weight"), p("attn.qkv.bias"));
+  const qkv = fusedLinear(g, h, p("attn.qkv.weight"), p("attn.qkv.bias"), { precision });
   const a = attention(g, qkv, cfg.heads);
   x = fusedLinear(g, a, p("attn.proj.weight"), p("attn.proj.bias"), {
     scale: p("ls1.gamma"),
     residual: x,
+    precision,
   });
   const h2 = layerNorm(g, x, p("norm2.weight"), p("norm2.bias"), cfg.eps);
   if (cfg.ffn === "mlp") {
-    const f = fusedLinear(g, h2, p("mlp.fc1.weight"), p("mlp.fc1.bias"), { activation: "gelu" });
+    const f = fusedLinear(g, h2, p("mlp.fc1.weight"), p("mlp.fc1.bias"), {
+      activation: "gelu",
+      precision,
+    });
     return fusedLinear(g, f, p("mlp.fc2.weight"), p("mlp.fc2.bias"), {
       scale: p("ls2.gamma"),
       residual: x,
+      precision,
     });
   }
-  const f = swiglu(g, linear(g, h2, p("mlp.w12.weight"), p("mlp.w12.bias")));
+  const f = swiglu(g, fusedLinear(g, h2, p("mlp.w12.weight"), p("mlp.w12.bias"), { precision }));
   return fusedLinear(g, f, p("mlp.w3.weight"), p("mlp.w3.bias"), {
     scale: p("ls2.gamma"),
     residual: x,
+    precision,
   });
 }
 
@@ -235,7 +296,7 @@ export function vitForward(
     let x = g.tidy(() => vitTokens(ps, cfg, images, opts.masks));
     for (let i = 0; i < cfg.depth; i++) {
       const xi = x;
-      x = g.tidy(() => vitBlock(ps, cfg, i, xi));
+      x = g.tidy(() => vitBlock(ps, cfg, i, xi, opts.precision));
     }
     const B = x.dim(0);
     const T = x.dim(1);

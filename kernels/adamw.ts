@@ -17,9 +17,10 @@
  * recorded step replays with new learning rates. Scalars are derived in float64 on the host, the
  * way PyTorch's Python-side scalars are, and rounded to f32 once.
  */
-import { FLAT_WORKGROUP_INDEX, grid, kernel, u32Params } from "./kernel.ts";
+import { flatMain, grid, kernel } from "./kernel.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
+import { u32Uniforms } from "./uniforms.ts";
 
 /** Parameters start at multiples of this many elements; the table has one word per block. */
 export const ARENA_ALIGN = 64;
@@ -248,11 +249,7 @@ struct P { n4: u32, p0: u32, p1: u32, p2: u32 }
 @group(0) @binding(6) var<storage, read> clip: array<f32>;
 @group(0) @binding(7) var<uniform> u: P;
 ${TABLE_WGSL}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let i = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (i >= u.n4) { return; }
+${flatMain(WG, "i", "u.n4")}
   let e = table[i >> 4u];
   let count = segCount(e);
   let lane0 = (i & 15u) * 4u;
@@ -342,7 +339,7 @@ export function adamwStep(gpu: Gpu, args: AdamwArgs): void {
     adamwKernel,
     [param, grad, m, v, table, hyper, clip],
     grid(Math.ceil(n4 / WG)),
-    u32Params(n4),
+    u32Uniforms(n4),
   );
 }
 

@@ -45,13 +45,20 @@ import {
   type AutotuneCache,
   type Autotuner,
   type CandidateCodec,
+  fmtSeconds,
   newAutotuner,
+  TuneBudget,
   type TuneRecord,
 } from "./autotune.ts";
+import { candidateSetTag, classDefaults } from "./defaults.ts";
+import { sameShape } from "./common/shape.ts";
+import { bindWindow } from "./common/window.ts";
+import { splitSpans } from "./common/split.ts";
 import { GpuLimitError } from "./errors.ts";
-import { grid, type Kernel, kernel, Params } from "./kernel.ts";
+import { bindingsWgsl, grid, GRID_BUILTINS, type Kernel, kernel } from "./kernel.ts";
 import type { Gpu } from "./runtime.ts";
-import type { BufferView, GpuTensor } from "./tensor.ts";
+import type { GpuTensor } from "./tensor.ts";
+import { Uniforms } from "./uniforms.ts";
 
 // ------------------------------------------------------------------ variants
 
@@ -77,6 +84,12 @@ export interface AttentionVariant {
   tile?: number;
   /** Dot products into a vec4 accumulator ("vec") or a scalar fma chain ("scalar"). */
   dot?: "vec" | "scalar";
+  /**
+   * Forward of the `rows` family only: read qkv from an rgba32float texture the dispatch copies
+   * it into (a texel is 4 elements of a row), where a storage load is a per-lane loop on
+   * llvmpipe and a texel fetch a branch-free gather (see textures.ts). Elsewhere ignored.
+   */
+  tex?: boolean;
 }
 
 /** The variant of each of the three kernels. */
@@ -87,10 +100,9 @@ export interface AttentionPlan {
 }
 
 /**
- * The plan used where nothing is tuned: register-blocked kernels that are
- * correct everywhere, measured best on llvmpipe among those that compile in
- * a few seconds there (larger `rows` run faster but compile for tens of
- * seconds; `tuneAttention` considers them).
+ * A portable plan: register-blocked kernels that are correct on every adapter and compile in a
+ * few seconds even on llvmpipe. What runs untuned is the adapter class's shipped plan
+ * (`defaults.ts`, `defaultAttentionPlan`).
  */
 export const DEFAULT_ATTENTION_PLAN: AttentionPlan = {
   forward: { kind: "rows", wg: 8, rows: 4, block: 1, dot: "vec" },
@@ -99,11 +111,12 @@ export const DEFAULT_ATTENTION_PLAN: AttentionPlan = {
 };
 
 /**
- * What `tuneAttention` measures (those that fit the adapter's limits). Cold
- * compile CPU time on llvmpipe at head dim 64, forward / dQ + dK/dV: rows 4
- * 1 s / 5 s, rows 16 8 s / 58 s, rows 32 23 s / 312 s. Rows 32 buys ~10 %
- * over rows 16, which for the backward is not worth five minutes of a first
- * run, so it is a forward-only candidate.
+ * Every variant some adapter class may tune (`defaults.ts` picks each class's), with the
+ * kernels it applies to. Cold compile CPU time on llvmpipe at head dim 64, forward / dQ +
+ * dK/dV: rows 4 1 s / 5 s, rows 16 8 s / 58 s, rows 32 23 s / 312 s. Rows 32 buys ~10 %
+ * over rows 16, which for the backward is not worth five minutes of a first run, so it is a
+ * forward-only candidate. The texture-reading forwards (`tex`) run 20–30 % faster than the
+ * same rows from storage on llvmpipe (rows 12: ~0.36 of the FMA peak against ~0.25).
  */
 const CANDIDATES: readonly { v: AttentionVariant; ops: readonly Op[] }[] = [
   // CPU adapters: rows per invocation amortise storage loads.
@@ -111,6 +124,9 @@ const CANDIDATES: readonly { v: AttentionVariant; ops: readonly Op[] }[] = [
   { v: { kind: "rows", wg: 8, rows: 8, block: 2, dot: "scalar" }, ops: ["fwd", "dq", "dkv"] },
   { v: { kind: "rows", wg: 8, rows: 16, block: 2, dot: "scalar" }, ops: ["fwd", "dq", "dkv"] },
   { v: { kind: "rows", wg: 8, rows: 32, block: 2, dot: "scalar" }, ops: ["fwd"] },
+  { v: { kind: "rows", wg: 8, rows: 8, block: 2, dot: "scalar", tex: true }, ops: ["fwd"] },
+  { v: { kind: "rows", wg: 8, rows: 12, block: 2, dot: "scalar", tex: true }, ops: ["fwd"] },
+  { v: { kind: "rows", wg: 8, rows: 16, block: 2, dot: "scalar", tex: true }, ops: ["fwd"] },
   // GPUs: cached broadcast loads, or key/value tiles in workgroup memory.
   { v: { kind: "rows", wg: 64, rows: 1, block: 4, dot: "vec" }, ops: ["fwd", "dq", "dkv"] },
   {
@@ -159,8 +175,10 @@ interface Stream {
   width: number;
   /** WGSL type of one element. */
   type: string;
-  /** Address of the first element of row `r` (an expression in `r`). */
+  /** Address of the first element of row `r` (an expression in `r`); a texture's row index. */
   at: (r: string) => string;
+  /** For a texture stream: the texel column of the row's first element. */
+  texCol?: string;
 }
 
 /** What the body of the block loop may ask: element `c` of stream row `i`, and its row index. */
@@ -209,8 +227,13 @@ function accSum(g: Gen, acc: string): string {
   return acc;
 }
 
+/** Whether a kernel reads qkv from a texture: `tex` forward variants with vec4 rows. */
+function texRead(g: Gen): boolean {
+  return g.v.tex && g.op === "fwd" && g.w === 4;
+}
+
 /** Header: uniform block, bindings and the workgroup prologue shared by all three kernels. */
-function header(bindings: [string, "read" | "read_write", string][]): Src {
+function header(bindings: [string, "read" | "read_write", string][], texQkv = false): Src {
   const s = new Src();
   s.push(
     0,
@@ -220,10 +243,11 @@ function header(bindings: [string, "read" | "read_write", string][]): Src {
     "  scale: f32, row0: u32,",
     "}",
   );
-  bindings.forEach(([name, access, type], i) => {
-    s.push(0, `@group(0) @binding(${i}) var<storage, ${access}> ${name}: array<${type}>;`);
-  });
-  s.push(0, `@group(0) @binding(${bindings.length}) var<uniform> prm: P;`);
+  const decls = bindings.map(([name, access, type]) => [name, access, `array<${type}>`] as const);
+  const lines = bindingsWgsl(decls, ["prm", "P"]).split("\n");
+  // qkv is binding 0 of every kernel: as a texture, only its declaration changes.
+  if (texQkv) lines[0] = "@group(0) @binding(0) var qkvT: texture_2d<f32>;";
+  s.push(0, ...lines);
   return s;
 }
 
@@ -232,8 +256,7 @@ function prologue(s: Src, g: Gen): void {
   s.push(
     0,
     `@compute @workgroup_size(${g.v.wg})`,
-    "fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,",
-    "        @builtin(local_invocation_index) lid: u32) {",
+    `fn main(${GRID_BUILTINS}) {`,
   );
   s.push(
     1,
@@ -253,6 +276,7 @@ function prologue(s: Src, g: Gen): void {
     `let kOff = (H + h) * ${dv}u;`,
     `let vOff = (2u * H + h) * ${dv}u;`,
     "let sbase = (b * H + h) * T; // row 0 of this (b, h) in lse and D",
+    "let tb = b * T; // row 0 of image b in a qkv texture of this dispatch's images",
   );
 }
 
@@ -272,7 +296,9 @@ function blockLoop(s: Src, g: Gen, streams: Stream[], body: (a: BlockAccess) => 
     body({
       get: (name, i, c = 0) => {
         const st = streams.find((x) => x.name === name)!;
-        return `${st.arr}[a${name}${i}${c ? ` + ${c}u` : ""}]`;
+        return st.texCol
+          ? `textureLoad(${st.arr}, vec2u(${st.texCol} + ${c}u, a${name}${i}), 0)`
+          : `${st.arr}[a${name}${i}${c ? ` + ${c}u` : ""}]`;
       },
       idx: (i) => (i === 0 ? "j0" : `j0 + ${i}u`),
     });
@@ -376,6 +402,128 @@ function declareRows(s: Src, g: Gen, ...names: string[]): void {
   }
 }
 
+/** A tensor the kernels bind (its name is also its uniform base field's stem). */
+type TensorName = "qkv" | "out" | "dout" | "lse" | "dd" | "dqkv";
+
+/** The tensors each kernel binds, in binding order, with their access. */
+const TENSORS: Record<Op, [TensorName, "read" | "read_write"][]> = {
+  fwd: [["qkv", "read"], ["out", "read_write"], ["lse", "read_write"]],
+  dq: [
+    ["qkv", "read"],
+    ["out", "read"],
+    ["dout", "read"],
+    ["lse", "read"],
+    ["dd", "read_write"],
+    ["dqkv", "read_write"],
+  ],
+  dkv: [["qkv", "read"], ["dout", "read"], ["lse", "read"], ["dd", "read"], ["dqkv", "read_write"]],
+};
+
+/** Whether a tensor holds head rows (read as vectors); lse and dd hold one f32 per (head, row). */
+function holdsRows(name: TensorName): boolean {
+  return name !== "lse" && name !== "dd";
+}
+
+/** Register chunks per row (dv), rows per invocation (R), keys per step (KB), chunk type (T). */
+function dims(g: Gen): { dv: number; R: number; KB: number; T: string } {
+  return { dv: g.dh / g.w, R: g.v.rows, KB: g.v.block, T: vt(g) };
+}
+
+/**
+ * What every kernel starts with: the uniforms and its storage bindings
+ * (`TENSORS`), the tiles of `streams` (tiled variants), `main`'s prologue and
+ * the per-row registers named `rows`.
+ */
+function begin(g: Gen, streams: Stream[], rows: string[]): Src {
+  const s = header(
+    TENSORS[g.op].map(([name, access]) => [name, access, holdsRows(name) ? vt(g) : "f32"]),
+    texRead(g),
+  );
+  s.push(0, ...tileDecls(g, streams));
+  prologue(s, g);
+  declareRows(s, g, ...rows);
+  return s;
+}
+
+/** The key and value streams of the other side's rows (forward and dQ). */
+function kvStreams(g: Gen): Stream[] {
+  const { dv, T } = dims(g);
+  if (texRead(g)) {
+    // `at` is the texture row; `texCol` the texel column of the row's first chunk.
+    return [
+      { name: "k", arr: "qkvT", width: dv, type: T, at: (r) => `tb + ${r}`, texCol: "kOff" },
+      { name: "v", arr: "qkvT", width: dv, type: T, at: (r) => `tb + ${r}`, texCol: "vOff" },
+    ];
+  }
+  return [
+    { name: "k", arr: "qkv", width: dv, type: T, at: (r) => `tok + ${r} * rs + kOff` },
+    { name: "v", arr: "qkv", width: dv, type: T, at: (r) => `tok + ${r} * rs + vOff` },
+  ];
+}
+
+/**
+ * The two dot products of the backward, for every row r and step key i:
+ * s{r}_{i} = Σ_c S{r}_c · s'{i}_c and e{r}_{i} = Σ_c E{r}_c · e'{i}_c, where
+ * `sPair`/`ePair` are [row register S or E, stream, local name of its step
+ * values]; each stream value is loaded once.
+ */
+function pairDots(
+  s: Src,
+  g: Gen,
+  a: BlockAccess,
+  ind: number,
+  sPair: [string, string, string],
+  ePair: [string, string, string],
+): void {
+  const { dv, R, KB } = dims(g);
+  const [sr, ss, sl] = sPair;
+  const [er, es, el] = ePair;
+  for (let i = 0; i < KB; i++) {
+    for (let r = 0; r < R; r++) s.push(ind, accDecl(g, `s${r}_${i}`), accDecl(g, `e${r}_${i}`));
+    for (let c = 0; c < dv; c++) {
+      s.push(
+        ind,
+        `let ${sl}${i}_${c} = ${a.get(ss, i, c)};`,
+        `let ${el}${i}_${c} = ${a.get(es, i, c)};`,
+      );
+      for (let r = 0; r < R; r++) {
+        s.push(
+          ind,
+          accAdd(g, `s${r}_${i}`, `${sr}${r}_${c}`, `${sl}${i}_${c}`),
+          accAdd(g, `e${r}_${i}`, `${er}${r}_${c}`, `${el}${i}_${c}`),
+        );
+      }
+    }
+  }
+}
+
+/**
+ * The backward's probabilities and score gradients of a step, from `pairDots`:
+ * p{r}_{i} = exp(s{r}_{i} − lse(r, i)) (0 for keys past T) and
+ * ds{r}_{i} = p{r}_{i} · (e{r}_{i} − D(r, i)).
+ */
+function probs(
+  s: Src,
+  g: Gen,
+  a: BlockAccess,
+  ind: number,
+  lse: (r: number, i: number) => string,
+  D: (r: number, i: number) => string,
+): void {
+  for (let r = 0; r < g.v.rows; r++) {
+    for (let i = 0; i < g.v.block; i++) {
+      const p = `exp(${accSum(g, `s${r}_${i}`)} - ${lse(r, i)})`;
+      s.push(
+        ind,
+        i === 0
+          ? `let p${r}_${i} = ${p};`
+          : `let p${r}_${i} = select(${p}, 0.0, ${a.idx(i)} >= T);`,
+        `let ds${r}_${i} = p${r}_${i} * (${accSum(g, `e${r}_${i}`)} - ${D(r, i)});`,
+      );
+    }
+  }
+}
+
 /** `acc + Σ_i scal{r}_{i} · vec{i}_{c}` as one expression (one write per step). */
 function fmaChain(g: Gen, acc: string, scal: string, vec: string, r: number, c: number): string {
   let e = acc;
@@ -387,23 +535,19 @@ function fmaChain(g: Gen, acc: string, scal: string, vec: string, r: number, c: 
 
 /** Forward: out = softmax(q kᵀ·scale) v per head, and lse. */
 function forwardSource(g: Gen): string {
-  const dv = g.dh / g.w;
-  const R = g.v.rows;
-  const KB = g.v.block;
-  const T = vt(g);
-  const s = header([["qkv", "read", T], ["out", "read_write", T], ["lse", "read_write", "f32"]]);
-  const streams: Stream[] = [
-    { name: "k", arr: "qkv", width: dv, type: T, at: (r) => `tok + ${r} * rs + kOff` },
-    { name: "v", arr: "qkv", width: dv, type: T, at: (r) => `tok + ${r} * rs + vOff` },
-  ];
-  s.push(0, ...tileDecls(g, streams));
-  prologue(s, g);
-  declareRows(s, g, "q", "o");
+  const { dv, R, KB, T } = dims(g);
+  const streams = kvStreams(g);
+  const s = begin(g, streams, ["q", "o"]);
   for (let r = 0; r < R; r++) s.push(1, `var m${r} = ${NEG};`, `var l${r} = 0.0;`);
   rowLoop(
     s,
     g,
-    loadChunks(g, "t", "qkv", "tok + ld * rs + qOff", " * prm.scale"),
+    texRead(g)
+      ? Array.from(
+        { length: dv },
+        (_, c) => `let t${c} = textureLoad(qkvT, vec2u(qOff + ${c}u, tb + ld), 0) * prm.scale;`,
+      )
+      : loadChunks(g, "t", "qkv", "tok + ld * rs + qOff", " * prm.scale"),
     (r) => assignRow(g, "q", r, "t"),
   );
   const ind = g.v.kind === "rows" ? 2 : 3;
@@ -471,25 +615,9 @@ function forwardSource(g: Gen): string {
 
 /** Backward, query side: D = rowsum(dout∘out) and dQ = scale · Σ_j p(dp − D) k_j. */
 function dqSource(g: Gen): string {
-  const dv = g.dh / g.w;
-  const R = g.v.rows;
-  const KB = g.v.block;
-  const T = vt(g);
-  const s = header([
-    ["qkv", "read", T],
-    ["out", "read", T],
-    ["dout", "read", T],
-    ["lse", "read", "f32"],
-    ["dd", "read_write", "f32"],
-    ["dqkv", "read_write", T],
-  ]);
-  const streams: Stream[] = [
-    { name: "k", arr: "qkv", width: dv, type: T, at: (r) => `tok + ${r} * rs + kOff` },
-    { name: "v", arr: "qkv", width: dv, type: T, at: (r) => `tok + ${r} * rs + vOff` },
-  ];
-  s.push(0, ...tileDecls(g, streams));
-  prologue(s, g);
-  declareRows(s, g, "q", "do", "g");
+  const { dv, R, T } = dims(g);
+  const streams = kvStreams(g);
+  const s = begin(g, streams, ["q", "do", "g"]);
   for (let r = 0; r < R; r++) s.push(1, `var D${r}: f32;`, `var ls${r}: f32;`);
   const dsum: string[] = [accDecl(g, "dsum")];
   for (let c = 0; c < dv; c++) dsum.push(accAdd(g, "dsum", `u${c}`, `out[prm.outB + ra + ${c}u]`));
@@ -516,35 +644,8 @@ function dqSource(g: Gen): string {
   );
   const ind = g.v.kind === "rows" ? 2 : 3;
   blockLoop(s, g, streams, (a) => {
-    for (let i = 0; i < KB; i++) {
-      for (let r = 0; r < R; r++) s.push(ind, accDecl(g, `s${r}_${i}`), accDecl(g, `e${r}_${i}`));
-      for (let c = 0; c < dv; c++) {
-        s.push(
-          ind,
-          `let k${i}_${c} = ${a.get("k", i, c)};`,
-          `let v${i}_${c} = ${a.get("v", i, c)};`,
-        );
-        for (let r = 0; r < R; r++) {
-          s.push(
-            ind,
-            accAdd(g, `s${r}_${i}`, `q${r}_${c}`, `k${i}_${c}`),
-            accAdd(g, `e${r}_${i}`, `do${r}_${c}`, `v${i}_${c}`),
-          );
-        }
-      }
-    }
-    for (let r = 0; r < R; r++) {
-      for (let i = 0; i < KB; i++) {
-        const p = `exp(${accSum(g, `s${r}_${i}`)} - ls${r})`;
-        s.push(
-          ind,
-          i === 0
-            ? `let p${r}_${i} = ${p};`
-            : `let p${r}_${i} = select(${p}, 0.0, ${a.idx(i)} >= T);`,
-          `let ds${r}_${i} = p${r}_${i} * (${accSum(g, `e${r}_${i}`)} - D${r});`,
-        );
-      }
-    }
+    pairDots(s, g, a, ind, ["q", "k", "k"], ["do", "v", "v"]);
+    probs(s, g, a, ind, (r) => `ls${r}`, (r) => `D${r}`);
     for (let c = 0; c < dv; c++) {
       for (let r = 0; r < R; r++) {
         s.push(ind, `g${r}_${c} = ${fmaChain(g, `g${r}_${c}`, "ds", "k", r, c)};`);
@@ -564,17 +665,7 @@ function dqSource(g: Gen): string {
 
 /** Backward, key side: dV = Σ_i p dout_i and dK = scale · Σ_i p(dp − D_i) q_i. */
 function dkvSource(g: Gen): string {
-  const dv = g.dh / g.w;
-  const R = g.v.rows;
-  const KB = g.v.block;
-  const T = vt(g);
-  const s = header([
-    ["qkv", "read", T],
-    ["dout", "read", T],
-    ["lse", "read", "f32"],
-    ["dd", "read", "f32"],
-    ["dqkv", "read_write", T],
-  ]);
+  const { dv, R, KB, T } = dims(g);
   const streams: Stream[] = [
     { name: "q", arr: "qkv", width: dv, type: T, at: (r) => `tok + ${r} * rs + qOff` },
     {
@@ -587,9 +678,7 @@ function dkvSource(g: Gen): string {
     { name: "l", arr: "lse", width: 1, type: "f32", at: (r) => `prm.lseB + sbase + ${r}` },
     { name: "d", arr: "dd", width: 1, type: "f32", at: (r) => `prm.dB + sbase + ${r}` },
   ];
-  s.push(0, ...tileDecls(g, streams));
-  prologue(s, g);
-  declareRows(s, g, "k", "v", "gk", "gv");
+  const s = begin(g, streams, ["k", "v", "gk", "gv"]);
   // k is pre-scaled so q·k' is the scaled score; dK gets the scale at the end.
   rowLoop(s, g, [
     "let ka = tok + ld * rs;",
@@ -598,36 +687,11 @@ function dkvSource(g: Gen): string {
   ], (r) => [...assignRow(g, "k", r, "t"), ...assignRow(g, "v", r, "u")]);
   const ind = g.v.kind === "rows" ? 2 : 3;
   blockLoop(s, g, streams, (a) => {
+    pairDots(s, g, a, ind, ["k", "q", "qq"], ["v", "o", "oo"]);
     for (let i = 0; i < KB; i++) {
-      for (let r = 0; r < R; r++) s.push(ind, accDecl(g, `s${r}_${i}`), accDecl(g, `e${r}_${i}`));
-      for (let c = 0; c < dv; c++) {
-        s.push(
-          ind,
-          `let qq${i}_${c} = ${a.get("q", i, c)};`,
-          `let oo${i}_${c} = ${a.get("o", i, c)};`,
-        );
-        for (let r = 0; r < R; r++) {
-          s.push(
-            ind,
-            accAdd(g, `s${r}_${i}`, `qq${i}_${c}`, `k${r}_${c}`),
-            accAdd(g, `e${r}_${i}`, `oo${i}_${c}`, `v${r}_${c}`),
-          );
-        }
-      }
       s.push(ind, `let li${i} = ${a.get("l", i)};`, `let di${i} = ${a.get("d", i)};`);
     }
-    for (let r = 0; r < R; r++) {
-      for (let i = 0; i < KB; i++) {
-        const p = `exp(${accSum(g, `s${r}_${i}`)} - li${i})`;
-        s.push(
-          ind,
-          i === 0
-            ? `let p${r}_${i} = ${p};`
-            : `let p${r}_${i} = select(${p}, 0.0, ${a.idx(i)} >= T);`,
-          `let ds${r}_${i} = p${r}_${i} * (${accSum(g, `e${r}_${i}`)} - di${i});`,
-        );
-      }
-    }
+    probs(s, g, a, ind, (_, i) => `li${i}`, (_, i) => `di${i}`);
     for (let c = 0; c < dv; c++) {
       for (let r = 0; r < R; r++) {
         s.push(
@@ -657,11 +721,6 @@ const SOURCES: Record<Op, (g: Gen) => string> = {
   fwd: forwardSource,
   dq: dqSource,
   dkv: dkvSource,
-};
-const BINDINGS: Record<Op, ("read" | "read_write")[]> = {
-  fwd: ["read", "read_write", "read_write"],
-  dq: ["read", "read", "read", "read", "read_write", "read_write"],
-  dkv: ["read", "read", "read", "read", "read_write"],
 };
 const NAMES: Record<Op, string> = {
   fwd: "attention_fwd",
@@ -716,39 +775,34 @@ function resolveVariant(gpu: Gpu, op: Op, v: AttentionVariant, dh: number): Gen[
   } else if (v.kind !== "rows") {
     throw new RangeError(`${where}: 'kind' must be "rows" or "tiled"`);
   }
-  return { kind: v.kind, wg: v.wg, rows: v.rows, block: v.block, tile, dot: v.dot ?? "vec" };
+  return {
+    kind: v.kind,
+    wg: v.wg,
+    rows: v.rows,
+    block: v.block,
+    tile,
+    dot: v.dot ?? "vec",
+    tex: (v.tex ?? false) && v.kind === "rows" && op === "fwd",
+  };
 }
 
 function getKernel(op: Op, g: Gen): Kernel {
   const v = g.v;
-  const key = `${v.kind}:wg${v.wg}:r${v.rows}:b${v.block}:t${v.tile}:${v.dot}:dh${g.dh}:w${g.w}`;
+  const tex = texRead(g);
+  const key = `${v.kind}:wg${v.wg}:r${v.rows}:b${v.block}:t${v.tile}:${v.dot}:dh${g.dh}:w${g.w}` +
+    (tex ? ":tex" : "");
   let k = kernelCache.get(op + key);
   if (!k) {
     k = kernel({
       name: NAMES[op],
       key,
-      bindings: BINDINGS[op],
+      bindings: TENSORS[op].map(([name, access]) => tex && name === "qkv" ? "texture_f32" : access),
       uniformBytes: UNIFORM_BYTES,
       source: () => SOURCES[op](g),
     });
     kernelCache.set(op + key, k);
   }
   return k;
-}
-
-/** The WGSL of one kernel (for inspection and tests). */
-export function attentionSource(
-  op: AttentionOp,
-  variant: AttentionVariant,
-  headDim: number,
-  vectorWidth: 1 | 4 = 4,
-): string {
-  const v = {
-    ...variant,
-    tile: variant.tile ?? defaultTile(variant),
-    dot: variant.dot ?? "vec",
-  } as Gen["v"];
-  return SOURCES[op]({ op, v, dh: headDim, w: vectorWidth });
 }
 
 // ------------------------------------------------------------------ planning
@@ -787,56 +841,12 @@ function checkDims(op: string, qkv: GpuTensor, opts: AttentionOptions): Dims {
 }
 
 function checkShape(op: string, name: string, t: GpuTensor, shape: number[]): void {
-  const ok = t.dtype === "f32" && t.shape.length === shape.length &&
-    t.shape.every((d, i) => d === shape[i]);
+  const ok = t.dtype === "f32" && sameShape(t.shape, shape);
   if (!ok) {
     throw new RangeError(
       `${op}: ${name} must be f32 [${shape}] to match qkv, got ${t.dtype} [${t.shape}]`,
     );
   }
-}
-
-/** A tensor range bound from the aligned byte at or below its start. */
-interface Bound {
-  view: BufferView;
-  /** Elements between the bound offset and the data. */
-  base: number;
-}
-
-function bindRange(gpu: Gpu, t: GpuTensor, start: number, count: number): Bound {
-  const align = gpu.limits.minStorageBufferOffsetAlignment;
-  const byte = t.offset + start * 4;
-  const offset = Math.floor(byte / align) * align;
-  return {
-    view: { buffer: t.buffer, offset, size: byte - offset + count * 4 },
-    base: (byte - offset) / 4,
-  };
-}
-
-/**
- * Splits the batch so every binding fits `limit` bytes. `perBatch` are the
- * bytes of one batch element in each bound tensor. Returns [first, count]
- * chunks covering [0, B).
- */
-function batchChunks(
-  op: string,
-  B: number,
-  perBatch: number[],
-  limit: number,
-  align: number,
-): [number, number][] {
-  const worst = Math.max(...perBatch);
-  // A view may start up to align − 4 bytes before its data.
-  const fit = Math.floor((limit - (align - 4)) / worst);
-  if (fit < 1) {
-    throw new GpuLimitError(
-      `${op}: one batch element needs a ${worst} B binding, over the binding limit of ` +
-        `${limit} B (maxStorageBufferBindingSize); use fewer tokens or heads per call`,
-    );
-  }
-  const chunks: [number, number][] = [];
-  for (let b0 = 0; b0 < B; b0 += fit) chunks.push([b0, Math.min(fit, B - b0)]);
-  return chunks;
 }
 
 function bindingLimit(gpu: Gpu, opts: AttentionOptions): number {
@@ -855,7 +865,7 @@ function params(
   row0: number,
   bases: Partial<Record<string, number>>,
 ): Uint8Array {
-  return new Params(UNIFORM_BYTES)
+  return new Uniforms(UNIFORM_BYTES)
     .u32(d.T).u32(d.H).u32(nblk).u32(nwg)
     .u32(bases.qkv ?? 0).u32(bases.out ?? 0).u32(bases.dout ?? 0)
     .u32(bases.lse ?? 0).u32(bases.dd ?? 0).u32(bases.dqkv ?? 0)
@@ -863,43 +873,90 @@ function params(
 }
 
 /**
- * Dispatches one kernel over the batch in chunks. `tensors` are bound in the
- * kernel's order as [uniform field, tensor, elements per batch element,
- * whether the kernel reads it as vectors (then its base is in vector units)].
- * Indices inside the kernel are relative to a binding, so they stay far below
- * 2³² whatever the batch.
+ * Dispatches kernel `op` over the batch in chunks, binding `tensors` (every
+ * one `TENSORS[op]` names). Indices inside the kernel are relative to a
+ * binding, so they stay far below 2³² whatever the batch.
  */
 function dispatchChunked(
   gpu: Gpu,
   op: Op,
   d: Dims,
   opts: AttentionOptions,
-  tensors: [string, GpuTensor, number, boolean][],
+  given: Partial<Record<TensorName, GpuTensor>>,
 ): void {
+  const heads = d.T * d.H * d.dh;
+  const per: Record<TensorName, number> = {
+    qkv: 3 * heads,
+    dqkv: 3 * heads,
+    out: heads,
+    dout: heads,
+    lse: d.H * d.T,
+    dd: d.H * d.T,
+  };
+  // [name, tensor, elements per batch element, read as vectors (its base in vector units)]
+  const tensors = TENSORS[op].map(([name]) =>
+    [name, given[name]!, per[name], holdsRows(name)] as const
+  );
   const v = resolveVariant(gpu, op, variantFor(gpu, op, d, opts), d.dh);
-  const limit = bindingLimit(gpu, opts);
-  const align = gpu.limits.minStorageBufferOffsetAlignment;
-  const chunks = batchChunks(NAMES[op], d.B, tensors.map((t) => t[2] * 4), limit, align);
+  // Batch elements bind through windows: spans may start anywhere.
+  const chunks = splitSpans(gpu.limits, {
+    op: NAMES[op],
+    item: "batch element",
+    count: d.B,
+    itemBytes: tensors.map((t) => t[2] * 4),
+    maxBytes: bindingLimit(gpu, opts),
+    starts: "window",
+    fix: "use fewer tokens or heads per call",
+  });
   const passes = rowPasses(d.T, v);
-  for (const [b0, nb] of chunks) {
-    const bound = tensors.map(([name, t, per, vec]) => ({
-      name,
-      vec,
-      ...bindRange(gpu, t, b0 * per, nb * per),
-    }));
+  // A texture-reading forward copies each chunk's qkv rows into a texture: the row pitch must
+  // be one WebGPU copies (a multiple of 256 bytes) and the chunk's rows fit a texture.
+  const maxTex = gpu.limits.maxTextureDimension2D;
+  const pitch = 3 * d.H * d.dh * 4;
+  const texOk = v.tex && d.dh % 4 === 0 && pitch % 256 === 0 && pitch / 16 <= maxTex &&
+    d.T <= maxTex;
+  const spans = texOk
+    ? chunks.flatMap((c) =>
+      Array.from({ length: Math.ceil(c.count / Math.floor(maxTex / d.T)) }, (_, i) => {
+        const per = Math.floor(maxTex / d.T);
+        return { start: c.start + i * per, count: Math.min(per, c.count - i * per) };
+      })
+    )
+    : chunks;
+  for (const { start: b0, count: nb } of spans) {
+    const bound = tensors.map(([name, t, per, vec]) => {
+      const w = bindWindow(gpu, t, b0 * per, (b0 + nb) * per);
+      return { name, vec, view: w.view, base: w.shift };
+    });
     // vec4 access needs Dh and every vector base to be multiples of 4 elements.
     const w: 1 | 4 = d.dh % 4 === 0 && bound.every((x) => !x.vec || x.base % 4 === 0) ? 4 : 1;
     const bases: Record<string, number> = {};
     for (const x of bound) bases[x.name] = x.vec ? x.base / w : x.base;
+    const qkv = given.qkv!;
+    const start = qkv.offset + b0 * per.qkv * 4;
+    const tex = texOk && w === 4 && start % 16 === 0
+      ? gpu.texture(pitch / 16, nb * d.T, "rgba32float", "attention qkv")
+      : null;
+    if (tex) {
+      gpu.copyToTexture(
+        { buffer: qkv.buffer, offset: start, size: nb * per.qkv * 4 },
+        pitch,
+        tex,
+        pitch / 16,
+        nb * d.T,
+      );
+    }
     for (const pass of passes) {
       const nwg = nb * d.H * pass.nblk;
+      const pv = tex ? pass.v : { ...pass.v, tex: false };
       gpu.dispatch(
-        getKernel(op, { op, v: pass.v, dh: d.dh, w }),
-        bound.map((x) => x.view),
+        getKernel(op, { op, v: pv, dh: d.dh, w }),
+        bound.map((x, i) => (tex && i === 0 ? tex : x.view)),
         grid(nwg, gpu.limits.maxComputeWorkgroupsPerDimension),
         params(d, pass.nblk, nwg, pass.row0, bases),
       );
     }
+    gpu.releaseTexture(tex);
   }
 }
 
@@ -920,64 +977,6 @@ function rowPasses(T: number, v: Gen["v"]): { v: Gen["v"]; row0: number; nblk: n
   return full > 0 ? [{ v, row0: 0, nblk: full }, tail] : [tail];
 }
 
-function dispatchForward(
-  gpu: Gpu,
-  d: Dims,
-  opts: AttentionOptions,
-  qkv: GpuTensor,
-  out: GpuTensor,
-  lse: GpuTensor,
-): void {
-  const row = d.H * d.dh;
-  dispatchChunked(gpu, "fwd", d, opts, [
-    ["qkv", qkv, d.T * 3 * row, true],
-    ["out", out, d.T * row, true],
-    ["lse", lse, d.H * d.T, false],
-  ]);
-}
-
-function dispatchDq(
-  gpu: Gpu,
-  d: Dims,
-  opts: AttentionOptions,
-  qkv: GpuTensor,
-  out: GpuTensor,
-  dout: GpuTensor,
-  lse: GpuTensor,
-  dd: GpuTensor,
-  dqkv: GpuTensor,
-): void {
-  const row = d.H * d.dh;
-  dispatchChunked(gpu, "dq", d, opts, [
-    ["qkv", qkv, d.T * 3 * row, true],
-    ["out", out, d.T * row, true],
-    ["dout", dout, d.T * row, true],
-    ["lse", lse, d.H * d.T, false],
-    ["dd", dd, d.H * d.T, false],
-    ["dqkv", dqkv, d.T * 3 * row, true],
-  ]);
-}
-
-function dispatchDkv(
-  gpu: Gpu,
-  d: Dims,
-  opts: AttentionOptions,
-  qkv: GpuTensor,
-  dout: GpuTensor,
-  lse: GpuTensor,
-  dd: GpuTensor,
-  dqkv: GpuTensor,
-): void {
-  const row = d.H * d.dh;
-  dispatchChunked(gpu, "dkv", d, opts, [
-    ["qkv", qkv, d.T * 3 * row, true],
-    ["dout", dout, d.T * row, true],
-    ["lse", lse, d.H * d.T, false],
-    ["dd", dd, d.H * d.T, false],
-    ["dqkv", dqkv, d.T * 3 * row, true],
-  ]);
-}
-
 // ------------------------------------------------------------------ dispatch
 
 /**
@@ -996,7 +995,7 @@ export function attention(
   const out = gpu.empty([d.B, d.T, d.H * d.dh], "f32", "attention.out");
   const lse = gpu.empty([d.B, d.H, d.T], "f32", "attention.lse");
   if (d.B * d.T === 0) return { out, lse };
-  dispatchForward(gpu, d, opts, qkv, out, lse);
+  dispatchChunked(gpu, "fwd", d, opts, { qkv, out, lse });
   return { out, lse };
 }
 
@@ -1023,8 +1022,8 @@ export function attentionBackward(
   if (d.B * d.T === 0) return dqkv;
   const dd = gpu.empty([d.B, d.H, d.T], "f32", "attention.D");
   // dQ first: it also writes D, which the dK/dV kernel reads.
-  dispatchDq(gpu, d, opts, qkv, out, dout, lse, dd, dqkv);
-  dispatchDkv(gpu, d, opts, qkv, dout, lse, dd, dqkv);
+  dispatchChunked(gpu, "dq", d, opts, { qkv, out, dout, lse, dd, dqkv });
+  dispatchChunked(gpu, "dkv", d, opts, { qkv, dout, lse, dd, dqkv });
   gpu.release(dd);
   return dqkv;
 }
@@ -1040,12 +1039,13 @@ const TUNE_OPS: Record<Op, string> = {
 /** Cache id of a variant: "rows.wg8.r16.b2.scalar", "tiled.wg64.r1.b4.t32.vec". */
 export function attentionVariantId(v: AttentionVariant): string {
   const tile = v.kind === "tiled" ? `.t${v.tile ?? defaultTile(v)}` : "";
-  return `${v.kind}.wg${v.wg}.r${v.rows}.b${v.block}${tile}.${v.dot ?? "vec"}`;
+  return `${v.kind}.wg${v.wg}.r${v.rows}.b${v.block}${tile}.${v.dot ?? "vec"}` +
+    (v.tex ? ".tex" : "");
 }
 
 /** Inverse of `attentionVariantId`; null for ids this version does not know. */
 export function parseAttentionVariant(id: string): AttentionVariant | null {
-  const m = /^(rows|tiled)\.wg(\d+)\.r(\d+)\.b(\d+)(?:\.t(\d+))?\.(vec|scalar)$/.exec(id);
+  const m = /^(rows|tiled)\.wg(\d+)\.r(\d+)\.b(\d+)(?:\.t(\d+))?\.(vec|scalar)(\.tex)?$/.exec(id);
   if (!m || (m[1] === "tiled") !== (m[5] !== undefined)) return null;
   const v: AttentionVariant = {
     kind: m[1] as AttentionVariant["kind"],
@@ -1055,6 +1055,7 @@ export function parseAttentionVariant(id: string): AttentionVariant | null {
     dot: m[6] as "vec" | "scalar",
   };
   if (m[5] !== undefined) v.tile = Number(m[5]);
+  if (m[7] !== undefined) v.tex = true;
   return v;
 }
 
@@ -1093,8 +1094,31 @@ function variantFor(gpu: Gpu, op: Op, d: Dims, opts: AttentionOptions): Attentio
   if (opts.variant) return opts.variant;
   const t = tuners(opts.tuneCache)[op];
   const name = gpu.adapter.name;
-  return t.lookup(name, shapeKey(d.dh, d.T)) ?? t.lookup(name, `dh${d.dh}`) ??
-    DEFAULT_ATTENTION_PLAN[op === "fwd" ? "forward" : op];
+  const tag = attentionTag(gpu);
+  return t.lookup(name, shapeKey(d.dh, d.T), tag) ?? t.lookup(name, `dh${d.dh}`, tag) ??
+    defaultAttentionPlan(gpu)[op === "fwd" ? "forward" : op];
+}
+
+/** The plan that runs where nothing is tuned: the adapter class's shipped one (`defaults.ts`). */
+export function defaultAttentionPlan(gpu: Pick<Gpu, "adapter">): AttentionPlan {
+  return classDefaults(gpu).attention.plan;
+}
+
+/** Tag of tuning records made from the class's candidates (older records do not count). */
+function attentionTag(gpu: Pick<Gpu, "adapter">): string {
+  const a = classDefaults(gpu).attention;
+  const p = a.plan;
+  return candidateSetTag(gpu, [p.forward, p.dq, p.dkv, ...a.candidates].map(attentionVariantId));
+}
+
+/** Cold compile time of a variant of one kernel on this class (ms, `defaults.ts`). */
+export function attentionCompileMs(
+  gpu: Pick<Gpu, "adapter">,
+  op: AttentionOp,
+  v: AttentionVariant,
+): number {
+  const c = classDefaults(gpu).attention.compile;
+  return op === "fwd" ? c.fwdPerRow * v.rows : c.bwdPerRow2 * v.rows * v.rows;
 }
 
 /** The plan `attention` runs for a head dim and token count on this adapter. */
@@ -1124,7 +1148,13 @@ export function attentionCandidates(
   op: AttentionOp,
   headDim: number,
 ): AttentionVariant[] {
-  return CANDIDATES.filter((c) => c.ops.includes(op)).map((c) => c.v).filter((v) => {
+  const ids = new Set(classDefaults(gpu).attention.candidates.map(attentionVariantId));
+  // A forward whose texture twin is a candidate cannot win against it: not measured.
+  const twin = (v: AttentionVariant) =>
+    op === "fwd" && !v.tex && ids.has(attentionVariantId({ ...v, tex: true }));
+  return CANDIDATES.filter((c) =>
+    c.ops.includes(op) && ids.has(attentionVariantId(c.v)) && !twin(c.v)
+  ).map((c) => c.v).filter((v) => {
     try {
       resolveVariant(gpu, op, v, headDim);
       return true;
@@ -1160,42 +1190,107 @@ export async function tuneAttention(
     iters?: number;
     force?: boolean;
     tuneCache?: AutotuneCache;
+    /** Kernels to tune (default all three; inference needs only "fwd"). */
+    ops?: readonly AttentionOp[];
+    /** Skip kernels (and candidates) whose predicted compile + measuring overruns it. */
+    budget?: TuneBudget;
+    /** Progress lines: what is tuned, how many candidates, the ETA. */
+    log?: (line: string) => void;
+    step?: { done: number; total: number };
   } = {},
 ): Promise<{ plan: AttentionPlan; tunings: AttentionTuning[] }> {
   // Batch 4 by default: enough workgroups that a CPU adapter's threads share large-`rows`
   // variants evenly, as they do at training batch sizes.
   const B = shape.batch ?? 4;
   const { tokens: T, heads: H, headDim: dh } = shape;
-  const n = B * T * 3 * H * dh;
-  const data = new Float32Array(n);
-  for (let i = 0; i < n; i++) data[i] = Math.sin(i * 0.7548776662) * 0.5; // deterministic fill
-  const qkv = gpu.tensor(data, [B, T, 3 * H * dh]);
-  const d = checkDims("tuneAttention", qkv, { heads: H });
+  const ops = opts.ops ?? ["fwd", "dq", "dkv"];
+  const budget = opts.budget ?? new TuneBudget(Infinity);
+  const iters = opts.iters ?? 5;
   const all = tuners(opts.tuneCache);
   const key = shapeKey(dh, T);
-  const { out, lse } = attention(gpu, qkv, { heads: H, tuneCache: opts.tuneCache });
-  const dd = gpu.empty([B, H, T]);
-  const dqkv = gpu.empty([B, T, 3 * H * dh]);
+  const tag = attentionTag(gpu);
   const tunings: AttentionTuning[] = [];
+  const step = opts.step ?? { done: 0, total: ops.length };
+  // Predicted run time of one call: the FLOPs (QKᵀ and PV; the backward ~2.5× that) at a
+  // third of the class's rough peak. Only for ETAs; the budget's calibration rescales it.
+  const fwdFlops = 4 * B * H * T * T * dh;
+  const rawMs = (op: AttentionOp) =>
+    (op === "fwd" ? 1 : 1.25) * fwdFlops / (classDefaults(gpu).peakGflops * 1e6 / 3);
+  const runMs = (op: AttentionOp) => budget.calibrated(rawMs(op));
+  let tensors:
+    | { qkv: GpuTensor; out: GpuTensor; lse: GpuTensor; dd: GpuTensor; dqkv: GpuTensor }
+    | null = null;
   try {
-    for (const op of ["fwd", "dq", "dkv"] as const) {
+    for (const op of ops) {
+      step.done++;
+      let candidates = opts.candidates ?? attentionCandidates(gpu, op, dh);
+      const r0 = all[op].cache.get(gpu.adapter.name, all[op].op, key);
+      const cached = !opts.force && !!r0 && r0.tag === tag &&
+        candidates.every((c) => attentionVariantId(c) in r0.timings);
+      if (!cached && !opts.candidates) {
+        // A candidate whose compile alone overruns the budget cannot be measured in it.
+        const fits = candidates.filter((v) => budget.fits(attentionCompileMs(gpu, op, v)));
+        if (fits.length < candidates.length) {
+          opts.log?.(
+            `autotune attention_${op}: ${candidates.length - fits.length} candidate(s) left out ` +
+              `(their compile alone overruns the ${fmtSeconds(budget.remainingMs())} left)`,
+          );
+        }
+        candidates = fits;
+      }
+      if (candidates.length < 2) continue;
+      const eta = candidates.reduce(
+        (t, v) => t + attentionCompileMs(gpu, op, v) + (iters + 1) * runMs(op),
+        0,
+      );
+      if (!cached && !budget.fits(eta)) {
+        opts.log?.(
+          `autotune [${step.done}/${step.total}] attention_${op} ${key}: left for a later run ` +
+            `(ETA ${fmtSeconds(eta)}, ${fmtSeconds(budget.remainingMs())} of the budget left)`,
+        );
+        continue;
+      }
+      if (!cached) {
+        opts.log?.(
+          `autotune [${step.done}/${step.total}] attention_${op} ${key}: ${candidates.length} ` +
+            `candidates, ETA ${fmtSeconds(eta)}`,
+        );
+      }
+      if (!tensors) {
+        const n = B * T * 3 * H * dh;
+        const data = new Float32Array(n);
+        for (let i = 0; i < n; i++) data[i] = Math.sin(i * 0.7548776662) * 0.5; // deterministic
+        const qkv = gpu.tensor(data, [B, T, 3 * H * dh]);
+        const r = attention(gpu, qkv, { heads: H, tuneCache: opts.tuneCache });
+        tensors = {
+          qkv,
+          out: r.out,
+          lse: r.lse,
+          dd: gpu.empty([B, H, T]),
+          dqkv: gpu.empty([B, T, 3 * H * dh]),
+        };
+      }
+      const t = tensors;
+      const d = checkDims("tuneAttention", t.qkv, { heads: H });
       const r = await all[op].tune(
         gpu,
         key,
-        opts.candidates ?? attentionCandidates(gpu, op, dh),
+        candidates,
         (variant) => {
           const o: AttentionOptions = { heads: H, variant };
-          if (op === "fwd") return () => dispatchForward(gpu, d, o, qkv, out, lse);
-          if (op === "dq") return () => dispatchDq(gpu, d, o, qkv, out, out, lse, dd, dqkv);
-          return () => dispatchDkv(gpu, d, o, qkv, out, lse, dd, dqkv);
+          // dout is any [B, T, H·Dh] tensor here: out stands in for it.
+          return () => dispatchChunked(gpu, op, d, o, { ...t, dout: t.out });
         },
-        { iters: opts.iters ?? 5, force: opts.force },
+        { iters, force: opts.force, tag },
       );
+      if (!r.cached) {
+        for (const ms of Object.values(r.record.timings)) if (ms) budget.observe(rawMs(op), ms);
+      }
       all[op].record(gpu.adapter.name, `dh${dh}`, r.record);
       tunings.push({ op, key, choice: r.choice, record: r.record, cached: r.cached });
     }
   } finally {
-    gpu.release(qkv, out, lse, dd, dqkv);
+    if (tensors) gpu.release(tensors.qkv, tensors.out, tensors.lse, tensors.dd, tensors.dqkv);
   }
   return { plan: attentionPlan(gpu, dh, T, { tuneCache: opts.tuneCache }), tunings };
 }
@@ -1208,6 +1303,36 @@ function refDims(op: string, n: number, B: number, T: number, heads: number, dh:
       `${op}: qkv has ${n} elements, expected B·T·3·heads·dh = ${B}·${T}·3·${heads}·${dh}`,
     );
   }
+}
+
+/**
+ * Row i of head h of image b (float64): p[j] = exp(s_j − m) for the scaled
+ * scores s_j = scale · q_i·k_j, with m = max_j s_j and l = Σ_j p[j].
+ */
+function scoreRow(
+  qkv: ArrayLike<number>,
+  T: number,
+  H: number,
+  dh: number,
+  scale: number,
+  b: number,
+  h: number,
+  i: number,
+  p: Float64Array,
+): { m: number; l: number } {
+  const rs = 3 * H * dh;
+  const qa = (b * T + i) * rs + h * dh;
+  let m = -Infinity;
+  for (let j = 0; j < T; j++) {
+    const ka = (b * T + j) * rs + (H + h) * dh;
+    let acc = 0;
+    for (let c = 0; c < dh; c++) acc += qkv[qa + c] * qkv[ka + c];
+    p[j] = acc * scale;
+    if (p[j] > m) m = p[j];
+  }
+  let l = 0;
+  for (let j = 0; j < T; j++) l += p[j] = Math.exp(p[j] - m);
+  return { m, l };
 }
 
 /**
@@ -1231,17 +1356,7 @@ export function attentionRef64(
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       for (let i = 0; i < T; i++) {
-        const qa = (b * T + i) * rs + h * dh;
-        let m = -Infinity;
-        for (let j = 0; j < T; j++) {
-          const ka = (b * T + j) * rs + (H + h) * dh;
-          let acc = 0;
-          for (let c = 0; c < dh; c++) acc += qkv[qa + c] * qkv[ka + c];
-          s[j] = acc * scale;
-          if (s[j] > m) m = s[j];
-        }
-        let l = 0;
-        for (let j = 0; j < T; j++) l += s[j] = Math.exp(s[j] - m);
+        const { m, l } = scoreRow(qkv, T, H, dh, scale, b, h, i, s);
         const oa = (b * T + i) * H * dh + h * dh;
         for (let j = 0; j < T; j++) {
           const va = (b * T + j) * rs + (2 * H + h) * dh;
@@ -1301,16 +1416,7 @@ export function attentionBackwardRef(
       for (let i = 0; i < T; i++) {
         const qa = (b * T + i) * rs + h * dh;
         const oa = (b * T + i) * H * dh + h * dh;
-        let m = -Infinity;
-        for (let j = 0; j < T; j++) {
-          const ka = (b * T + j) * rs + (H + h) * dh;
-          let acc = 0;
-          for (let c = 0; c < dh; c++) acc += qkv[qa + c] * qkv[ka + c];
-          p[j] = acc * scale;
-          if (p[j] > m) m = p[j];
-        }
-        let l = 0;
-        for (let j = 0; j < T; j++) l += p[j] = Math.exp(p[j] - m);
+        const { l } = scoreRow(qkv, T, H, dh, scale, b, h, i, p);
         let D = 0;
         for (let c = 0; c < dh; c++) D += dout[oa + c] * out[oa + c];
         for (let j = 0; j < T; j++) {

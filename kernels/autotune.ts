@@ -24,6 +24,11 @@ export interface TuneRecord {
   timings: Record<string, number | null>;
   /** When it was measured (ISO 8601). */
   at: string;
+  /**
+   * The candidate set it chose from (`TuneOptions.tag`): a record made from another set (an
+   * older bloom, other candidates) is stale, and lookups with a tag ignore it.
+   */
+  tag?: string;
 }
 
 /** adapter name → op → shape class → record. */
@@ -181,7 +186,8 @@ function parseCache(text: string): CacheData {
       for (const [key, r] of Object.entries(keys)) {
         if (
           !isObject(r) || typeof r.choice !== "string" || typeof r.ms !== "number" ||
-          !isObject(r.timings) || typeof r.at !== "string"
+          !isObject(r.timings) || typeof r.at !== "string" ||
+          (r.tag !== undefined && typeof r.tag !== "string")
         ) {
           throw new Error(`record ${adapter} / ${op} / ${key} is malformed`);
         }
@@ -217,6 +223,8 @@ export interface TuneOptions {
   iters?: number;
   /** Measure again even when a record exists. */
   force?: boolean;
+  /** Stored with the record; a cached record with another tag is measured again. */
+  tag?: string;
   /**
    * After the first round, stop re-measuring candidates this many times slower than the best
    * so far (default 4): a hopeless candidate on a big shape (a workgroup-memory kernel on a
@@ -237,10 +245,14 @@ export class Autotuner<C> {
     this.cache = cache;
   }
 
-  /** The cached choice for `key` on `adapter`, or undefined. Never measures. */
-  lookup(adapter: string, key: string): C | undefined {
+  /**
+   * The cached choice for `key` on `adapter`, or undefined (also when `tag` is given and the
+   * record was made with another). Never measures.
+   */
+  lookup(adapter: string, key: string, tag?: string): C | undefined {
     const r = this.cache.get(adapter, this.op, key);
-    return r ? this.codec.parse(r.choice) ?? undefined : undefined;
+    if (!r || (tag !== undefined && r.tag !== tag)) return undefined;
+    return this.codec.parse(r.choice) ?? undefined;
   }
 
   /** Stores a choice made elsewhere (e.g. an adapter-wide default from several tunings). */
@@ -266,7 +278,8 @@ export class Autotuner<C> {
       const c = r && this.codec.parse(r.choice);
       // A record made before a candidate was added has no timing for it: measure again.
       const complete = r && candidates.every((x) => this.codec.id(x) in r.timings);
-      if (r && c && complete) return { choice: c, record: r, cached: true };
+      const current = opts.tag === undefined || r?.tag === opts.tag;
+      if (r && c && complete && current) return { choice: c, record: r, cached: true };
     }
     if (candidates.length === 0) throw new RangeError(`autotune ${this.op}: no candidates`);
     const iters = Math.max(1, opts.iters ?? 3);
@@ -312,6 +325,7 @@ export class Autotuner<C> {
       timings,
       at: new Date().toISOString(),
     };
+    if (opts.tag !== undefined) record.tag = opts.tag;
     this.cache.set(adapter, this.op, key, record);
     return { choice: candidates[best], record, cached: false };
   }
@@ -358,4 +372,55 @@ export function newAutotuner<C>(
   cache: AutotuneCache = defaultCache(),
 ): Autotuner<C> {
   return new Autotuner(op, codec, cache);
+}
+
+/**
+ * A time budget for tuning, with the running calibration of predicted against measured times
+ * (cost models rank candidates well but are off by a constant factor on any one machine): a
+ * tuning step predicted to overrun what is left is not started, and ETAs use the calibration.
+ */
+export class TuneBudget {
+  /** The budget in milliseconds (Infinity: unbounded). */
+  readonly totalMs: number;
+  readonly #t0 = performance.now();
+  readonly #ratios: number[] = [];
+
+  constructor(totalMs: number) {
+    this.totalMs = totalMs;
+  }
+
+  /** Milliseconds spent since the budget was opened. */
+  elapsedMs(): number {
+    return performance.now() - this.#t0;
+  }
+
+  /** Milliseconds left (0 once spent). */
+  remainingMs(): number {
+    return Math.max(0, this.totalMs - this.elapsedMs());
+  }
+
+  /** A prediction scaled by the median measured/predicted ratio seen so far. */
+  calibrated(predictedMs: number): number {
+    if (!this.#ratios.length) return predictedMs;
+    const s = [...this.#ratios].sort((a, b) => a - b);
+    return predictedMs * s[s.length >> 1];
+  }
+
+  /** Records a measurement against its prediction. */
+  observe(predictedMs: number, measuredMs: number): void {
+    if (predictedMs > 0 && measuredMs > 0 && Number.isFinite(measuredMs)) {
+      this.#ratios.push(measuredMs / predictedMs);
+    }
+  }
+
+  /** Whether a step with this (calibrated) ETA fits in what is left. */
+  fits(etaMs: number): boolean {
+    return etaMs <= this.remainingMs();
+  }
+}
+
+/** Seconds for progress lines: "0.4 s", "12 s". */
+export function fmtSeconds(ms: number): string {
+  const s = ms / 1000;
+  return s < 10 ? `${s.toFixed(1)} s` : `${s.toFixed(0)} s`;
 }

@@ -11,9 +11,10 @@
  * inputs give the same bits on every run.
  */
 import { checkChunk, HYPER, HYPER_STRIDE, TABLE_WGSL } from "./adamw.ts";
-import { kernel, Params, u32Params } from "./kernel.ts";
+import { kernel } from "./kernel.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
+import { u32Uniforms, Uniforms } from "./uniforms.ts";
 
 const WG = 256;
 /** Most workgroups of the streaming stage (bounds the partials; plenty to fill a GPU). */
@@ -133,8 +134,8 @@ export function gradSqNorms(
   const partial = gpu.empty([threads * modules]);
   const k = sqNormKernel(modules, opts.hyper !== undefined);
   const bufs = opts.hyper ? [grads, table, opts.hyper, partial] : [grads, table, partial];
-  gpu.dispatch(k, bufs, [groups], u32Params(n4, threads));
-  gpu.dispatch(finishKernel, [partial, result], [modules], u32Params(threads));
+  gpu.dispatch(k, bufs, [groups], u32Uniforms(n4, threads));
+  gpu.dispatch(finishKernel, [partial, result], [modules], u32Uniforms(threads));
   gpu.release(partial);
   return result;
 }
@@ -175,7 +176,7 @@ export function clipFactors(gpu: Gpu, sqNorms: GpuTensor, maxNorm: number): GpuT
     );
   }
   const out = gpu.empty([modules]);
-  gpu.dispatch(clipKernel, [sqNorms, out], [1], new Params(16).u32(modules).f32(maxNorm).bytes);
+  gpu.dispatch(clipKernel, [sqNorms, out], [1], new Uniforms(16).u32(modules).f32(maxNorm).bytes);
   return out;
 }
 

@@ -3,25 +3,26 @@
  * activations (exact-erf GELU, SiLU, DINOv2's SwiGLU), fill and in-place
  * gradient accumulation, each with its backward and a float64 CPU reference.
  *
- * Every kernel here is a body for the strided-map engine (`layout.ts`
+ * Every kernel here is a body for the strided-map engine (`strided_map.ts`
  * `stridedMap`), which does the indexing, vec4 loads, broadcasting and the
  * binding-limit windows; this file only says what is computed per element.
  *
  * Numerics: llvmpipe's builtin `tanh` loses relative accuracy near 0 and
- * its compiler folds `x != x`, so tanh, erf and NaN tests are written out
- * here (`MATH_WGSL`); the erf and tanh polynomials were least-squares fitted
- * for this file on Chebyshev nodes (numpy, float64) and checked in f32:
- * erf ≤ 1.4e-7 absolute over all of ℝ, tanh ≤ 1.1e-7 relative for |x| < 0.625.
+ * its compiler folds `x != x`, so tanh and NaN tests are written out here
+ * (`MATH_WGSL`); the tanh polynomial was least-squares fitted for this file on
+ * Chebyshev nodes (numpy, float64) and checked in f32: ≤ 1.1e-7 relative for
+ * |x| < 0.625. GELU is bloom's one GELU (`gelu.ts`), the same function
+ * matmul's fused epilogue computes.
  */
 import {
+  broadcastIndex,
   broadcastShapes,
   checkTensor,
   fmtShape,
-  operand,
   sameShape,
-  stridedMap,
-  type StridedOperand,
-} from "./layout.ts";
+} from "./common/shape.ts";
+import { operand, stridedMap, type StridedOperand } from "./strided_map.ts";
+import { GELU_WGSL, geluGradRef } from "./gelu.ts";
 import { ISNAN_WGSL, sumToShape } from "./reduce.ts";
 import type { Gpu } from "./runtime.ts";
 import { type GpuTensor, numel } from "./tensor.ts";
@@ -41,55 +42,8 @@ export type UnaryOp =
   | "abs"
   | "square";
 
-/**
- * WGSL `erf_f32(x)` (≤ 1.4e-7 absolute error) and `erfc_tail(z)` = erfc(z)
- * for z ≥ 1 (relative error ≤ ~1e-5, from rounding of z² inside exp).
- * |x| < 1: x·P(x²), degree 6. |x| ≥ 1: erfc(z) = exp(−z²)·R(1/(1 + z/2)),
- * degree 8, fitted on [1, 12]; past 12 erfc underflows f32 anyway.
- * Both pieces are computed and selected (no branch): on llvmpipe divergent
- * branches cost ~30 % more than evaluating both. NaN passes through.
- * Exported for fused epilogues (matmul) so every GELU in bloom agrees.
- */
-export const ERF_WGSL = `
-fn erfc_tail(z: f32) -> f32 {
-  let t = 1.0 / (1.0 + 0.5 * z);
-  let r = -1.2672307e-06 + t * (0.2821289 + t * (0.2817312 + t * (0.24867885 + t * (0.17303914 +
-    t * (0.07287221 + t * (0.067630395 + t * (-0.21599838 + t * 0.09047089)))))));
-  return exp(-z * z) * r;
-}
-fn erf_small(x: f32) -> f32 {
-  let w = x * x;
-  return x * (1.1283792 + w * (-0.3761263 + w * (0.11283612 + w * (-0.02685481 +
-    w * (0.0051900535 + w * (-0.0008024354 + w * 7.89821e-05))))));
-}
-fn erf_f32(x: f32) -> f32 {
-  let z = abs(x);
-  let e = 1.0 - erfc_tail(clamp(z, 1.0, 12.0));
-  let r = select(select(e, -e, x < 0.0), erf_small(x), z < 1.0);
-  // clamp() of a NaN is implementation-defined: pass NaN through on the bits.
-  return select(r, x, (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u);
-}`;
-
-/**
- * WGSL exact-erf GELU and its derivative (PyTorch's nn.GELU()): on the far
- * negative side 1 + erf(x/√2) is computed as erfc(|x|/√2), so tiny outputs
- * keep their relative accuracy instead of cancelling to 0. Branch-free like
- * `erf_f32`; NaN propagates through the factor x. Needs `ERF_WGSL`.
- */
-export const GELU_WGSL = `
-fn gelu_cdf(x: f32) -> f32 {
-  let z = x * 0.70710677;
-  let a = abs(z);
-  let e = 0.5 * erfc_tail(clamp(a, 1.0, 12.0));
-  let tail = select(1.0 - e, e, z < 0.0);
-  return select(tail, 0.5 + 0.5 * erf_small(z), a < 1.0);
-}
-fn gelu_f32(x: f32) -> f32 { return x * gelu_cdf(x); }
-fn gelu_grad_f32(x: f32) -> f32 { return gelu_cdf(x) + x * 0.3989423 * exp(-0.5 * x * x); }`;
-
 /** Every helper the element bodies call. */
 const MATH_WGSL = `${ISNAN_WGSL}
-${ERF_WGSL}
 ${GELU_WGSL}
 fn sigmoid_f32(x: f32) -> f32 { return 1.0 / (1.0 + exp(-x)); }
 fn tanh_f32(x: f32) -> f32 {
@@ -326,13 +280,13 @@ export function affine(gpu: Gpu, x: GpuTensor, alpha: number, beta = 0): GpuTens
 /** Exact (erf) GELU, as PyTorch's nn.GELU(). */
 export function gelu(gpu: Gpu, x: GpuTensor): GpuTensor {
   checkTensor("gelu", "x", x, "f32");
-  return map(gpu, "ew_gelu", "return gelu_f32(x0);", x.shape, [x]);
+  return map(gpu, "ew_gelu", "return bloom_gelu(x0);", x.shape, [x]);
 }
 
 /** dx of GELU: dy·(Φ(x) + x·φ(x)). */
 export function geluBackward(gpu: Gpu, dy: GpuTensor, x: GpuTensor): GpuTensor {
   checkSame("geluBackward", ["dy", "x"], [dy, x]);
-  return map(gpu, "ew_gelu_bwd", "return x0 * gelu_grad_f32(x1);", dy.shape, [dy, x]);
+  return map(gpu, "ew_gelu_bwd", "return x0 * bloom_gelu_grad(x1);", dy.shape, [dy, x]);
 }
 
 /** SiLU: x·sigmoid(x). */
@@ -475,40 +429,6 @@ export function addInPlace(gpu: Gpu, acc: GpuTensor, x: GpuTensor, alpha = 1): v
 
 // ------------------------------------------------------- CPU references
 
-/** Float64 erf: Taylor series below 2.5, continued fraction for erfc above. */
-export function erfRef(x: number): number {
-  if (Number.isNaN(x)) return NaN;
-  const z = Math.abs(x);
-  if (z < 2.5) {
-    // erf(x) = 2/√π Σ (−1)^n x^(2n+1) / (n! (2n+1))
-    let term = x;
-    let s = x;
-    for (let n = 1; n < 100; n++) {
-      term *= (-x * x) / n;
-      const t = term / (2 * n + 1);
-      s += t;
-      if (Math.abs(t) < 1e-17 * Math.abs(s)) break;
-    }
-    return (2 / Math.sqrt(Math.PI)) * s;
-  }
-  const e = erfcTailRef(z);
-  return x < 0 ? e - 1 : 1 - e;
-}
-
-/** Float64 erfc(z) for z ≥ 2.5: the Laplace continued fraction, evaluated bottom-up. */
-function erfcTailRef(z: number): number {
-  if (!Number.isFinite(z)) return 0;
-  let k = z;
-  for (let n = 80; n >= 1; n--) k = z + n / 2 / k;
-  return Math.exp(-z * z) / (Math.sqrt(Math.PI) * k);
-}
-
-/** Φ(x) = (1 + erf(x/√2))/2 in float64, via erfc on the far negative side. */
-function normalCdfRef(x: number): number {
-  const z = x / Math.SQRT2;
-  return z < -2.5 ? 0.5 * erfcTailRef(-z) : 0.5 * (1 + erfRef(z));
-}
-
 function binaryOpRef(op: BinaryOp, a: number, b: number): number {
   switch (op) {
     case "add":
@@ -524,25 +444,6 @@ function binaryOpRef(op: BinaryOp, a: number, b: number): number {
     case "min":
       return Number.isNaN(a) || Number.isNaN(b) ? NaN : Math.min(a, b);
   }
-}
-
-/** Index of the element of a broadcast operand for each element of `shape`. */
-function broadcastIndex(from: readonly number[], shape: readonly number[]): Int32Array {
-  const n = numel(shape);
-  const lead = shape.length - from.length;
-  const fs = from.map((_, i) => numel(from.slice(i + 1)));
-  const idx = new Int32Array(n);
-  const c = new Array<number>(shape.length).fill(0);
-  for (let i = 0; i < n; i++) {
-    let at = 0;
-    for (let d = lead; d < shape.length; d++) if (from[d - lead] !== 1) at += c[d] * fs[d - lead];
-    idx[i] = at;
-    for (let d = shape.length - 1; d >= 0; d--) {
-      if (++c[d] < shape[d]) break;
-      c[d] = 0;
-    }
-  }
-  return idx;
 }
 
 /** Reference of `binary`: float64 maths rounded to f32, at the broadcast shape. */
@@ -677,17 +578,9 @@ export function affineRef(x: ArrayLike<number>, alpha: number, beta = 0): Float3
   return Float32Array.from(x, (v) => alpha * v + beta);
 }
 
-/** Reference of `gelu` (float64 erf). */
-export function geluRef(x: ArrayLike<number>): Float32Array {
-  return Float32Array.from(x, (v) => v * normalCdfRef(v));
-}
-
-/** Reference of `geluBackward`. */
+/** Reference of `geluBackward` (float64 Φ and φ, `gelu.ts`). */
 export function geluBackwardRef(dy: ArrayLike<number>, x: ArrayLike<number>): Float32Array {
-  return Float32Array.from(x, (v, i) => {
-    const pdf = Math.exp(-0.5 * v * v) / Math.sqrt(2 * Math.PI);
-    return dy[i] * (normalCdfRef(v) + v * pdf);
-  });
+  return Float32Array.from(x, (v, i) => dy[i] * geluGradRef(v));
 }
 
 function sigmoidRef(v: number): number {
@@ -748,9 +641,4 @@ export function addInPlaceRef(
   alpha = 1,
 ): Float32Array {
   return Float32Array.from(acc, (v, i) => v + alpha * x[i]);
-}
-
-/** Reference of `fill`. */
-export function fillRef(shape: readonly number[], value: number): Float32Array {
-  return new Float32Array(numel(shape)).fill(value);
 }

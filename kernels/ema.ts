@@ -9,9 +9,10 @@
  * every step. With one element the kernel computes `1 − m` in f32.
  */
 import { checkChunk } from "./adamw.ts";
-import { FLAT_WORKGROUP_INDEX, grid, kernel, u32Params } from "./kernel.ts";
+import { flatMain, grid, kernel } from "./kernel.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
+import { u32Uniforms } from "./uniforms.ts";
 
 const WG = 256;
 
@@ -27,11 +28,7 @@ struct P { n4: u32, p0: u32, p1: u32, p2: u32 }
 @group(0) @binding(1) var<storage, read> student: array<vec4f>;
 @group(0) @binding(2) var<storage, read> mom: array<f32>;
 @group(0) @binding(3) var<uniform> u: P;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let i = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (i >= u.n4) { return; }
+${flatMain(WG, "i", "u.n4")}
   let m = mom[0];
   let a = ${complement ? "mom[1]" : "1.0 - m"};
   teacher[i] = teacher[i] * m + a * student[i];
@@ -62,7 +59,7 @@ export function emaUpdate(
     emaKernel(momentum.numel === 2),
     [teacher, student, momentum],
     grid(Math.ceil(n4 / WG)),
-    u32Params(n4),
+    u32Uniforms(n4),
   );
 }
 

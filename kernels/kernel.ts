@@ -14,6 +14,25 @@
  */
 export type StorageAccess = "read" | "read_write";
 
+/**
+ * A texture binding (`textures.ts`): `texture_f32` / `texture_u32` are sampled textures read
+ * with `textureLoad` (`texture_2d<f32>` over rgba32float, `texture_2d<u32>` over rgba32uint);
+ * `write_rgba32float` / `write_rgba32uint` are write-only storage textures (`textureStore`).
+ */
+export type TextureAccess =
+  | "texture_f32"
+  | "texture_u32"
+  | "write_rgba32float"
+  | "write_rgba32uint";
+
+/** What a kernel binds at one slot: a storage buffer or a texture. */
+export type BindingKind = StorageAccess | TextureAccess;
+
+/** Whether a binding kind takes a texture rather than a buffer. */
+export function isTextureBinding(kind: BindingKind): kind is TextureAccess {
+  return kind !== "read" && kind !== "read_write";
+}
+
 /** A compiled-once, dispatched-many kernel. */
 export interface Kernel {
   /** Short op name, shown in errors and timings: "matmul", "layernorm_fwd". */
@@ -25,8 +44,8 @@ export interface Kernel {
    * source.
    */
   readonly key: string;
-  /** Storage bindings `@group(0) @binding(0..n-1)`, in order. */
-  readonly bindings: readonly StorageAccess[];
+  /** Storage (or texture) bindings `@group(0) @binding(0..n-1)`, in order. */
+  readonly bindings: readonly BindingKind[];
   /**
    * Bytes of the uniform block at `@binding(n)` (n = bindings.length), or 0 for
    * none. Each dispatch gets its own copy (see `Gpu.dispatch`).
@@ -40,7 +59,7 @@ export interface Kernel {
 export function kernel(spec: {
   name: string;
   key?: string;
-  bindings: readonly StorageAccess[];
+  bindings: readonly BindingKind[];
   uniformBytes?: number;
   source: () => string;
 }): Kernel {
@@ -52,6 +71,27 @@ export function kernel(spec: {
     uniformBytes: spec.uniformBytes ?? 0,
     source: () => (src ??= spec.source()),
   };
+}
+
+/** One storage binding as a kernel's WGSL declares it: name, access, WGSL type ("array<f32>"). */
+export type StorageDecl = readonly [name: string, access: StorageAccess, type: string];
+
+/**
+ * WGSL declarations of storage bindings 0…n−1 in `decls` order, then the
+ * uniform block `uniform` = [variable, struct type] at binding n, if given.
+ * The kernel's `bindings` are `decls.map((d) => d[1])`.
+ */
+export function bindingsWgsl(
+  decls: readonly StorageDecl[],
+  uniform?: readonly [string, string],
+): string {
+  const lines = decls.map(([name, access, type], i) =>
+    `@group(0) @binding(${i}) var<storage, ${access}> ${name}: ${type};`
+  );
+  if (uniform) {
+    lines.push(`@group(0) @binding(${decls.length}) var<uniform> ${uniform[0]}: ${uniform[1]};`);
+  }
+  return lines.join("\n");
 }
 
 /** Workgroup counts of one dispatch. */
@@ -77,44 +117,23 @@ export function grid(count: number, maxPerDim = MAX_WORKGROUPS_PER_DIM): [number
 /** WGSL snippet for kernels dispatched with `grid`: the flat workgroup index. */
 export const FLAT_WORKGROUP_INDEX = "(wid.x + wid.y * nwg.x)";
 
+/** WGSL parameters of a `main` dispatched with `grid`: workgroup id and count, local index. */
+export const GRID_BUILTINS = "@builtin(workgroup_id) wid: vec3u, " +
+  "@builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32";
+
+/**
+ * WGSL head of a kernel with one invocation per item, dispatched with
+ * `grid(ceil(items / wg))`: `fn main`, the item's flat index `index`, and an
+ * early return past `bound`. The caller writes the body and the closing brace.
+ */
+export function flatMain(wg: number, index: string, bound: string): string {
+  return `@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let ${index} = ${FLAT_WORKGROUP_INDEX} * ${wg}u + lid;
+  if (${index} >= ${bound}) { return; }`;
+}
+
 /** Rounds `n` up to a multiple of `m`. */
 export function roundUp(n: number, m: number): number {
   return Math.ceil(n / m) * m;
-}
-
-/**
- * Uniform block writer: packs u32/i32/f32 fields in declaration order with
- * 4-byte alignment (declare WGSL uniform structs with scalar fields only, in
- * the same order, so layouts agree).
- */
-export class Params {
-  readonly #view: DataView;
-  readonly bytes: Uint8Array;
-  #at = 0;
-  constructor(byteLength: number) {
-    this.bytes = new Uint8Array(roundUp(Math.max(byteLength, 16), 16));
-    this.#view = new DataView(this.bytes.buffer);
-  }
-  u32(v: number): this {
-    this.#view.setUint32(this.#at, v >>> 0, true);
-    this.#at += 4;
-    return this;
-  }
-  i32(v: number): this {
-    this.#view.setInt32(this.#at, v | 0, true);
-    this.#at += 4;
-    return this;
-  }
-  f32(v: number): this {
-    this.#view.setFloat32(this.#at, v, true);
-    this.#at += 4;
-    return this;
-  }
-}
-
-/** Convenience: a uniform block of u32 values, in order. */
-export function u32Params(...values: number[]): Uint8Array {
-  const p = new Params(values.length * 4);
-  for (const v of values) p.u32(v);
-  return p.bytes;
 }

@@ -12,19 +12,22 @@
  * over features), and a one-workgroup mean, summed in a fixed order.
  * The backward treats I as constant, as autograd does.
  */
-import { grid, type Kernel, kernel, Params } from "./kernel.ts";
+import { grid, GRID_BUILTINS, type Kernel, kernel } from "./kernel.ts";
 import { l2Normalize, l2NormalizeBackwardRef, l2NormalizeRef } from "./l2norm.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
 import {
   F32_LOWEST,
   ROW_LOOP,
+  ROW_SUM,
   rowLayout,
   rowsCols,
   rowSegment,
   rowWgsl,
   vecWgsl,
-} from "./softmax.ts";
+  vecWidth,
+} from "./common/rows.ts";
+import { Uniforms } from "./uniforms.ts";
 
 /** Options of KoLeo: DinoBloom's eps 1e-4 (normalise and log) and PairwiseDistance's 1e-8. */
 export interface KoleoOptions {
@@ -75,10 +78,9 @@ fn better(a: vec2f, b: vec2f) -> vec2f {
   if (a.x > b.x || (a.x == b.x && a.y < b.y)) { return a; }
   return b;
 }
-${rowWgsl(l, [["rowBest", "vec2f", "better(a, b)"], ["rowSum", "f32", "a + b"]])}
+${rowWgsl(l, [["rowBest", "vec2f", "better(a, b)"], ROW_SUM])}
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
+fn main(${GRID_BUILTINS}) {
   let i = wid.x + wid.y * nwg.x;
   let t = lid;
   let valid = i < p.rows;
@@ -124,7 +126,7 @@ struct P { rows: u32, eps: f32 }
 @group(0) @binding(0) var<storage, read> dist: array<f32>;
 @group(0) @binding(1) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(2) var<uniform> p: P;
-${rowWgsl(rowLayout(WG, { threads: WG }), [["rowSum", "f32", "a + b"]])}
+${rowWgsl(rowLayout(WG, { threads: WG }), [ROW_SUM])}
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
   var s = 0.0;
@@ -157,7 +159,7 @@ struct P { rows: u32, cols: u32, eps: f32, pdistEps: f32 }
 @group(0) @binding(6) var<storage, read_write> dx: array<V>;
 @group(0) @binding(7) var<uniform> p: P;
 ${vecWgsl(w)}
-${rowWgsl(l, [["rowSum", "f32", "a + b"]])}
+${rowWgsl(l, [ROW_SUM])}
 // dL/dd_i / d_i; a zero distance has no direction (torch's norm gradient is 0 there).
 fn coef(i: u32) -> f32 {
   let d = dist[i];
@@ -172,8 +174,7 @@ fn grad(j: u32, c: u32, n: u32) -> V {
   return g;
 }
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
+fn main(${GRID_BUILTINS}) {
   let j = wid.x + wid.y * nwg.x;
   let t = lid;
   let valid = j < p.rows;
@@ -227,15 +228,15 @@ export function koleo(
   const { y: xn, norm } = l2Normalize(gpu, x, eps);
   const nn = gpu.empty([rows], "u32");
   const dist = gpu.empty([rows]);
-  const w = cols % 4 === 0 ? 4 : 1;
+  const w = vecWidth(cols);
   gpu.dispatch(
     nnKernel(w),
     [xn, nn, dist],
     grid(rows),
-    new Params(16).u32(rows).u32(cols).f32(pdistEps).bytes,
+    new Uniforms(16).u32(rows).u32(cols).f32(pdistEps).bytes,
   );
   const loss = gpu.empty([1]);
-  gpu.dispatch(meanKernel, [dist, loss], [1], new Params(16).u32(rows).f32(eps).bytes);
+  gpu.dispatch(meanKernel, [dist, loss], [1], new Uniforms(16).u32(rows).f32(eps).bytes);
   return { loss, nn, saved: { xn, norm, nn, dist, eps, pdistEps } };
 }
 
@@ -255,12 +256,12 @@ export function koleoBackward(
     throw new RangeError(`${op}: saved tensors do not belong to x [${x.shape}]`);
   }
   const dx = gpu.empty(x.shape);
-  const w = cols % 4 === 0 ? 4 : 1;
+  const w = vecWidth(cols);
   gpu.dispatch(
     bwdKernel(w),
     [dloss, x, saved.xn, saved.norm, saved.nn, saved.dist, dx],
     grid(rows),
-    new Params(16).u32(rows).u32(cols).f32(saved.eps).f32(saved.pdistEps).bytes,
+    new Uniforms(16).u32(rows).u32(cols).f32(saved.eps).f32(saved.pdistEps).bytes,
   );
   return dx;
 }

@@ -11,27 +11,23 @@
  * Both are one row kernel: a sum of squares reduced over the row's threads,
  * then a scaled write. The returned `norm` is the unclamped ‖row‖.
  */
-import type { Kernel } from "./kernel.ts";
-import { kernel, Params } from "./kernel.ts";
+import { type Kernel, kernel } from "./kernel.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
 import {
-  expectShape,
+  dispatchRows,
   layoutKey,
-  ROW_BUILTINS,
   ROW_LOOP,
-  ROW_PROLOGUE,
-  rowChunks,
-  rowGrid,
+  ROW_SUM,
   type RowLayout,
-  rowLayout,
+  rowMain,
+  rowPlan,
   rowsCols,
-  rowSegment,
-  rowThreadCap,
   rowView,
   rowWgsl,
   vecWgsl,
-} from "./softmax.ts";
+} from "./common/rows.ts";
+import { expectShape } from "./common/shape.ts";
 
 /** Options of the normalisation kernels. */
 export interface L2NormOptions {
@@ -59,12 +55,8 @@ struct P { rows: u32, cols: u32, rowBase: u32, eps: f32 }
 ${wn ? "@group(0) @binding(3) var<storage, read> gain: array<f32>;" : ""}
 @group(0) @binding(${wn ? 4 : 3}) var<uniform> p: P;
 ${vecWgsl(w)}
-${rowWgsl(l, [["rowSum", "f32", "a + b"]])}
-@compute @workgroup_size(WG)
-fn main(${ROW_BUILTINS}) {${ROW_PROLOGUE}
-  let n = p.cols / ${w}u;
-  let base = row * n;
-  ${rowSegment("n")}
+${rowWgsl(l, [ROW_SUM])}
+${rowMain(w)}
   var q = 0.0;
   if (valid) { ${ROW_LOOP} { let v = x[base + c]; q += hsum(v * v); } }
   let nrm = sqrt(rowSum(q, lid));
@@ -107,12 +99,8 @@ ${wn ? "@group(0) @binding(4) var<storage, read> gain: array<f32>;" : ""}
 ${wn ? "@group(0) @binding(5) var<storage, read_write> dgain: array<f32>;" : ""}
 @group(0) @binding(${wn ? 6 : 4}) var<uniform> p: P;
 ${vecWgsl(w)}
-${rowWgsl(l, [["rowSum", "f32", "a + b"]])}
-@compute @workgroup_size(WG)
-fn main(${ROW_BUILTINS}) {${ROW_PROLOGUE}
-  let n = p.cols / ${w}u;
-  let base = row * n;
-  ${rowSegment("n")}
+${rowWgsl(l, [ROW_SUM])}
+${rowMain(w)}
   var q = 0.0;
   if (valid) { ${ROW_LOOP} { q += hsum(x[base + c] * dy[base + c]); } }
   let s = rowSum(q, lid);
@@ -136,10 +124,6 @@ ${
   });
 }
 
-function params(rows: number, cols: number, rowBase: number, eps: number): Uint8Array {
-  return new Params(16).u32(rows).u32(cols).u32(rowBase).f32(eps).bytes;
-}
-
 function checkEps(op: string, eps: number): void {
   if (!(eps >= 0) || !Number.isFinite(eps)) {
     throw new RangeError(`${op}: eps must be a finite number ≥ 0, got ${eps}`);
@@ -161,14 +145,12 @@ function runFwd(
   const lead = x.shape.slice(0, -1);
   const norm = cols === 0 ? gpu.zeros(lead) : gpu.empty(lead);
   if (rows === 0 || cols === 0) return { y, norm };
-  const w = cols % 4 === 0 ? 4 : 1;
-  const l = rowLayout(cols / w, { threads: opts.threadsPerRow, cap: rowThreadCap(gpu), rows });
-  const k = fwdKernel(mode, w, l);
-  for (const c of rowChunks(gpu, op, rows, [cols * 4])) {
+  const { w, l } = rowPlan(gpu, rows, cols, opts.threadsPerRow);
+  dispatchRows(gpu, op, fwdKernel(mode, w, l), l, rows, cols, eps, (c) => {
     const bufs = [rowView(x, c, cols), rowView(y, c, cols), norm];
     if (gain) bufs.push(gain);
-    gpu.dispatch(k, bufs, rowGrid(c.count, l), params(c.count, cols, c.start, eps));
-  }
+    return bufs;
+  });
   return { y, norm };
 }
 
@@ -202,17 +184,13 @@ export function l2NormalizeBackward(
   expectShape(op, "norm", norm, x.shape.slice(0, -1));
   const dx = gpu.empty(x.shape);
   if (rows === 0 || cols === 0) return dx;
-  const w = cols % 4 === 0 ? 4 : 1;
-  const l = rowLayout(cols / w, { threads: opts.threadsPerRow, cap: rowThreadCap(gpu), rows });
-  const k = bwdKernel("l2", w, l);
-  for (const c of rowChunks(gpu, op, rows, [cols * 4])) {
-    gpu.dispatch(
-      k,
-      [rowView(dy, c, cols), rowView(x, c, cols), norm, rowView(dx, c, cols)],
-      rowGrid(c.count, l),
-      params(c.count, cols, c.start, eps),
-    );
-  }
+  const { w, l } = rowPlan(gpu, rows, cols, opts.threadsPerRow);
+  dispatchRows(gpu, op, bwdKernel("l2", w, l), l, rows, cols, eps, (c) => [
+    rowView(dy, c, cols),
+    rowView(x, c, cols),
+    norm,
+    rowView(dx, c, cols),
+  ]);
   return dx;
 }
 
@@ -264,17 +242,15 @@ export function weightNormBackward(
   // An empty row contributes nothing to its gain's gradient.
   const dg = cols === 0 ? gpu.zeros(g.shape) : gpu.empty(g.shape);
   if (rows === 0 || cols === 0) return { dv, dg };
-  const w = cols % 4 === 0 ? 4 : 1;
-  const l = rowLayout(cols / w, { threads: opts.threadsPerRow, cap: rowThreadCap(gpu), rows });
-  const k = bwdKernel("wn", w, l);
-  for (const c of rowChunks(gpu, op, rows, [cols * 4])) {
-    gpu.dispatch(
-      k,
-      [rowView(dw, c, cols), rowView(v, c, cols), norm, rowView(dv, c, cols), g, dg],
-      rowGrid(c.count, l),
-      params(c.count, cols, c.start, 0),
-    );
-  }
+  const { w, l } = rowPlan(gpu, rows, cols, opts.threadsPerRow);
+  dispatchRows(gpu, op, bwdKernel("wn", w, l), l, rows, cols, 0, (c) => [
+    rowView(dw, c, cols),
+    rowView(v, c, cols),
+    norm,
+    rowView(dv, c, cols),
+    g,
+    dg,
+  ]);
   return { dv, dg };
 }
 

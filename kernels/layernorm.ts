@@ -10,19 +10,19 @@
  * No atomics, so the parameter gradients are bit-for-bit repeatable.
  */
 import { GpuLimitError } from "./errors.ts";
-import { grid, type Kernel, kernel, Params } from "./kernel.ts";
+import { grid, GRID_BUILTINS, type Kernel, kernel } from "./kernel.ts";
 import { fmtBytes } from "./pool.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
 import {
-  expectShape,
+  dispatchRows,
   layoutKey,
-  ROW_BUILTINS,
-  ROW_PROLOGUE,
+  ROW_SUM,
   rowChunks,
-  rowGrid,
   type RowLayout,
   rowLayout,
+  rowMain,
+  type RowReduction,
   rowsCols,
   rowSegment,
   rowThreadCap,
@@ -30,7 +30,10 @@ import {
   rowWgsl,
   SEGMENT_LANES,
   vecWgsl,
-} from "./softmax.ts";
+  vecWidth,
+} from "./common/rows.ts";
+import { expectShape } from "./common/shape.ts";
+import { Uniforms } from "./uniforms.ts";
 
 /** Options of the layer-norm kernels. */
 export interface LayerNormOptions {
@@ -44,8 +47,7 @@ export interface LayerNormOptions {
  */
 const REG_LOOP = "for (var j = 0u; j < CPT; j++) { let c = sb + j * S; if (c < se) {";
 
-const SUM: [string, string, string] = ["rowSum", "f32", "a + b"];
-const SUM2: [string, string, string] = ["rowSum2", "vec2f", "a + b"];
+const SUM2: RowReduction = ["rowSum2", "vec2f", "a + b"];
 
 /**
  * Each thread reads its `CPT` columns of the row; when they fit the register
@@ -71,13 +73,9 @@ struct P { rows: u32, cols: u32, rowBase: u32, eps: f32 }
 @group(0) @binding(5) var<storage, read_write> rstd: array<f32>;
 @group(0) @binding(6) var<uniform> p: P;
 ${vecWgsl(w)}
-${rowWgsl(l, [SUM])}
+${rowWgsl(l, [ROW_SUM])}
 const CPT = ${cpt}u;
-@compute @workgroup_size(WG)
-fn main(${ROW_BUILTINS}) {${ROW_PROLOGUE}
-  let n = p.cols / ${w}u;
-  let base = row * n;
-  ${rowSegment("n")}
+${rowMain(w)}
   let inv = 1.0 / f32(p.cols);
   ${cached ? "var xs: array<V, CPT>;" : ""}
   var s = 0.0;
@@ -130,8 +128,7 @@ ${rowWgsl(l, [SUM2])}
 const CPT = ${cpt}u;
 ${combine ? `var<workgroup> comb: array<V, ${2 * units}>;` : ""}
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
+fn main(${GRID_BUILTINS}) {
   let g = lid / T;
   let t = lid % T;
   let blk = wid.x + wid.y * nwg.x;
@@ -227,8 +224,7 @@ struct P { count: u32, width: u32 }
 @group(0) @binding(2) var<uniform> p: P;
 ${vecWgsl(w)}
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
+fn main(${GRID_BUILTINS}) {
   let c = (wid.x + wid.y * nwg.x) * 64u + lid;
   if (c >= p.width) { return; }
   var s = V(0.0);
@@ -313,19 +309,17 @@ export function layerNorm(
   const mean = gpu.empty(lead);
   const rstd = gpu.empty(lead);
   if (rows === 0) return { y, mean, rstd };
-  const w = cols % 4 === 0 ? 4 : 1;
+  const w = vecWidth(cols);
   const n = cols / w;
   const l = checkedLayout(gpu, op, rows, n, cols, opts);
-  const k = fwdKernel(w, l, n);
-  for (const c of rowChunks(gpu, op, rows, [cols * 4])) {
-    const p = new Params(16).u32(c.count).u32(cols).u32(c.start).f32(eps).bytes;
-    gpu.dispatch(
-      k,
-      [rowView(x, c, cols), weight, bias, rowView(y, c, cols), mean, rstd],
-      rowGrid(c.count, l),
-      p,
-    );
-  }
+  dispatchRows(gpu, op, fwdKernel(w, l, n), l, rows, cols, eps, (c) => [
+    rowView(x, c, cols),
+    weight,
+    bias,
+    rowView(y, c, cols),
+    mean,
+    rstd,
+  ]);
   return { y, mean, rstd };
 }
 
@@ -366,7 +360,7 @@ export function layerNormBackward(
   if (rows === 0) {
     return { dx, dweight: gpu.zeros([cols]), dbias: gpu.zeros([cols]) };
   }
-  const w = cols % 4 === 0 ? 4 : 1;
+  const w = vecWidth(cols);
   const n = cols / w;
   const l = checkedLayout(gpu, op, rows, n, cols, opts);
   const combBytes = 2 * cols * 4;
@@ -396,7 +390,7 @@ export function layerNormBackward(
   const part = gpu.empty([partRows, 2, cols]);
   const k = bwdKernel(w, l, n);
   for (const c of rowChunks(gpu, op, rows, [cols * 4], rowsPerBlock)) {
-    const p = new Params(32).u32(c.count).u32(cols).u32(c.start).u32(K)
+    const p = new Uniforms(32).u32(c.count).u32(cols).u32(c.start).u32(K)
       .u32(c.start / rowsPerBlock).bytes;
     gpu.dispatch(
       k,
@@ -411,7 +405,7 @@ export function layerNormBackward(
     sumKernel(w),
     [part, both],
     grid(Math.ceil((2 * n) / 64)),
-    new Params(16).u32(partRows).u32(2 * n).bytes,
+    new Uniforms(16).u32(partRows).u32(2 * n).bytes,
   );
   gpu.release(part);
   const dweight = gpu.empty([cols]);

@@ -2,7 +2,7 @@
  * Patch embedding as im2col: DINOv2's `PatchEmbed` is `Conv2d(C, D, kernel p, stride p)` followed
  * by `flatten(2).transpose(1, 2)`. With stride equal to the kernel the patches do not overlap, so
  * the convolution is exactly `im2col(images) @ weight.reshape(D, C·p·p)ᵀ + bias`; the matmul is
- * `kernels/matmul.ts`'s job, this file only rearranges pixels.
+ * `kernels/matmul/`'s job, this file only rearranges pixels.
  *
  * Layouts:
  * - images `[B, C, H, W]` (NCHW, f32), as PyTorch feeds the conv;
@@ -11,10 +11,11 @@
  *   `(c·p + kh)·p + kw`, the order of `conv.weight.reshape(D, -1)`.
  * Pixels past `gh·p` / `gw·p` are dropped, as the strided conv drops them; their gradient is 0.
  */
-import { GpuLimitError } from "./errors.ts";
-import { FLAT_WORKGROUP_INDEX, grid, kernel, u32Params } from "./kernel.ts";
+import { splitSpans } from "./common/split.ts";
+import { flatMain, grid, type Kernel, kernel } from "./kernel.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
+import { u32Uniforms } from "./uniforms.ts";
 
 const WG = 256;
 
@@ -49,11 +50,7 @@ struct P { n: u32, C: u32, H: u32, W: u32, p: u32, gh: u32, gw: u32, pad: u32 }
 @group(0) @binding(0) var<storage, read> img: array<f32>;
 @group(0) @binding(1) var<storage, read_write> cols: array<f32>;
 @group(0) @binding(2) var<uniform> u: P;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let idx = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (idx >= u.n) { return; }
+${flatMain(WG, "idx", "u.n")}
   // One invocation per output element: consecutive invocations write consecutive columns.
   let pp = u.p * u.p;
   let ncols = u.C * pp;
@@ -81,11 +78,7 @@ struct P { n: u32, C: u32, H: u32, W: u32, p: u32, gh: u32, gw: u32, pad: u32 }
 @group(0) @binding(0) var<storage, read> cols: array<f32>;
 @group(0) @binding(1) var<storage, read_write> img: array<f32>;
 @group(0) @binding(2) var<uniform> u: P;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let idx = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (idx >= u.n) { return; }
+${flatMain(WG, "idx", "u.n")}
   // Gather form of the adjoint: patches do not overlap, so each pixel has at most one source.
   let x = idx % u.W;
   let t = idx / u.W;
@@ -106,40 +99,40 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 }`,
 });
 
-function gcd(a: number, b: number): number {
-  while (b) [a, b] = [b, a % b];
-  return a;
-}
-
 /**
- * Images per dispatch so that both bindings fit the adapter's binding limit and every
- * sub-range starts at an aligned byte offset. Throws `GpuLimitError` when not even one image fits.
+ * Copies images → patch rows (`im2col`) or back (`col2im`): one invocation per element of
+ * `dst`, over spans of images whose `src` and `dst` slices each fit a binding at aligned
+ * offsets (`srcPer`, `dstPer`: elements per image). Throws `GpuLimitError` when one image
+ * cannot be bound.
  */
-function imagesPerDispatch(
+function dispatchImages(
   gpu: Gpu,
   op: string,
+  k: Kernel,
   g: PatchGeometry,
+  src: GpuTensor,
+  dst: GpuTensor,
+  srcPer: number,
+  dstPer: number,
   maxBindingBytes?: number,
-): number {
-  const inBytes = g.C * g.H * g.W * 4;
-  const outBytes = g.gh * g.gw * g.C * g.p * g.p * 4;
-  const max = Math.min(maxBindingBytes ?? Infinity, gpu.limits.maxStorageBufferBindingSize);
-  const per = Math.max(inBytes, outBytes);
-  if (g.B * per <= max) return g.B;
-  const align = gpu.limits.minStorageBufferOffsetAlignment;
-  // Smallest image count whose byte sizes (in and out) are both multiples of the alignment.
-  const stepIn = align / gcd(inBytes, align);
-  const stepOut = align / gcd(outBytes, align);
-  const step = (stepIn * stepOut) / gcd(stepIn, stepOut);
-  const n = Math.floor(max / per / step) * step;
-  if (n < 1) {
-    throw new GpuLimitError(
-      `${op}: one image [${g.C}, ${g.H}, ${g.W}] needs ${per} B per binding (aligned groups of ` +
-        `${step}), over the binding limit of ${max} B (maxStorageBufferBindingSize); ` +
-        "use smaller images",
+): void {
+  const images = splitSpans(gpu.limits, {
+    op,
+    item: `image [${g.C}, ${g.H}, ${g.W}]`,
+    count: g.B,
+    itemBytes: [srcPer * 4, dstPer * 4],
+    maxBytes: maxBindingBytes,
+    fix: "use smaller images",
+  });
+  for (const c of images) {
+    const n = c.count * dstPer;
+    gpu.dispatch(
+      k,
+      [src.view(c.start * srcPer, [c.count * srcPer]), dst.view(c.start * dstPer, [n])],
+      grid(Math.ceil(n / WG)),
+      u32Uniforms(n, g.C, g.H, g.W, g.p, g.gh, g.gw, 0),
     );
   }
-  return n;
 }
 
 /** Options shared by im2col and col2im. */
@@ -166,16 +159,9 @@ export function im2col(
   const cols = g.C * g.p * g.p;
   const out = gpu.empty([g.B * g.gh * g.gw, cols]);
   if (out.numel === 0) return out;
-  const nb = imagesPerDispatch(gpu, "im2col", g, opts.maxBindingBytes);
   const inPer = g.C * g.H * g.W;
   const outPer = g.gh * g.gw * cols;
-  for (let b0 = 0; b0 < g.B; b0 += nb) {
-    const n = Math.min(nb, g.B - b0);
-    const src = images.view(b0 * inPer, [n * inPer]);
-    const dst = out.view(b0 * outPer, [n * outPer]);
-    const params = u32Params(n * outPer, g.C, g.H, g.W, g.p, g.gh, g.gw, 0);
-    gpu.dispatch(im2colKernel, [src, dst], grid(Math.ceil((n * outPer) / WG)), params);
-  }
+  dispatchImages(gpu, "im2col", im2colKernel, g, images, out, inPer, outPer, opts.maxBindingBytes);
   return out;
 }
 
@@ -206,17 +192,30 @@ export function col2im(
     gpu.release(out);
     return gpu.zeros([g.B, g.C, g.H, g.W]);
   }
-  const nb = imagesPerDispatch(gpu, "col2im", g, opts.maxBindingBytes);
   const inPer = g.C * g.H * g.W;
   const outPer = g.gh * g.gw * cols;
-  for (let b0 = 0; b0 < g.B; b0 += nb) {
-    const n = Math.min(nb, g.B - b0);
-    const src = dcols.view(b0 * outPer, [n * outPer]);
-    const dst = out.view(b0 * inPer, [n * inPer]);
-    const params = u32Params(n * inPer, g.C, g.H, g.W, g.p, g.gh, g.gw, 0);
-    gpu.dispatch(col2imKernel, [src, dst], grid(Math.ceil((n * inPer) / WG)), params);
-  }
+  dispatchImages(gpu, "col2im", col2imKernel, g, dcols, out, outPer, inPer, opts.maxBindingBytes);
   return out;
+}
+
+/** Calls `f(pixel, col)` for every image element a patch row holds and its place there. */
+function forEachPatchElement(g: PatchGeometry, f: (pixel: number, col: number) => void): void {
+  const { B, C, H, W, p, gh, gw } = g;
+  const ncols = C * p * p;
+  for (let b = 0; b < B; b++) {
+    for (let i = 0; i < gh; i++) {
+      for (let j = 0; j < gw; j++) {
+        const row = ((b * gh + i) * gw + j) * ncols;
+        for (let c = 0; c < C; c++) {
+          for (let kh = 0; kh < p; kh++) {
+            for (let kw = 0; kw < p; kw++) {
+              f(((b * C + c) * H + i * p + kh) * W + j * p + kw, row + (c * p + kh) * p + kw);
+            }
+          }
+        }
+      }
+    }
+  }
 }
 
 /** CPU reference of `im2col` on an NCHW array of shape `imageShape`. */
@@ -225,24 +224,9 @@ export function im2colRef(
   imageShape: readonly number[],
   patch: number,
 ): Float32Array {
-  const { B, C, H, W, p, gh, gw } = geometry("im2colRef", imageShape, patch);
-  const ncols = C * p * p;
-  const out = new Float32Array(B * gh * gw * ncols);
-  for (let b = 0; b < B; b++) {
-    for (let i = 0; i < gh; i++) {
-      for (let j = 0; j < gw; j++) {
-        const row = ((b * gh + i) * gw + j) * ncols;
-        for (let c = 0; c < C; c++) {
-          for (let kh = 0; kh < p; kh++) {
-            for (let kw = 0; kw < p; kw++) {
-              out[row + (c * p + kh) * p + kw] =
-                images[((b * C + c) * H + i * p + kh) * W + j * p + kw];
-            }
-          }
-        }
-      }
-    }
-  }
+  const g = geometry("im2colRef", imageShape, patch);
+  const out = new Float32Array(g.B * g.gh * g.gw * g.C * g.p * g.p);
+  forEachPatchElement(g, (pixel, col) => (out[col] = images[pixel]));
   return out;
 }
 
@@ -252,23 +236,8 @@ export function col2imRef(
   imageShape: readonly number[],
   patch: number,
 ): Float32Array {
-  const { B, C, H, W, p, gh, gw } = geometry("col2imRef", imageShape, patch);
-  const ncols = C * p * p;
-  const out = new Float32Array(B * C * H * W);
-  for (let b = 0; b < B; b++) {
-    for (let i = 0; i < gh; i++) {
-      for (let j = 0; j < gw; j++) {
-        const row = ((b * gh + i) * gw + j) * ncols;
-        for (let c = 0; c < C; c++) {
-          for (let kh = 0; kh < p; kh++) {
-            for (let kw = 0; kw < p; kw++) {
-              out[((b * C + c) * H + i * p + kh) * W + j * p + kw] +=
-                dcols[row + (c * p + kh) * p + kw];
-            }
-          }
-        }
-      }
-    }
-  }
+  const g = geometry("col2imRef", imageShape, patch);
+  const out = new Float32Array(g.B * g.C * g.H * g.W);
+  forEachPatchElement(g, (pixel, col) => (out[pixel] += dcols[col]));
   return out;
 }

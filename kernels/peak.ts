@@ -2,9 +2,10 @@
  * Peak kernels: the adapter's own compute and bandwidth ceilings, measured in
  * the same run as every benchmark so figures are ratios, not absolute times.
  */
-import { FLAT_WORKGROUP_INDEX, grid, type Kernel, kernel, u32Params } from "./kernel.ts";
+import { FLAT_WORKGROUP_INDEX, grid, GRID_BUILTINS, type Kernel, kernel } from "./kernel.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
+import { u32Uniforms } from "./uniforms.ts";
 
 /** FMAs per invocation per loop trip: 8 independent vec4 chains. */
 const CHAINS = 8;
@@ -51,8 +52,7 @@ struct P { n: u32 }
 @group(0) @binding(1) var<storage, read_write> dst: array<vec4f>;
 @group(0) @binding(2) var<uniform> p: P;
 @compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
+fn main(${GRID_BUILTINS}) {
   let i = ${FLAT_WORKGROUP_INDEX} * 256u + lid;
   if (i < p.n) { dst[i] = src[i]; }
 }`,
@@ -61,6 +61,6 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 /** Copies `src` to `dst` (vec4 granularity); returns the bytes moved (read + written). */
 export function runCopy(gpu: Gpu, src: GpuTensor, dst: GpuTensor): number {
   const n4 = Math.floor(src.numel / 4);
-  gpu.dispatch(copyKernel, [src, dst], grid(Math.ceil(n4 / 256)), u32Params(n4));
+  gpu.dispatch(copyKernel, [src, dst], grid(Math.ceil(n4 / 256)), u32Uniforms(n4));
   return n4 * 16 * 2;
 }

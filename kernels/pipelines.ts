@@ -8,7 +8,25 @@
  * turned into a `ShaderCompileError` that quotes the offending source lines.
  */
 import { formatCompilationMessages, ShaderCompileError } from "./errors.ts";
-import type { Kernel } from "./kernel.ts";
+import type { BindingKind, Kernel } from "./kernel.ts";
+
+/** The bind-group-layout part of one binding kind. */
+function layoutOf(kind: BindingKind): Partial<GPUBindGroupLayoutEntry> {
+  switch (kind) {
+    case "read":
+      return { buffer: { type: "read-only-storage" } };
+    case "read_write":
+      return { buffer: { type: "storage" } };
+    case "texture_f32":
+      return { texture: { sampleType: "unfilterable-float", viewDimension: "2d" } };
+    case "texture_u32":
+      return { texture: { sampleType: "uint", viewDimension: "2d" } };
+    case "write_rgba32float":
+      return { storageTexture: { access: "write-only", format: "rgba32float" } };
+    case "write_rgba32uint":
+      return { storageTexture: { access: "write-only", format: "rgba32uint" } };
+  }
+}
 
 /** A cached pipeline and the layout its bind groups use. */
 export interface CachedPipeline {
@@ -44,7 +62,7 @@ export class PipelineCache {
     const entries: GPUBindGroupLayoutEntry[] = kernel.bindings.map((access, binding) => ({
       binding,
       visibility: GPUShaderStage.COMPUTE,
-      buffer: { type: access === "read" ? "read-only-storage" : "storage" },
+      ...layoutOf(access),
     }));
     if (kernel.uniformBytes > 0) {
       entries.push({

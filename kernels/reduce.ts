@@ -20,20 +20,28 @@
  * than n·ε: a sum of 1e7 values keeps ~1e-6 relative accuracy.
  */
 import { GpuLimitError } from "./errors.ts";
-import { FLAT_WORKGROUP_INDEX, grid, type Kernel, kernel, Params } from "./kernel.ts";
 import {
-  bindableElements,
-  bindWindow,
+  FLAT_WORKGROUP_INDEX,
+  flatMain,
+  grid,
+  GRID_BUILTINS,
+  type Kernel,
+  kernel,
+} from "./kernel.ts";
+import {
+  broadcastIndex,
   broadcastShapes,
   checkTensor,
   fmtShape,
   normalizeAxis,
-  operand,
   sameShape,
-  stridedMap,
-} from "./layout.ts";
+} from "./common/shape.ts";
+import { type Span, splitSpans } from "./common/split.ts";
+import { bindableElements, bindWindow, vec4Rows } from "./common/window.ts";
+import { operand, stridedMap } from "./strided_map.ts";
 import type { Gpu } from "./runtime.ts";
-import { GpuTensor, numel } from "./tensor.ts";
+import { type GpuTensor, numel, retag } from "./tensor.ts";
+import { Uniforms } from "./uniforms.ts";
 
 /** A reduction axis (negative counts from the end) or every element. */
 export type Axis = number | "all";
@@ -140,8 +148,7 @@ ${ISNAN_WGSL}
 ${combineFn(op, "f32")}
 ${vec ? combineFn(op, T, "combv") : ""}
 @compute @workgroup_size(${ROW_WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
+fn main(${GRID_BUILTINS}) {
   let lane = lid % ${ROW_TPR}u;
   let local = ${FLAT_WORKGROUP_INDEX} * ${perWg}u + lid / ${ROW_TPR}u;
   let w = p.wbase + local;
@@ -197,8 +204,7 @@ struct P { outer: u32, len: u32, inner: u32, chunk: u32, nchunk: u32, xshift: u3
 ${ISNAN_WGSL}
 ${combineFn(op, T)}
 @compute @workgroup_size(${COL_WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
+fn main(${GRID_BUILTINS}) {
   let j = p.jbase + wid.x * ${COL_WG}u + lid;
   let local = wid.y + wid.z * nwg.y;
   if (j >= p.inner || local >= p.blocks) { return; }
@@ -225,17 +231,25 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   });
 }
 
+/**
+ * What one stage of a reduction computes: `op` ("sum" or "max"), of squares
+ * (the first stage of "sqsum"), times `scale` when it is the last stage (mean).
+ */
+interface Stage {
+  op: ReduceOp;
+  square: boolean;
+  scale: number | null;
+}
+
 /** One stage over rows of `len` (inner = 1). Returns partials [rows, nseg] (nseg = 1: done). */
 function rowStage(
   gpu: Gpu,
   x: GpuTensor,
   rows: number,
   len: number,
-  op: ReduceOp,
-  square: boolean,
-  scale: number | null,
+  { op, square, scale }: Stage,
 ): { out: GpuTensor; nseg: number } {
-  const vec = len % 4 === 0 && (x.offset / 4) % 4 === 0;
+  const vec = vec4Rows(len, x);
   const V = vec ? 4 : 1;
   const lenU = len / V;
   const segMax = ROW_TPR * ROW_PER_THREAD;
@@ -246,18 +260,16 @@ function rowStage(
   const k = rowKernel(op, square, final, vec, nseg > 1);
   const out = gpu.empty([rows, nseg], "f32", `reduce_${op}`);
   const total = rows * nseg;
-  const perItem = Math.min(seg, lenU);
-  const limit = Math.floor(bindableElements(gpu) / V);
-  if (perItem > limit) throw tooBig(gpu, `reduce (${op})`, x);
-  const perDispatch = Math.floor(limit / perItem);
+  // Work items (row segments) lie one after another in x: split them into windows.
+  const items = windowSpans(gpu, `reduce (${op})`, total, Math.min(seg, lenU) * V);
   const start = (w: number) => Math.floor(w / nseg) * lenU + (w % nseg) * seg;
   const end = (w: number) => Math.floor(w / nseg) * lenU + Math.min(lenU, ((w % nseg) + 1) * seg);
   const perWg = ROW_WG / ROW_TPR;
-  for (let w0 = 0; w0 < total; w0 += perDispatch) {
-    const w1 = Math.min(total, w0 + perDispatch);
+  for (const { start: w0, count } of items) {
+    const w1 = w0 + count;
     const xbase = start(w0);
     const win = bindWindow(gpu, x, xbase * V, end(w1 - 1) * V);
-    const p = new Params(32).u32(w1 - w0).u32(lenU).u32(seg).u32(nseg).u32(win.shift / V)
+    const p = new Uniforms(32).u32(w1 - w0).u32(lenU).u32(seg).u32(nseg).u32(win.shift / V)
       .u32(xbase).u32(w0).f32(scale ?? 1);
     gpu.dispatch(k, [win.view, out], grid(Math.ceil((w1 - w0) / perWg)), p.bytes);
   }
@@ -273,14 +285,10 @@ function colChunk(len: number): number {
 function colStage(
   gpu: Gpu,
   x: GpuTensor,
-  outer: number,
-  len: number,
-  inner: number,
-  op: ReduceOp,
-  square: boolean,
-  scale: number | null,
+  [outer, len, inner]: [number, number, number],
+  { op, square, scale }: Stage,
 ): { out: GpuTensor; nchunk: number } {
-  const vec = inner % 4 === 0 && (x.offset / 4) % 4 === 0;
+  const vec = vec4Rows(inner, x);
   const V = vec ? 4 : 1;
   const innerU = inner / V;
   const limit = Math.floor(bindableElements(gpu) / V);
@@ -293,13 +301,13 @@ function colStage(
   const k = colKernel(op, square, final, vec);
   const out = gpu.empty([nchunk, outer, inner], "f32", `reduce_${op}`);
   const blocks = outer * nchunk;
-  const perDispatch = Math.max(1, Math.floor(limit / (chunk * innerU)));
+  const spans = windowSpans(gpu, `reduce (${op})`, blocks, chunk * inner);
   const first = (b: number) => (Math.floor(b / nchunk) * len + (b % nchunk) * chunk) * innerU;
   const last = (b: number) =>
     (Math.floor(b / nchunk) * len + Math.min(len, ((b % nchunk) + 1) * chunk)) * innerU;
   const maxDim = gpu.limits.maxComputeWorkgroupsPerDimension;
-  for (let b0 = 0; b0 < blocks; b0 += perDispatch) {
-    const b1 = Math.min(blocks, b0 + perDispatch);
+  for (const { start: b0, count } of spans) {
+    const b1 = b0 + count;
     const xbase = first(b0);
     const win = bindWindow(gpu, x, xbase * V, last(b1 - 1) * V);
     const y = Math.min(b1 - b0, maxDim);
@@ -307,12 +315,24 @@ function colStage(
     // Columns beyond 64·maxDim go in further dispatches (jbase).
     for (let j0 = 0; j0 < innerU; j0 += COL_WG * maxDim) {
       const xs = Math.min(maxDim, Math.ceil((innerU - j0) / COL_WG));
-      const p = new Params(48).u32(outer).u32(len).u32(innerU).u32(chunk).u32(nchunk)
+      const p = new Uniforms(48).u32(outer).u32(len).u32(innerU).u32(chunk).u32(nchunk)
         .u32(win.shift / V).u32(xbase).u32(b0).u32(b1 - b0).u32(j0).f32(scale ?? 1);
       gpu.dispatch(k, [win.view, out], [xs, y, z], p.bytes);
     }
   }
   return { out, nchunk };
+}
+
+/** Spans of `count` consecutive items of `elements` f32 each in x, one binding window each. */
+function windowSpans(gpu: Gpu, op: string, count: number, elements: number): Span[] {
+  return splitSpans(gpu.limits, {
+    op,
+    item: `block of ${elements} values`,
+    count,
+    itemBytes: [elements * 4],
+    starts: "window",
+    fix: "reduce a smaller tensor",
+  });
 }
 
 function tooBig(gpu: Gpu, op: string, x: GpuTensor): GpuLimitError {
@@ -336,8 +356,7 @@ function reduce3(
   scale: number | null,
 ): GpuTensor {
   let cur = x;
-  let square = op === "sqsum";
-  const stageOp = (): ReduceOp => (op === "max" ? "max" : "sum");
+  const stage: Stage = { op: op === "max" ? "max" : "sum", square: op === "sqsum", scale };
   const release = (t: GpuTensor) => {
     if (t !== x) gpu.release(t);
   };
@@ -345,10 +364,10 @@ function reduce3(
     const rows = outer;
     let n = len;
     for (;;) {
-      const { out, nseg } = rowStage(gpu, cur, rows, n, stageOp(), square, scale);
+      const { out, nseg } = rowStage(gpu, cur, rows, n, stage);
       release(cur);
       cur = out;
-      square = false;
+      stage.square = false;
       if (nseg === 1) return cur;
       n = nseg;
     }
@@ -357,10 +376,10 @@ function reduce3(
   let n = len;
   let i = inner;
   for (;;) {
-    const { out, nchunk } = colStage(gpu, cur, o, n, i, stageOp(), square, scale);
+    const { out, nchunk } = colStage(gpu, cur, [o, n, i], stage);
     release(cur);
     cur = out;
-    square = false;
+    stage.square = false;
     if (nchunk === 1) return cur;
     // Partials [nchunk, outer, inner]: reduce their axis 0 next.
     n = nchunk;
@@ -431,9 +450,6 @@ function reduceOp(
  * The fresh result `y` under its final shape, still owning its buffer (a
  * `reshape` view would not own it, and the caller must be able to release it).
  */
-function retag(y: GpuTensor, shape: number[]): GpuTensor {
-  return new GpuTensor(y.buffer, shape, y.dtype, y.offset, y.pooled);
-}
 
 /** Σ x along `axis` (default -1) or over "all" elements. */
 export function sum(gpu: Gpu, x: GpuTensor, opts: ReduceOptions = {}): GpuTensor {
@@ -486,8 +502,7 @@ var<workgroup> shv: array<f32, ${ARGMAX_WG}>;
 var<workgroup> shi: array<u32, ${ARGMAX_WG}>;
 ${BETTER}
 @compute @workgroup_size(${ARGMAX_WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
+fn main(${GRID_BUILTINS}) {
   let row = ${FLAT_WORKGROUP_INDEX};
   var bv = ${NEG_INF};
   var bi = 0xffffffffu;
@@ -524,11 +539,7 @@ struct P { outer: u32, len: u32, inner: u32, xshift: u32, obase: u32, pad0: u32,
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;
 @group(0) @binding(2) var<uniform> p: P;
 ${BETTER}
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let e = ${FLAT_WORKGROUP_INDEX} * 64u + lid;
-  if (e >= p.outer * p.inner) { return; }
+${flatMain(64, "e", "p.outer * p.inner")}
   let o = e / p.inner;
   let j = e % p.inner;
   var bv = ${NEG_INF};
@@ -556,19 +567,16 @@ export function argmax(gpu: Gpu, x: GpuTensor, axis: number = -1): GpuTensor {
   }
   const y = gpu.empty(shape, "u32", "argmax");
   if (y.numel === 0) return y;
-  const limit = bindableElements(gpu);
   // Windows of whole outer blocks (len·inner elements each).
   const block = len * inner;
-  if (block > limit) throw tooBig(gpu, "argmax", x);
-  const perDispatch = Math.max(1, Math.floor(limit / block));
-  for (let o0 = 0; o0 < outer; o0 += perDispatch) {
-    const o1 = Math.min(outer, o0 + perDispatch);
+  for (const { start: o0, count } of windowSpans(gpu, "argmax", outer, block)) {
+    const o1 = o0 + count;
     const win = bindWindow(gpu, x, o0 * block, o1 * block);
     if (inner === 1) {
-      const p = new Params(16).u32(o1 - o0).u32(len).u32(win.shift).u32(o0).bytes;
+      const p = new Uniforms(16).u32(o1 - o0).u32(len).u32(win.shift).u32(o0).bytes;
       gpu.dispatch(argmaxRowKernel(), [win.view, y], grid(o1 - o0), p);
     } else {
-      const p = new Params(32).u32(o1 - o0).u32(len).u32(inner).u32(win.shift).u32(o0 * inner)
+      const p = new Uniforms(32).u32(o1 - o0).u32(len).u32(inner).u32(win.shift).u32(o0 * inner)
         .bytes;
       gpu.dispatch(argmaxColKernel(), [win.view, y], grid(Math.ceil(((o1 - o0) * inner) / 64)), p);
     }
@@ -763,21 +771,9 @@ export function sumToShapeRef(
   xShape: readonly number[],
   shape: readonly number[],
 ): Float32Array {
-  const lead = xShape.length - shape.length;
-  const ys = shape.map((_, i) => numel(shape.slice(i + 1)));
+  const at = broadcastIndex(shape, xShape);
   const acc = new Float64Array(numel(shape));
-  const c = new Array<number>(xShape.length).fill(0);
-  for (let i = 0; i < x.length; i++) {
-    let at = 0;
-    for (let d = lead; d < xShape.length; d++) {
-      if (shape[d - lead] !== 1) at += c[d] * ys[d - lead];
-    }
-    acc[at] += x[i];
-    for (let d = xShape.length - 1; d >= 0; d--) {
-      if (++c[d] < xShape[d]) break;
-      c[d] = 0;
-    }
-  }
+  for (let i = 0; i < x.length; i++) acc[at[i]] += x[i];
   return Float32Array.from(acc);
 }
 
@@ -787,20 +783,5 @@ export function broadcastToRef(
   xShape: readonly number[],
   shape: readonly number[],
 ): Float32Array {
-  const lead = shape.length - xShape.length;
-  const xs = xShape.map((_, i) => numel(xShape.slice(i + 1)));
-  const y = new Float32Array(numel(shape));
-  const c = new Array<number>(shape.length).fill(0);
-  for (let i = 0; i < y.length; i++) {
-    let at = 0;
-    for (let d = lead; d < shape.length; d++) {
-      if (xShape[d - lead] !== 1) at += c[d] * xs[d - lead];
-    }
-    y[i] = x[at];
-    for (let d = shape.length - 1; d >= 0; d--) {
-      if (++c[d] < shape[d]) break;
-      c[d] = 0;
-    }
-  }
-  return y;
+  return Float32Array.from(broadcastIndex(xShape, shape), (at) => x[at]);
 }

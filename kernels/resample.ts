@@ -25,9 +25,10 @@
  * weights whose (clamped) tap lands on the input position. Cost O(in·out) per axis and element:
  * fine for position grids (tens per side), not meant for images.
  */
-import { FLAT_WORKGROUP_INDEX, grid, kernel, u32Params } from "./kernel.ts";
+import { flatMain, grid, kernel } from "./kernel.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
+import { u32Uniforms } from "./uniforms.ts";
 
 const WG = 256;
 /** PyTorch's cubic convolution coefficient. */
@@ -122,11 +123,7 @@ struct P { n: u32, inW: u32, outW: u32, C: u32 }
 @group(0) @binding(2) var<storage, read> tx: array<u32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(4) var<uniform> u: P;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let idx = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (idx >= u.n) { return; }
+${flatMain(WG, "idx", "u.n")}
   let c = idx % u.C;
   let pix = idx / u.C;
   let ox = pix % u.outW;
@@ -161,11 +158,7 @@ struct P { n: u32, srcSize: u32, dstSize: u32, C: u32 }
 @group(0) @binding(1) var<storage, read> taps: array<u32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(3) var<uniform> u: P;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let idx = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (idx >= u.n) { return; }
+${flatMain(WG, "idx", "u.n")}
   let c = idx % u.C;
   let t = idx / u.C;
   let i = t % u.dstSize;
@@ -208,7 +201,7 @@ export function bicubicResample(gpu: Gpu, grid_: GpuTensor, opts: ResampleOption
     forwardKernel,
     [grid_, ty, tx, out],
     grid(Math.ceil(n / WG)),
-    u32Params(n, W, opts.outW, C),
+    u32Uniforms(n, W, opts.outW, C),
   );
   return out;
 }
@@ -239,13 +232,13 @@ export function bicubicResampleBackward(
   // Pass 1 (x axis): [outH, outW, C] → [outH, inW, C]; pass 2 (y axis): → [inH, inW, C].
   const tmp = gpu.empty([oh, inW, C]);
   const n1 = tmp.numel;
-  gpu.dispatch(adjointKernel, [dy, tx, tmp], grid(Math.ceil(n1 / WG)), u32Params(n1, ow, inW, C));
+  gpu.dispatch(adjointKernel, [dy, tx, tmp], grid(Math.ceil(n1 / WG)), u32Uniforms(n1, ow, inW, C));
   const n2 = dx.numel;
   gpu.dispatch(
     adjointKernel,
     [tmp, ty, dx],
     grid(Math.ceil(n2 / WG)),
-    u32Params(n2, oh, inH, inW * C),
+    u32Uniforms(n2, oh, inH, inW * C),
   );
   gpu.release(tmp);
   return dx;

@@ -5,7 +5,10 @@
  *
  * Invariants (each one bites if broken):
  * - Flush before read-back: a read copies into a staging buffer inside the
- *   open encoder, then submits; `read` does both.
+ *   open encoder, then submits; `read` does both. Map only what was
+ *   submitted, and late: on llvmpipe a map (and a second submit) blocks until
+ *   the running submit ends, so overlapping callers queue the next batch
+ *   first (`queueReads`).
  * - Flush before host write into a buffer the open encoder uses: `write` does
  *   it; raw `queue.writeBuffer` would run before pending dispatches.
  * - A released buffer is free for host uploads only after the submit that used
@@ -21,10 +24,11 @@ import {
   NoAdapterError,
   ShaderCompileError,
 } from "./errors.ts";
-import type { Kernel, Workgroups } from "./kernel.ts";
+import { isTextureBinding, type Kernel, type Workgroups } from "./kernel.ts";
 import { type CachedPipeline, PipelineCache } from "./pipelines.ts";
 import { BufferPool, fmtBytes } from "./pool.ts";
 import { type BufferView, type DType, DTYPE_BYTES, GpuTensor, numel } from "./tensor.ts";
+import { GpuTexture, type TextureFormat, TexturePool } from "./textures.ts";
 import { UniformArena } from "./uniforms.ts";
 
 /** The limits bloom asks for and relies on. */
@@ -40,6 +44,8 @@ export interface GpuLimits {
   maxComputeWorkgroupsPerDimension: number;
   minStorageBufferOffsetAlignment: number;
   minUniformBufferOffsetAlignment: number;
+  /** Widest and tallest 2-D texture (texture operands of the matmul: `textures.ts`). */
+  maxTextureDimension2D: number;
 }
 
 const REQUESTED_LIMITS: readonly (keyof GpuLimits)[] = [
@@ -52,6 +58,7 @@ const REQUESTED_LIMITS: readonly (keyof GpuLimits)[] = [
   "maxComputeWorkgroupSizeY",
   "maxComputeWorkgroupSizeZ",
   "maxComputeWorkgroupsPerDimension",
+  "maxTextureDimension2D",
 ];
 
 /** What the adapter says about itself. */
@@ -105,7 +112,16 @@ type RecordedCommand =
     dstOffset: number;
     bytes: number;
   }
-  | { kind: "clear"; buffer: GPUBuffer; offset: number; bytes: number };
+  | { kind: "clear"; buffer: GPUBuffer; offset: number; bytes: number }
+  | {
+    kind: "copyTex";
+    src: GPUBuffer;
+    srcOffset: number;
+    bytesPerRow: number;
+    dst: GPUTexture;
+    width: number;
+    height: number;
+  };
 
 /**
  * A fixed sequence of commands (dispatches, copies, clears) recorded once
@@ -119,6 +135,13 @@ export class Recording {
   readonly uniforms: UniformArena;
   /** Buffers released during the capture, kept out of the pool while the recording lives. */
   readonly held: GPUBuffer[] = [];
+  /**
+   * Textures released during the capture, likewise; unlike buffers they are reused within the
+   * capture (textures are only written by commands, which replay in order).
+   */
+  readonly heldTextures = new Map<GPUTexture, TextureFormat>();
+  /** Held textures free for the capture's next acquisitions, by format and size. */
+  readonly freeTextures = new Map<string, GPUTexture[]>();
   constructor(device: GPUDevice) {
     this.uniforms = new UniformArena(device);
   }
@@ -126,6 +149,14 @@ export class Recording {
   get dispatches(): RecordedCommand[] {
     return this.commands.filter((c) => c.kind === "dispatch");
   }
+}
+
+/** Read-backs queued with their work (`Gpu.queueReads`), collected later. */
+export interface QueuedReads {
+  /** The tensors' values, once their submit has run (throws pending GPU errors). */
+  collect(): Promise<(Float32Array | Uint32Array | Int32Array)[]>;
+  /** Gives the staging buffers back without reading them. */
+  discard(): void;
 }
 
 /** Timing of a block of GPU work. */
@@ -145,6 +176,7 @@ export class Gpu {
   readonly limits: GpuLimits;
   readonly features: GpuFeatures;
   readonly pool: BufferPool;
+  readonly textures: TexturePool;
   readonly pipelines: PipelineCache;
 
   #encoder: GPUCommandEncoder | null = null;
@@ -173,6 +205,7 @@ export class Gpu {
     this.limits = limits;
     this.features = features;
     this.pool = new BufferPool(device, limits.maxBufferSize, opts.maxFreePoolBytes ?? 2 ** 30);
+    this.textures = new TexturePool(device);
     this.pipelines = new PipelineCache(device);
     this.#transientUniforms = new UniformArena(device, limits.minUniformBufferOffsetAlignment);
     this.#uniforms = this.#transientUniforms;
@@ -194,8 +227,8 @@ export class Gpu {
     if (typeof navigator === "undefined" || !("gpu" in navigator)) {
       throw new NoAdapterError("this runtime has no navigator.gpu; use Deno 2 or later");
     }
-    // Mesa's EGL probe complains without it; harmless to provide.
-    if (!Deno.env.get("XDG_RUNTIME_DIR")) {
+    // Mesa's EGL probe complains without it; harmless to provide (Deno only: no env in a page).
+    if (typeof Deno !== "undefined" && !Deno.env.get("XDG_RUNTIME_DIR")) {
       try {
         Deno.env.set("XDG_RUNTIME_DIR", Deno.makeTempDirSync({ prefix: "bloom-xdg-" }));
       } catch { /* no permission: only a warning is lost */ }
@@ -260,6 +293,7 @@ export class Gpu {
       maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
       maxComputeWorkgroupSizeZ: l.maxComputeWorkgroupSizeZ,
       maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      maxTextureDimension2D: l.maxTextureDimension2D,
       minStorageBufferOffsetAlignment: l.minStorageBufferOffsetAlignment,
       minUniformBufferOffsetAlignment: l.minUniformBufferOffsetAlignment,
     };
@@ -393,6 +427,92 @@ export class Gpu {
     });
   }
 
+  // ---------------------------------------------------------------- textures
+
+  /** A 2-D texture whose first write is a GPU command (pooled; see `textures.ts`). */
+  texture(width: number, height: number, format: TextureFormat, label = ""): GpuTexture {
+    this.#alive();
+    const max = this.limits.maxTextureDimension2D;
+    if (!(width >= 1 && height >= 1 && width <= max && height <= max)) {
+      throw new GpuLimitError(
+        `a ${width}×${height} texture${label ? ` for '${label}'` : ""} is outside this ` +
+          `adapter's 1..${max} (maxTextureDimension2D)`,
+      );
+    }
+    const cap = this.#capture;
+    const reuse = cap?.freeTextures.get(`${format}:${width}x${height}`)?.pop();
+    if (reuse) {
+      cap!.heldTextures.delete(reuse);
+      return new GpuTexture(reuse, format);
+    }
+    return this.textures.acquire(width, height, format, label);
+  }
+
+  /** Returns a texture to the pool (no-op for textures the pool does not own). */
+  releaseTexture(...ts: (GpuTexture | null | undefined)[]): void {
+    for (const t of ts) {
+      if (!t || !t.pooled) continue;
+      t.markReleased();
+      const cap = this.#capture;
+      if (cap) {
+        cap.heldTextures.set(t.texture, t.format);
+        const key = `${t.format}:${t.width}x${t.height}`;
+        const list = cap.freeTextures.get(key);
+        if (list) list.push(t.texture);
+        else cap.freeTextures.set(key, [t.texture]);
+      } else this.textures.release(t);
+    }
+  }
+
+  /**
+   * Copies `height` rows of `width` texels from a buffer (row r at `src.offset + r ·
+   * bytesPerRow`) into texels (0..width, 0..height) of `dst`, in encoder order. WebGPU
+   * requires `bytesPerRow` to be a multiple of 256 and the offset a multiple of the texel size.
+   */
+  copyToTexture(
+    src: BufferView,
+    bytesPerRow: number,
+    dst: GpuTexture,
+    width: number,
+    height: number,
+  ): void {
+    this.#alive();
+    if (bytesPerRow % 256 !== 0 || src.offset % 16 !== 0) {
+      throw new GpuError(
+        `copyToTexture: bytesPerRow ${bytesPerRow} must be a multiple of 256 and the offset ` +
+          `${src.offset} a multiple of 16`,
+      );
+    }
+    if (width > dst.width || height > dst.height) {
+      throw new RangeError(
+        `copyToTexture: ${width}×${height} texels do not fit a ${dst.width}×${dst.height} texture`,
+      );
+    }
+    if (width === 0 || height === 0) return;
+    const last = src.offset + (height - 1) * bytesPerRow + width * 16;
+    if (last > src.buffer.size) {
+      throw new RangeError(
+        `copyToTexture: rows up to byte ${last} run past buffer '${src.buffer.label}' ` +
+          `(${src.buffer.size} B)`,
+      );
+    }
+    this.#endPass();
+    this.#enc().copyBufferToTexture(
+      { buffer: src.buffer, offset: src.offset, bytesPerRow, rowsPerImage: height },
+      { texture: dst.texture },
+      [width, height],
+    );
+    this.#capture?.commands.push({
+      kind: "copyTex",
+      src: src.buffer,
+      srcOffset: src.offset,
+      bytesPerRow,
+      dst: dst.texture,
+      width,
+      height,
+    });
+  }
+
   // --------------------------------------------------------------- dispatch
 
   /**
@@ -402,7 +522,7 @@ export class Gpu {
    */
   dispatch(
     k: Kernel,
-    buffers: readonly BufferView[],
+    buffers: readonly (BufferView | GpuTexture)[],
     workgroups: Workgroups,
     params?: Uint8Array,
   ): void {
@@ -413,7 +533,9 @@ export class Gpu {
     const p: CachedPipeline = this.pipelines.get(k);
     const entries: GPUBindGroupEntry[] = buffers.map((b, binding) => ({
       binding,
-      resource: { buffer: b.buffer, offset: b.offset, size: Math.ceil(b.size / 4) * 4 },
+      resource: b instanceof GpuTexture
+        ? b.view
+        : { buffer: b.buffer, offset: b.offset, size: Math.ceil(b.size / 4) * 4 },
     }));
     if (k.uniformBytes > 0) {
       const slot = this.#uniforms.slot(params!);
@@ -438,13 +560,38 @@ export class Gpu {
 
   #validate(
     k: Kernel,
-    buffers: readonly BufferView[],
+    bindings: readonly (BufferView | GpuTexture)[],
     wg: [number, number, number],
     params?: Uint8Array,
   ): void {
     const where = `kernel '${k.name}'`;
-    if (buffers.length !== k.bindings.length) {
-      throw new GpuError(`${where} takes ${k.bindings.length} buffers, got ${buffers.length}`);
+    if (bindings.length !== k.bindings.length) {
+      throw new GpuError(`${where} takes ${k.bindings.length} buffers, got ${bindings.length}`);
+    }
+    // Textures are checked here; the checks below see only the buffer bindings.
+    const buffers: BufferView[] = [];
+    const kinds: string[] = [];
+    for (const [i, b] of bindings.entries()) {
+      const kind = k.bindings[i];
+      if (isTextureBinding(kind) !== b instanceof GpuTexture) {
+        throw new GpuError(
+          `${where} binding ${i} is a ${kind} binding; got a ${
+            b instanceof GpuTexture ? "texture" : "buffer"
+          }`,
+        );
+      }
+      if (b instanceof GpuTexture) {
+        if (b.released) throw new GpuError(`${where} binding ${i}: the texture was released`);
+        const want = kind === "texture_u32" || kind === "write_rgba32uint"
+          ? "rgba32uint"
+          : "rgba32float";
+        if (b.format !== want) {
+          throw new GpuError(`${where} binding ${i} needs a ${want} texture, got ${b.format}`);
+        }
+      } else {
+        buffers.push(b);
+        kinds.push(kind);
+      }
     }
     if (k.uniformBytes > 0 && (!params || params.byteLength < k.uniformBytes)) {
       throw new GpuError(
@@ -498,7 +645,7 @@ export class Gpu {
         const o = buffers[j];
         if (o.buffer !== b.buffer) continue;
         const overlap = b.offset < o.offset + o.size && o.offset < b.offset + b.size;
-        if (overlap && (k.bindings[i] === "read_write" || k.bindings[j] === "read_write")) {
+        if (overlap && (kinds[i] === "read_write" || kinds[j] === "read_write")) {
           throw new GpuError(
             `${where} binds overlapping ranges of one buffer at bindings ${j} and ${i} with a ` +
               `write; bind it once as read_write instead`,
@@ -568,6 +715,7 @@ export class Gpu {
     );
     if (this.#uniforms === this.#transientUniforms) this.#uniforms.reset();
     this.pool.onSubmit();
+    this.textures.trim();
   }
 
   /**
@@ -609,11 +757,7 @@ export class Gpu {
 
   /** Reads a tensor back to the host (flushes; throws pending GPU errors). */
   async read(t: GpuTensor): Promise<Float32Array | Uint32Array | Int32Array> {
-    const bytes = await this.readBytes(t);
-    const n = t.numel;
-    if (t.dtype === "u32") return new Uint32Array(bytes.buffer, 0, n);
-    if (t.dtype === "i32") return new Int32Array(bytes.buffer, 0, n);
-    return new Float32Array(bytes.buffer, 0, n);
+    return typed(t, await this.readBytes(t));
   }
 
   /** Reads an f32 tensor back to the host. */
@@ -622,16 +766,56 @@ export class Gpu {
     return await this.read(t) as Float32Array;
   }
 
-  /** Reads several tensors with one submit. */
-  async readMany(ts: readonly GpuTensor[]): Promise<(Float32Array | Uint32Array | Int32Array)[]> {
-    return await Promise.all(ts.map((t) => this.read(t)));
+  /** Reads several tensors with one submit (the open encoder's work and the copies). */
+  readMany(ts: readonly GpuTensor[]): Promise<(Float32Array | Uint32Array | Int32Array)[]> {
+    return this.queueReads(ts).collect();
+  }
+
+  /**
+   * Queues the read-back of `ts`: their copies join the open encoder's work,
+   * which is submitted now, or with `submit: false` at the next `flush`
+   * (`collect` flushes if none came). `collect` maps them later. Mapping
+   * waits for the work to finish, and on some drivers (llvmpipe under Deno)
+   * the map call, and any second submit, block the thread until the queue is
+   * idle: so a caller that overlaps batches records batch k+1 (unsubmitted),
+   * collects batch k, then flushes. `discard` gives the staging buffers back
+   * uncollected.
+   */
+  queueReads(ts: readonly GpuTensor[], opts: { submit?: boolean } = {}): QueuedReads {
+    const staged = ts.map((t) => this.#stage(t));
+    const submit = this.#stats.submits + 1; // the submit that will carry the copies
+    if (opts.submit ?? true) this.flush();
+    let done = false;
+    const settle = () => {
+      if (done) throw new GpuError("queued reads were already collected or discarded");
+      done = true;
+    };
+    return {
+      collect: () => {
+        settle();
+        if (this.#stats.submits < submit) this.flush(); // flush before read-back
+        return Promise.all(ts.map(async (t, i) => typed(t, await this.#collect(t, staged[i]))));
+      },
+      discard: () => {
+        settle();
+        // Safe to reuse at once: a later copy into them runs after these in queue order.
+        for (const s of staged) if (s) this.#keepStaging(s.staging, s.stagingSize);
+      },
+    };
   }
 
   /** Reads a raw buffer range back to the host. */
   async readBytes(v: BufferView): Promise<Uint8Array> {
+    const staged = this.#stage(v);
+    this.flush();
+    return await this.#collect(v, staged);
+  }
+
+  /** Records the copy of `v` into a staging buffer in the open encoder; the caller flushes. */
+  #stage(v: BufferView): { staging: GPUBuffer; size: number; stagingSize: number } | null {
     this.#alive();
     const size = Math.ceil(v.size / 4) * 4;
-    if (size === 0) return new Uint8Array(0);
+    if (size === 0) return null;
     const stagingSize = Math.max(256, 2 ** Math.ceil(Math.log2(size)));
     const staging = this.#staging.get(stagingSize)?.pop() ??
       this.device.createBuffer({
@@ -641,7 +825,22 @@ export class Gpu {
       });
     this.#endPass();
     this.#enc().copyBufferToBuffer(v.buffer, v.offset, staging, 0, size);
-    this.flush();
+    return { staging, size, stagingSize };
+  }
+
+  #keepStaging(staging: GPUBuffer, stagingSize: number): void {
+    const list = this.#staging.get(stagingSize);
+    if (list) list.push(staging);
+    else this.#staging.set(stagingSize, [staging]);
+  }
+
+  /** The bytes of a staged copy, once its submit has run (throws pending GPU errors). */
+  async #collect(
+    v: BufferView,
+    staged: { staging: GPUBuffer; size: number; stagingSize: number } | null,
+  ): Promise<Uint8Array> {
+    if (!staged) return new Uint8Array(0);
+    const { staging, size, stagingSize } = staged;
     try {
       await staging.mapAsync(GPUMapMode.READ, 0, size);
     } catch (e) {
@@ -651,9 +850,7 @@ export class Gpu {
     const out = new Uint8Array(size);
     out.set(new Uint8Array(staging.getMappedRange(0, size)));
     staging.unmap();
-    const list = this.#staging.get(stagingSize);
-    if (list) list.push(staging);
-    else this.#staging.set(stagingSize, [staging]);
+    this.#keepStaging(staging, stagingSize);
     await this.#throwPending();
     return v.size === size ? out : out.subarray(0, v.size);
   }
@@ -758,6 +955,17 @@ export class Gpu {
         this.#endPass();
         if (c.kind === "copy") {
           this.#enc().copyBufferToBuffer(c.src, c.srcOffset, c.dst, c.dstOffset, c.bytes);
+        } else if (c.kind === "copyTex") {
+          this.#enc().copyBufferToTexture(
+            {
+              buffer: c.src,
+              offset: c.srcOffset,
+              bytesPerRow: c.bytesPerRow,
+              rowsPerImage: c.height,
+            },
+            { texture: c.dst },
+            [c.width, c.height],
+          );
         } else this.#enc().clearBuffer(c.buffer, c.offset, c.bytes);
       }
     }
@@ -769,6 +977,9 @@ export class Gpu {
   /** Frees a recording: its uniforms, and its held buffers back to the pool. */
   disposeRecording(rec: Recording): void {
     for (const b of rec.held.splice(0)) this.pool.release(b);
+    for (const [t, format] of rec.heldTextures) this.textures.releaseRaw(t, format);
+    rec.heldTextures.clear();
+    rec.freeTextures.clear();
     rec.uniforms.destroy();
   }
 
@@ -794,10 +1005,19 @@ export class Gpu {
     if (this.#destroyed) return;
     this.#destroyed = true;
     this.pool.destroy();
+    this.textures.destroy();
     this.#transientUniforms.destroy();
     for (const l of this.#staging.values()) for (const b of l) b.destroy();
     this.device.destroy();
   }
+}
+
+/** Read-back bytes as the tensor's element type. */
+function typed(t: GpuTensor, bytes: Uint8Array): Float32Array | Uint32Array | Int32Array {
+  const n = t.numel;
+  if (t.dtype === "u32") return new Uint32Array(bytes.buffer, 0, n);
+  if (t.dtype === "i32") return new Int32Array(bytes.buffer, 0, n);
+  return new Float32Array(bytes.buffer, 0, n);
 }
 
 function summarise(kernels: string[]): string {

@@ -30,10 +30,21 @@
  * Temperature, like the other scheduled values, is read from a one-element storage tensor so a
  * recorded step replays with the value the host writes before each replay.
  */
-import { GpuLimitError } from "./errors.ts";
-import { FLAT_WORKGROUP_INDEX, grid, type Kernel, kernel, Params } from "./kernel.ts";
+import { F32_LOWEST } from "./common/rows.ts";
+import { splitSpans } from "./common/split.ts";
+import {
+  bindingsWgsl,
+  FLAT_WORKGROUP_INDEX,
+  flatMain,
+  grid,
+  GRID_BUILTINS,
+  type Kernel,
+  kernel,
+  type StorageDecl,
+} from "./kernel.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
+import { Uniforms } from "./uniforms.ts";
 
 const WG = 256;
 /** Elements each invocation of a row pass reads (strided by WG). */
@@ -43,9 +54,6 @@ const SLICE = WG * PER_THREAD;
 /** Column slabs per call (at most): slab rows = max(64, ceil(rows / 16)). */
 const MAX_SLABS = 16;
 const MIN_SLAB_ROWS = 64;
-/** The lowest finite f32: the identity of max without infinities. */
-const LOWEST = "-3.4028234663852886e38";
-
 /** How the number of valid rows reaches a kernel. */
 type CountMode = "uniform" | "u32" | "f32";
 
@@ -70,25 +78,35 @@ interface Fields {
 }
 
 function params(f: Fields): Uint8Array {
-  return new Params(UNIFORM_BYTES).u32(f.K).u32(f.nRows ?? 0).u32(f.rowBase ?? 0)
+  return new Uniforms(UNIFORM_BYTES).u32(f.K).u32(f.nRows ?? 0).u32(f.rowBase ?? 0)
     .u32(f.count ?? 0).u32(f.slabRows ?? 0).u32(f.slabBase ?? 0).u32(f.n ?? 0)
     .u32(0).f32(f.a ?? 0).f32(f.b ?? 0).bytes;
 }
 
-/** WGSL declarations of the storage bindings, in order, plus the uniform after them. */
-function decls(list: [string, "read" | "read_write", string][]): string {
-  const lines = list.map(([name, access, type], i) =>
-    `@group(0) @binding(${i}) var<storage, ${access}> ${name}: ${type};`
-  );
-  lines.push(`@group(0) @binding(${list.length}) var<uniform> u: P;`);
-  return `${UNIFORM}\n${lines.join("\n")}`;
+/**
+ * A kernel of this file: the uniforms `u` and the storage bindings of `list`
+ * (in order) declared before the rest of its WGSL, `body`.
+ */
+function sinkhornKernel(
+  name: string,
+  key: string,
+  list: readonly StorageDecl[],
+  body: () => string,
+): Kernel {
+  return kernel({
+    name,
+    key,
+    bindings: list.map((b) => b[1]),
+    uniformBytes: UNIFORM_BYTES,
+    source: () => `${UNIFORM}\n${bindingsWgsl(list, ["u", "P"])}\n${body()}`,
+  });
 }
 
 /**
  * The count binding (absent in uniform mode) and `countValue()`, the count as given; kernels
  * clamp it to their rows.
  */
-function countDecl(mode: CountMode): { binding: [string, "read", string][]; fn: string } {
+function countDecl(mode: CountMode): { binding: StorageDecl[]; fn: string } {
   if (mode === "uniform") {
     return { binding: [], fn: "fn countValue() -> u32 { return u.count; }" };
   }
@@ -112,7 +130,7 @@ function countDecl(mode: CountMode): { binding: [string, "read", string][]; fn: 
 function colPartialKernel(kind: "max" | "exp" | "weighted" | "plain", mode: CountMode): Kernel {
   const c = countDecl(mode);
   const f32s = "array<f32>";
-  const list: [string, "read" | "read_write", string][] = kind === "max"
+  const list: StorageDecl[] = kind === "max"
     ? [["x", "read", f32s], ...c.binding, ["partial", "read_write", f32s]]
     : kind === "exp"
     ? [
@@ -129,7 +147,7 @@ function colPartialKernel(kind: "max" | "exp" | "weighted" | "plain", mode: Coun
   const valid = "let valid = min(u.nRows, max(countValue(), u.rowBase) - u.rowBase);";
   const body = kind === "max"
     ? `${valid}
-  s = ${LOWEST};
+  s = ${F32_LOWEST};
   for (var r = r0; r < min(r1, valid); r++) { s = max(s, x[r * u.K + k]); }`
     : kind === "exp"
     ? `${valid}
@@ -145,19 +163,9 @@ function colPartialKernel(kind: "max" | "exp" | "weighted" | "plain", mode: Coun
     ? `for (var r = r0; r < r1; r++) { s += e[r * u.K + k] * w[u.rowBase + r]; }`
     : `for (var r = r0; r < r1; r++) { s += x[r * u.K + k]; }`;
   const counted = kind === "max" || kind === "exp";
-  return kernel({
-    name: `sinkhorn_col_${kind}`,
-    key: counted ? mode : "",
-    bindings: list.map((b) => b[1]),
-    uniformBytes: UNIFORM_BYTES,
-    source: () => `
-${decls(list)}
+  return sinkhornKernel(`sinkhorn_col_${kind}`, counted ? mode : "", list, () => `
 ${counted ? c.fn : ""}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let i = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (i >= u.n) { return; }
+${flatMain(WG, "i", "u.n")}
   let k = i % u.K;
   let slab = i / u.K;
   let r0 = slab * u.slabRows;
@@ -165,40 +173,55 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   var s = 0.0;
   ${body}
   partial[(u.slabBase + slab) * u.K + k] = s;
-}`,
-  });
+}`);
 }
 
 /**
  * Stage 2 of column reductions, one invocation per column over `n` slabs:
  * - "max": the column's max;
+ * - "sum": the column's sum (what a data-parallel run sums across processes);
  * - "scale": `u_k = 1 / (K · Σ)` (Sinkhorn's prototype normalisation);
  * - "center": `center_k = center_k·a + (Σ / rows)·b` with a = m, b = 1 − m.
  */
-function colFinishKernel(kind: "max" | "scale" | "center"): Kernel {
+function colFinishKernel(kind: "max" | "sum" | "scale" | "center"): Kernel {
   const finish = {
     max: "out[k] = s;",
+    sum: "out[k] = s;",
     scale: "out[k] = 1.0 / (f32(u.K) * s);",
     center: "out[k] = out[k] * u.a + (s / f32(u.nRows)) * u.b;",
   }[kind];
-  return kernel({
-    name: `sinkhorn_colsum_${kind}`,
-    bindings: ["read", "read_write"],
-    uniformBytes: UNIFORM_BYTES,
-    source: () => `
-${decls([["partial", "read", "array<f32>"], ["out", "read_write", "array<f32>"]])}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let k = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (k >= u.K) { return; }
-  var s = ${kind === "max" ? LOWEST : "0.0"};
+  return sinkhornKernel(`sinkhorn_colsum_${kind}`, "", [
+    ["partial", "read", "array<f32>"],
+    ["out", "read_write", "array<f32>"],
+  ], () => `
+${flatMain(WG, "k", "u.K")}
+  var s = ${kind === "max" ? F32_LOWEST : "0.0"};
   for (var j = 0u; j < u.n; j++) {
     ${kind === "max" ? "s = max(s, partial[j * u.K + k]);" : "s += partial[j * u.K + k];"}
   }
   ${finish}
-}`,
-  });
+}`);
+}
+
+/**
+ * WGSL head of the barrier-free row kernels: invocation (row, slice, lane) of a
+ * grid of nRows · slices workgroups (`u.n` slices per row), out-of-range rows
+ * return.
+ */
+const SLICE_MAIN = `@compute @workgroup_size(${WG})
+fn main(${GRID_BUILTINS}) {
+  let g = ${FLAT_WORKGROUP_INDEX};
+  let slices = u.n;
+  let row = g / slices;
+  let slice = g % slices;
+  if (row >= u.nRows) { return; }`;
+
+/** WGSL: `body` for each of this lane's PER_THREAD columns `k = slice·SLICE + j·WG + lane < K`. */
+function sliceColumns(body: string): string {
+  return `for (var j = 0u; j < ${PER_THREAD}u; j++) {
+    let k = slice * ${SLICE}u + j * ${WG}u + lid;
+    if (k < u.K) { ${body} }
+  }`;
 }
 
 /**
@@ -206,34 +229,16 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * PER_THREAD columns `slice·SLICE + j·WG + lane` and writes its own partial; a row has
  * `slices·WG` partials.
  */
-const rowPartialKernel = kernel({
-  name: "sinkhorn_row_partial",
-  bindings: ["read", "read", "read_write"],
-  uniformBytes: UNIFORM_BYTES,
-  source: () => `
-${
-    decls([["e", "read", "array<f32>"], ["uk", "read", "array<f32>"], [
-      "partial",
-      "read_write",
-      "array<f32>",
-    ]])
-  }
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let g = ${FLAT_WORKGROUP_INDEX};
-  let slices = u.n;
-  let row = g / slices;
-  let slice = g % slices;
-  if (row >= u.nRows) { return; }
+const rowPartialKernel = sinkhornKernel("sinkhorn_row_partial", "", [
+  ["e", "read", "array<f32>"],
+  ["uk", "read", "array<f32>"],
+  ["partial", "read_write", "array<f32>"],
+], () => `
+${SLICE_MAIN}
   var s = 0.0;
-  for (var j = 0u; j < ${PER_THREAD}u; j++) {
-    let k = slice * ${SLICE}u + j * ${WG}u + lid;
-    if (k < u.K) { s += e[row * u.K + k] * uk[k]; }
-  }
+  ${sliceColumns("s += e[row * u.K + k] * uk[k];")}
   partial[((u.rowBase + row) * slices + slice) * ${WG}u + lid] = s;
-}`,
-});
+}`);
 
 /** WGSL: workgroup `red` tree over WG values of type T with `op`, the result in red[0]. */
 function treeWgsl(type: string, op: (a: string, b: string) => string): string {
@@ -255,23 +260,16 @@ fn tree(lid: u32, v: ${type}) -> ${type} {
  */
 function rowFinishKernel(mode: CountMode): Kernel {
   const c = countDecl(mode);
-  const list: [string, "read" | "read_write", string][] = [
+  const list: StorageDecl[] = [
     ["partial", "read", "array<f32>"],
     ...c.binding,
     ["w", "read_write", "array<f32>"],
   ];
-  return kernel({
-    name: "sinkhorn_row_finish",
-    key: mode,
-    bindings: list.map((b) => b[1]),
-    uniformBytes: UNIFORM_BYTES,
-    source: () => `
-${decls(list)}
+  return sinkhornKernel("sinkhorn_row_finish", mode, list, () => `
 ${c.fn}
 ${treeWgsl("f32", (a, b) => `${a} + ${b}`)}
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
+fn main(${GRID_BUILTINS}) {
   let b = ${FLAT_WORKGROUP_INDEX};
   let n = u.n * ${WG}u;
   var s = 0.0;
@@ -283,38 +281,26 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     let count = countValue();
     w[b] = select(0.0, 1.0 / (f32(count) * total), b < count);
   }
-}`,
-  });
+}`);
 }
 
 /** Final pass: `q[b,k] = e[b,k]·u_k·w_b·B` in place, 0 for rows past the count. */
 function scaleKernel(mode: CountMode): Kernel {
   const c = countDecl(mode);
-  const list: [string, "read" | "read_write", string][] = [
+  const list: StorageDecl[] = [
     ["uk", "read", "array<f32>"],
     ["w", "read", "array<f32>"],
     ...c.binding,
     ["q", "read_write", "array<f32>"],
   ];
-  return kernel({
-    name: "sinkhorn_scale",
-    key: mode,
-    bindings: list.map((b) => b[1]),
-    uniformBytes: UNIFORM_BYTES,
-    source: () => `
-${decls(list)}
+  return sinkhornKernel("sinkhorn_scale", mode, list, () => `
 ${c.fn}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let i = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (i >= u.n) { return; }
+${flatMain(WG, "i", "u.n")}
   let k = i % u.K;
   let row = u.rowBase + i / u.K;
   let count = countValue();
   q[i] = select(0.0, q[i] * uk[k] * w[row] * f32(count), row < count);
-}`,
-  });
+}`);
 }
 
 /** Merge of two (max, Σexp(z − max)) pairs. */
@@ -327,90 +313,53 @@ const MERGE_WGSL = `fn merge(a: vec2f, b: vec2f) -> vec2f {
  * Centered softmax stage 1, without barriers: invocation (row, slice, lane) writes the
  * (max, Σexp) pair of z = (x − c)/T over its PER_THREAD columns.
  */
-const centerPartialKernel = kernel({
-  name: "center_softmax_partial",
-  bindings: ["read", "read", "read", "read_write"],
-  uniformBytes: UNIFORM_BYTES,
-  source: () => `
-${
-    decls([
-      ["x", "read", "array<f32>"],
-      ["center", "read", "array<f32>"],
-      ["temp", "read", "array<f32>"],
-      ["partial", "read_write", "array<vec2f>"],
-    ])
-  }
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let g = ${FLAT_WORKGROUP_INDEX};
-  let slices = u.n;
-  let row = g / slices;
-  let slice = g % slices;
-  if (row >= u.nRows) { return; }
+const centerPartialKernel = sinkhornKernel("center_softmax_partial", "", [
+  ["x", "read", "array<f32>"],
+  ["center", "read", "array<f32>"],
+  ["temp", "read", "array<f32>"],
+  ["partial", "read_write", "array<vec2f>"],
+], () => `
+${SLICE_MAIN}
   let t = temp[0];
-  var acc = vec2f(${LOWEST}, 0.0);
+  var acc = vec2f(${F32_LOWEST}, 0.0);
   // Max first, then one exp per element (the loads of the second loop hit the cache).
-  for (var j = 0u; j < ${PER_THREAD}u; j++) {
-    let k = slice * ${SLICE}u + j * ${WG}u + lid;
-    if (k < u.K) { acc.x = max(acc.x, (x[row * u.K + k] - center[k]) / t); }
-  }
-  for (var j = 0u; j < ${PER_THREAD}u; j++) {
-    let k = slice * ${SLICE}u + j * ${WG}u + lid;
-    if (k < u.K) { acc.y += exp((x[row * u.K + k] - center[k]) / t - acc.x); }
-  }
+  ${sliceColumns("acc.x = max(acc.x, (x[row * u.K + k] - center[k]) / t);")}
+  ${sliceColumns("acc.y += exp((x[row * u.K + k] - center[k]) / t - acc.x);")}
   partial[((u.rowBase + row) * slices + slice) * ${WG}u + lid] = acc;
-}`,
-});
+}`);
 
 /** Centered softmax stage 2 and output, one workgroup-sized pass per element of the block. */
-const centerWriteKernel = kernel({
-  name: "center_softmax_write",
-  bindings: ["read", "read", "read", "read", "read_write"],
-  uniformBytes: UNIFORM_BYTES,
-  source: () => `
-${
-    decls([
-      ["x", "read", "array<f32>"],
-      ["center", "read", "array<f32>"],
-      ["temp", "read", "array<f32>"],
-      ["stats", "read", "array<vec2f>"],
-      ["y", "read_write", "array<f32>"],
-    ])
-  }
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let i = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (i >= u.nRows * u.K) { return; }
+const centerWriteKernel = sinkhornKernel("center_softmax_write", "", [
+  ["x", "read", "array<f32>"],
+  ["center", "read", "array<f32>"],
+  ["temp", "read", "array<f32>"],
+  ["stats", "read", "array<vec2f>"],
+  ["y", "read_write", "array<f32>"],
+], () => `
+${flatMain(WG, "i", "u.nRows * u.K")}
   let k = i % u.K;
   let st = stats[u.rowBase + i / u.K];
   y[i] = exp((x[i] - center[k]) / temp[0] - st.x) / st.y;
-}`,
-});
+}`);
 
 /** Centered softmax stage 2, one workgroup per row: merges its partials into (max, Σexp). */
-const centerStatsKernel = kernel({
-  name: "center_softmax_stats",
-  bindings: ["read", "read_write"],
-  uniformBytes: UNIFORM_BYTES,
-  source: () => `
-${decls([["partial", "read", "array<vec2f>"], ["stats", "read_write", "array<vec2f>"]])}
+const centerStatsKernel = sinkhornKernel("center_softmax_stats", "", [
+  ["partial", "read", "array<vec2f>"],
+  ["stats", "read_write", "array<vec2f>"],
+], () => `
 ${MERGE_WGSL}
 ${treeWgsl("vec2f", (a, b) => `merge(${a}, ${b})`)}
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
+fn main(${GRID_BUILTINS}) {
   let b = ${FLAT_WORKGROUP_INDEX};
   let n = u.n * ${WG}u;
-  var acc = vec2f(${LOWEST}, 0.0);
+  var acc = vec2f(${F32_LOWEST}, 0.0);
   if (b < u.nRows) {
     for (var i = lid; i < n; i += ${WG}u) { acc = merge(acc, partial[b * n + i]); }
   }
   let total = tree(lid, acc);
   if (lid == 0u && b < u.nRows) { stats[b] = total; }
-}`,
-});
+}`);
 
 // ------------------------------------------------------------------ planning
 
@@ -431,37 +380,26 @@ interface Plan {
   blocks: RowBlock[];
 }
 
-function gcd(a: number, b: number): number {
-  while (b) [a, b] = [b, a % b];
-  return a;
-}
-
 /**
  * Splits `rows × K` into row windows that fit one binding (aligned starts) and lays the column
  * slabs out across them. Depends on the shape only, so a replayed step sees the same plan.
  */
 function planRows(gpu: Gpu, op: string, rows: number, K: number, maxBindingBytes?: number): Plan {
-  const max = Math.min(maxBindingBytes ?? Infinity, gpu.limits.maxStorageBufferBindingSize);
-  const rowBytes = K * 4;
-  const step = gpu.limits.minStorageBufferOffsetAlignment /
-    gcd(rowBytes, gpu.limits.minStorageBufferOffsetAlignment);
-  let perBlock = rows;
-  if (rows * rowBytes > max) {
-    perBlock = Math.floor(max / rowBytes / step) * step;
-    if (perBlock < 1) {
-      throw new GpuLimitError(
-        `${op}: rows of ${K} values (${rowBytes} B, in aligned groups of ${step}) do not fit ` +
-          `the binding limit of ${max} B (maxStorageBufferBindingSize); use fewer prototypes`,
-      );
-    }
-  }
+  const windows = splitSpans(gpu.limits, {
+    op,
+    item: `row of ${K} values`,
+    count: rows,
+    itemBytes: [K * 4],
+    maxBytes: maxBindingBytes,
+    fix: "use fewer prototypes",
+  });
+  const perBlock = windows[0]?.count ?? rows;
   const slabRows = Math.min(perBlock, Math.max(MIN_SLAB_ROWS, Math.ceil(rows / MAX_SLABS)));
   const blocks: RowBlock[] = [];
   let slabBase = 0;
-  for (let r = 0; r < rows; r += perBlock) {
-    const nRows = Math.min(perBlock, rows - r);
-    const slabs = Math.ceil(nRows / slabRows);
-    blocks.push({ rowBase: r, nRows, slabBase, slabs });
+  for (const w of windows) {
+    const slabs = Math.ceil(w.count / slabRows);
+    blocks.push({ rowBase: w.start, nRows: w.count, slabBase, slabs });
     slabBase += slabs;
   }
   return { rows, K, slabRows, totalSlabs: slabBase, blocks };
@@ -529,6 +467,33 @@ export interface SinkhornOptions {
 }
 
 /**
+ * A data-parallel run's reduction across processes: replaces `t` (f32) by its elementwise sum or
+ * max over every process. The `…Across` functions call it where DINOv2's distributed code calls
+ * `all_reduce`; every process must make the same calls in the same order.
+ */
+export type CrossReduce = (t: GpuTensor, op: "sum" | "max") => Promise<void>;
+
+/** A point where a pass needs the other processes' values: the tensor and how to combine it. */
+type ReducePoint = [GpuTensor, "sum" | "max"];
+
+/** Runs passes that never yield (one process). */
+function alone<T>(passes: Generator<ReducePoint, T>): T {
+  const r = passes.next();
+  if (!r.done) throw new Error("a single-process pass asked for a cross-process reduction");
+  return r.value;
+}
+
+/** Runs passes to the end, reducing across processes where they yield. */
+async function across<T>(passes: Generator<ReducePoint, T>, reduce: CrossReduce): Promise<T> {
+  let r = passes.next();
+  while (!r.done) {
+    await reduce(...r.value);
+    r = passes.next();
+  }
+  return r.value;
+}
+
+/**
  * DINOv2's `sinkhorn_knopp_teacher(logits, temp, iterations)`: targets `[B, K]` whose rows sum
  * to 1 and whose prototype marginals are balanced. `temp` is a `[1]` f32 tensor.
  */
@@ -538,7 +503,33 @@ export function sinkhornKnopp(
   temp: GpuTensor,
   opts: SinkhornOptions = {},
 ): GpuTensor {
-  const op = "sinkhornKnopp";
+  return alone(sinkhornPasses(gpu, logits, temp, opts, false));
+}
+
+/**
+ * `sinkhornKnopp` of a data-parallel run, as DINOv2's distributed `sinkhorn_knopp_teacher`: each
+ * process holds its own rows (any number, zero included) and the per-prototype max and column
+ * sums are reduced across processes with `reduce`; rows stay local. `count` is B, the rows of
+ * every process together (default: this process's rows).
+ */
+export function sinkhornKnoppAcross(
+  gpu: Gpu,
+  logits: GpuTensor,
+  temp: GpuTensor,
+  reduce: CrossReduce,
+  opts: Omit<SinkhornOptions, "count"> & { count?: number } = {},
+): Promise<GpuTensor> {
+  return across(sinkhornPasses(gpu, logits, temp, opts, true), reduce);
+}
+
+function* sinkhornPasses(
+  gpu: Gpu,
+  logits: GpuTensor,
+  temp: GpuTensor,
+  opts: SinkhornOptions,
+  shared: boolean,
+): Generator<ReducePoint, GpuTensor> {
+  const op = shared ? "sinkhornKnoppAcross" : "sinkhornKnopp";
   const [rows, K] = checkLogits(op, logits);
   checkScalar(op, "temp", temp);
   const iterations = opts.iterations ?? 3;
@@ -549,8 +540,12 @@ export function sinkhornKnopp(
   let countU = rows;
   let countT: GpuTensor[] = [];
   if (typeof opts.count === "number") {
-    if (!Number.isInteger(opts.count) || opts.count < 0 || opts.count > rows) {
-      throw new RangeError(`${op}: count ${opts.count} must be an integer in [0, ${rows}]`);
+    // Across processes B counts every process's rows, so it is at least this one's.
+    const [lo, hi] = shared ? [rows, Infinity] : [0, rows];
+    if (!Number.isInteger(opts.count) || opts.count < lo || opts.count > hi) {
+      throw new RangeError(
+        `${op}: count ${opts.count} must be an integer ${shared ? `≥ ${rows}` : `in [0, ${rows}]`}`,
+      );
     }
     countU = opts.count;
   } else if (opts.count) {
@@ -562,11 +557,11 @@ export function sinkhornKnopp(
     countT = [c];
   }
   const q = gpu.empty([rows, K]);
-  if (q.numel === 0) return q;
+  if (q.numel === 0 && !shared) return q;
   const plan = planRows(gpu, op, rows, K, opts.maxBindingBytes);
 
   // Per-prototype max over the valid rows (see the file comment).
-  const cpart = gpu.empty([plan.totalSlabs * K]);
+  const cpart = gpu.empty([Math.max(1, plan.totalSlabs) * K]);
   const mx = gpu.empty([K]);
   colPartials(
     gpu,
@@ -585,10 +580,13 @@ export function sinkhornKnopp(
     grid(Math.ceil(K / WG)),
     params({ K, n: plan.totalSlabs }),
   );
+  if (shared) yield [mx, "max"];
   const uk = gpu.empty([K]);
-  const w = gpu.empty([rows]);
+  const w = gpu.empty([Math.max(1, rows)]);
   const slices = Math.ceil(K / SLICE);
-  const rpart = gpu.empty([rows * slices * WG]);
+  const rpart = gpu.empty([Math.max(1, rows) * slices * WG]);
+  // Across processes the column sums are reduced before u_k = 1 / (K·Σ) is taken.
+  const colSum = shared ? gpu.empty([K]) : null;
   for (let it = 0; it < iterations; it++) {
     if (it === 0) {
       colPartials(
@@ -609,12 +607,22 @@ export function sinkhornKnopp(
         countU,
       );
     }
+    if (colSum) {
+      gpu.dispatch(
+        colFinishKernel("sum"),
+        [cpart, colSum],
+        grid(Math.ceil(K / WG)),
+        params({ K, n: plan.totalSlabs }),
+      );
+      yield [colSum, "sum"];
+    }
     gpu.dispatch(
       colFinishKernel("scale"),
-      [cpart, uk],
+      [colSum ?? cpart, uk],
       grid(Math.ceil(K / WG)),
-      params({ K, n: plan.totalSlabs }),
+      params({ K, n: colSum ? 1 : plan.totalSlabs }),
     );
+    if (rows === 0) continue;
     for (const b of plan.blocks) {
       gpu.dispatch(
         rowPartialKernel,
@@ -639,7 +647,7 @@ export function sinkhornKnopp(
       params({ K, rowBase: b.rowBase, count: countU, n }),
     );
   }
-  gpu.release(mx, cpart, uk, w, rpart);
+  gpu.release(mx, cpart, uk, w, rpart, colSum);
   return q;
 }
 
@@ -709,7 +717,35 @@ export function updateCenter(
   momentum: number,
   opts: CenterOptions = {},
 ): void {
-  const op = "updateCenter";
+  alone(centerPasses(gpu, center, logits, momentum, opts, null));
+}
+
+/**
+ * `updateCenter` of a data-parallel run, as DINOv2's distributed `update_center`: the column
+ * sums of this process's rows are summed across processes with `reduce`, and the mean is taken
+ * over `totalRows`, the rows of every process together.
+ */
+export function updateCenterAcross(
+  gpu: Gpu,
+  center: GpuTensor,
+  logits: GpuTensor,
+  momentum: number,
+  reduce: CrossReduce,
+  totalRows: number,
+  opts: CenterOptions = {},
+): Promise<void> {
+  return across(centerPasses(gpu, center, logits, momentum, opts, totalRows), reduce);
+}
+
+function* centerPasses(
+  gpu: Gpu,
+  center: GpuTensor,
+  logits: GpuTensor,
+  momentum: number,
+  opts: CenterOptions,
+  totalRows: number | null,
+): Generator<ReducePoint, void> {
+  const op = totalRows === null ? "updateCenter" : "updateCenterAcross";
   const [rows, K] = checkLogits(op, logits);
   if (center.dtype !== "f32" || center.numel !== K) {
     throw new RangeError(`${op}: center must be f32 [${K}], got [${center.shape}]`);
@@ -717,9 +753,12 @@ export function updateCenter(
   if (!(momentum >= 0 && momentum <= 1)) {
     throw new RangeError(`${op}: momentum must lie in [0, 1], got ${momentum}`);
   }
-  if (rows === 0 || K === 0) return;
+  if (totalRows !== null && !(Number.isInteger(totalRows) && totalRows >= rows)) {
+    throw new RangeError(`${op}: totalRows ${totalRows} must be an integer ≥ ${rows}`);
+  }
+  if (totalRows === null ? rows === 0 || K === 0 : totalRows === 0) return;
   const plan = planRows(gpu, op, rows, K, opts.maxBindingBytes);
-  const partial = gpu.empty([plan.totalSlabs * K]);
+  const partial = gpu.empty([Math.max(1, plan.totalSlabs) * K]);
   colPartials(
     gpu,
     plan,
@@ -730,13 +769,26 @@ export function updateCenter(
     partial,
     rows,
   );
+  let sums = partial;
+  let slabs = plan.totalSlabs;
+  if (totalRows !== null) {
+    sums = gpu.empty([K]);
+    gpu.dispatch(
+      colFinishKernel("sum"),
+      [partial, sums],
+      grid(Math.ceil(K / WG)),
+      params({ K, n: slabs }),
+    );
+    yield [sums, "sum"];
+    slabs = 1;
+  }
   gpu.dispatch(
     colFinishKernel("center"),
-    [partial, center],
+    [sums, center],
     grid(Math.ceil(K / WG)),
-    params({ K, nRows: rows, n: plan.totalSlabs, a: momentum, b: 1 - momentum }),
+    params({ K, nRows: totalRows ?? rows, n: slabs, a: momentum, b: 1 - momentum }),
   );
-  gpu.release(partial);
+  gpu.release(partial, sums === partial ? null : sums);
 }
 
 // ------------------------------------------------------------------ references

@@ -4,9 +4,8 @@
  * `log_softmax(s / 0.1)`, teacher `softmax(t / 0.04)`), their backward rules
  * and float64 CPU references.
  *
- * The file also holds the row plumbing the other norm kernels share
- * (layernorm, l2norm, koleo): how rows map to threads, the in-workgroup row
- * reductions and the splitting of long tensors into bindable row chunks.
+ * Built on the row-kernel framework (`common/rows.ts`), as layernorm, l2norm
+ * and koleo are; `tuneRowKernels` measures that framework's thread cap here.
  *
  * Numerics: max subtraction with an online (max, sum) pair per thread (the
  * running sum is rescaled only when the max grows), so logits of 1e4 at
@@ -14,278 +13,31 @@
  * terms; one pass reads the row for (max, sum), a second writes the result.
  * `z = x / T` is a true division, as PyTorch does it.
  */
-import { type AutotuneCache, type Autotuner, newAutotuner } from "./autotune.ts";
-import { GpuLimitError } from "./errors.ts";
-import { FLAT_WORKGROUP_INDEX, grid, type Kernel, kernel, Params } from "./kernel.ts";
-import { fmtBytes } from "./pool.ts";
+import type { Autotuner } from "./autotune.ts";
+import {
+  dispatchRows,
+  F32_LOWEST,
+  layoutKey,
+  MAX_ROW_THREADS,
+  ROW_CAP_KEY,
+  ROW_LOOP,
+  ROW_SUM,
+  type RowLayout,
+  rowMain,
+  rowPlan,
+  type RowReduction,
+  rowsCols,
+  rowThreadCapOverride,
+  rowTuner,
+  rowView,
+  rowWgsl,
+  setRowThreadCap,
+  vecWgsl,
+} from "./common/rows.ts";
+import { expectShape } from "./common/shape.ts";
+import { type Kernel, kernel } from "./kernel.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
-
-// ------------------------------------------------------------ row plumbing
-
-/**
- * How a row kernel spreads work: `threads` invocations cooperate on one row
- * (striding over its columns), `rowsPerGroup` rows share a workgroup of
- * `workgroupSize = threads · rowsPerGroup` invocations.
- */
-export interface RowLayout {
-  threads: number;
-  rowsPerGroup: number;
-  workgroupSize: number;
-}
-
-/** Largest threads-per-row; rows longer than 256·W·k loop k times per thread. */
-export const MAX_ROW_THREADS = 256;
-
-/** How a caller shapes a row layout; every field is optional. */
-export interface LayoutRequest {
-  /** Threads per row: a power of two in 1..256 (overrides the default). */
-  threads?: number;
-  /** Most threads per row the default may use (see `rowThreadCap`). */
-  cap?: number;
-  /** Fewest threads per row the default may use (register budgets). */
-  minThreads?: number;
-  /** Rows to dispatch: one-thread-per-row layouts shrink their workgroup for a few rows. */
-  rows?: number;
-}
-
-/**
- * The layout for rows of `units` loads each (columns, or vec4s of columns).
- * The default gives each thread about 8 loads before the reduction (a wide
- * workgroup for the 65,536-prototype heads, one thread per row for rows of a
- * few values), within `[minThreads, cap]`. One thread per row has no barrier
- * at all; its workgroup shrinks to 8 (but never below) so that a few long rows
- * still spread over several workgroups.
- */
-export function rowLayout(units: number, req: LayoutRequest = {}): RowLayout {
-  const want = Math.min(req.cap ?? MAX_ROW_THREADS, pow2Ceil(Math.ceil(units / 8)));
-  const t = req.threads ??
-    Math.min(MAX_ROW_THREADS, Math.max(want, pow2Ceil(req.minThreads ?? 1)));
-  if (!Number.isInteger(t) || t < 1 || t > MAX_ROW_THREADS || (t & (t - 1)) !== 0) {
-    throw new RangeError(`threads per row must be a power of two in 1..256, got ${req.threads}`);
-  }
-  const workgroupSize = t > 1 || req.rows === undefined
-    ? Math.max(t, 64)
-    : Math.min(64, Math.max(8, 2 ** Math.floor(Math.log2(Math.max(1, req.rows / 8)))));
-  return { threads: t, rowsPerGroup: workgroupSize / t, workgroupSize };
-}
-
-const rowCaps = new WeakMap<Gpu, number>();
-
-/** Cache key of the adapter-wide cap (one choice serves every norm kernel). */
-const CAP_KEY = "cap";
-
-function validCap(cap: number): boolean {
-  return Number.isInteger(cap) && cap >= 1 && cap <= MAX_ROW_THREADS && (cap & (cap - 1)) === 0;
-}
-
-/** A tuner of the row thread cap on `cache` (op "rows"; candidates stored as "cap<N>"). */
-export function newRowTuner(cache?: AutotuneCache): Autotuner<number> {
-  return newAutotuner<number>("rows", {
-    id: (c) => `cap${c}`,
-    parse: (id) => {
-      const m = /^cap(\d+)$/.exec(id);
-      return m && validCap(Number(m[1])) ? Number(m[1]) : null;
-    },
-  }, cache);
-}
-
-let sharedRowTuner: Autotuner<number> | null = null;
-
-/** The process-wide row tuner (its cache file: see `autotune.ts`). */
-export function rowTuner(): Autotuner<number> {
-  sharedRowTuner ??= newRowTuner();
-  return sharedRowTuner;
-}
-
-/**
- * The most threads per row the default layouts use on `gpu`: the override
- * set with `setRowThreadCap`, else the tuned choice for this adapter
- * (`tuneRowKernels`, cached across processes), else 256 (what GPUs want).
- * Never measures.
- */
-export function rowThreadCap(gpu: Gpu): number {
-  return rowCaps.get(gpu) ?? rowTuner().lookup(gpu.adapter.name, CAP_KEY) ?? MAX_ROW_THREADS;
-}
-
-/** Overrides the cap on threads per row for `gpu` (null: back to the tuned choice). */
-export function setRowThreadCap(gpu: Gpu, cap: number | null): void {
-  if (cap === null) {
-    rowCaps.delete(gpu);
-    return;
-  }
-  if (!validCap(cap)) {
-    throw new RangeError(`the row thread cap must be a power of two in 1..256, got ${cap}`);
-  }
-  rowCaps.set(gpu, cap);
-}
-
-function pow2Ceil(n: number): number {
-  return n <= 1 ? 1 : 2 ** Math.ceil(Math.log2(n));
-}
-
-/** Cache-key fragment of a layout. */
-export function layoutKey(l: RowLayout): string {
-  return `t${l.threads}w${l.workgroupSize}`;
-}
-
-/**
- * WGSL for a row kernel: constants `T` (threads per row), `R` (rows per
- * workgroup), `WG`, and a reduction `name(v, lid)` over the T threads of the
- * caller's row for each `[name, type, combine]` in `reductions` (`combine` is
- * an expression of `a` and `b`). Invariant: every invocation of the workgroup
- * must call a reduction (uniform control flow, for the barriers), also those
- * whose row is out of range; they pass an identity value.
- */
-export function rowWgsl(l: RowLayout, reductions: readonly [string, string, string][]): string {
-  const out = [
-    `const T = ${l.threads}u;`,
-    `const R = ${l.rowsPerGroup}u;`,
-    `const WG = ${l.workgroupSize}u;`,
-    `const S = ${Math.min(l.threads, SEGMENT_LANES)}u;`,
-    `fn segLen(n: u32) -> u32 { let k = T / S; return ((n + k - 1u) / k + S - 1u) / S * S; }`,
-    `fn segBegin(t: u32, n: u32) -> u32 { return (t / S) * segLen(n) + t % S; }`,
-    `fn segEnd(t: u32, n: u32) -> u32 { return min((t / S + 1u) * segLen(n), n); }`,
-  ];
-  for (const [name, type, combine] of reductions) {
-    const comb = `fn ${name}_comb(a: ${type}, b: ${type}) -> ${type} { return ${combine}; }`;
-    if (l.threads === 1) {
-      out.push(comb, `fn ${name}(v: ${type}, lid: u32) -> ${type} { return v; }`);
-      continue;
-    }
-    // Tree over the T slots of this row; the trailing barrier lets the array be reused.
-    out.push(
-      `var<workgroup> ${name}_buf: array<${type}, WG>;`,
-      comb,
-      `fn ${name}(v: ${type}, lid: u32) -> ${type} {
-  ${name}_buf[lid] = v;
-  workgroupBarrier();
-  let lane = lid % T;
-  for (var s = T / 2u; s > 0u; s = s / 2u) {
-    if (lane < s) { ${name}_buf[lid] = ${name}_comb(${name}_buf[lid], ${name}_buf[lid + s]); }
-    workgroupBarrier();
-  }
-  let r = ${name}_buf[lid - lane];
-  workgroupBarrier();
-  return r;
-}`,
-    );
-  }
-  return out.join("\n");
-}
-
-/**
- * Lanes that stream one contiguous segment of a row: a row's T threads split
- * it into T/S segments, and the S lanes of a segment read adjacent elements.
- * Adjacent lanes keep GPU loads coalesced (8 vec4 = one 128 B line); whole
- * segments keep a SIMD software adapter streaming memory in order.
- */
-export const SEGMENT_LANES = 8;
-
-/**
- * WGSL loop header over this thread's elements `c` of a row of `n` units
- * (inside a kernel built with `rowWgsl`, after `rowSegment("n")`).
- */
-export const ROW_LOOP = "for (var c = sb; c < se; c += S)";
-
-/** WGSL: this thread's segment `[sb, se)` of a row of `n` units, computed once. */
-export function rowSegment(n: string): string {
-  return `let sb = segBegin(t, ${n});\n  let se = segEnd(t, ${n});`;
-}
-
-/** The most negative finite f32, the identity of max (WGSL has no -inf literal). */
-export const F32_LOWEST = "-3.4028234663852886e38";
-
-/** A range of rows dispatched together. */
-export interface RowChunk {
-  start: number;
-  count: number;
-}
-
-/**
- * Splits `rows` into chunks whose bound ranges (one per entry of `rowBytes`,
- * the bytes of one row of each row-major binding) fit the adapter's
- * `maxStorageBufferBindingSize`, with every chunk start at a byte offset that
- * is a multiple of `minStorageBufferOffsetAlignment` and of `multiple` rows.
- * Throws `GpuLimitError` naming `op` when even the smallest aligned block of
- * rows is too large to bind.
- */
-export function rowChunks(
-  gpu: Gpu,
-  op: string,
-  rows: number,
-  rowBytes: readonly number[],
-  multiple = 1,
-): RowChunk[] {
-  const limit = gpu.limits.maxStorageBufferBindingSize;
-  const align = gpu.limits.minStorageBufferOffsetAlignment;
-  const widest = Math.max(...rowBytes);
-  const fit = Math.floor(limit / widest);
-  if (rows <= fit) return [{ start: 0, count: rows }];
-  let step = multiple;
-  for (const b of rowBytes) step = lcm(step, align / gcd(b, align));
-  const per = Math.floor(fit / step) * step;
-  if (per === 0) {
-    throw new GpuLimitError(
-      `${op}: a block of ${step} rows of ${fmtBytes(widest)} cannot be bound within ` +
-        `maxStorageBufferBindingSize (${fmtBytes(limit)}) at aligned offsets; ` +
-        `use shorter rows (split the last dim)`,
-    );
-  }
-  const chunks: RowChunk[] = [];
-  for (let s = 0; s < rows; s += per) chunks.push({ start: s, count: Math.min(per, rows - s) });
-  return chunks;
-}
-
-function gcd(a: number, b: number): number {
-  while (b) [a, b] = [b, a % b];
-  return a;
-}
-
-function lcm(a: number, b: number): number {
-  return (a / gcd(a, b)) * b;
-}
-
-/** A view of rows `[c.start, c.start + c.count)` of a row-major tensor with `cols` columns. */
-export function rowView(t: GpuTensor, c: RowChunk, cols: number): GpuTensor {
-  if (c.start === 0 && c.count * cols === t.numel) return t;
-  return t.view(c.start * cols, [c.count, cols]);
-}
-
-/**
- * Rows and columns of a tensor reduced along its last dim (leading dims
- * flatten into rows). Throws naming `op` and `what` for a 0-d or non-f32 tensor.
- */
-export function rowsCols(op: string, what: string, t: GpuTensor): { rows: number; cols: number } {
-  if (t.shape.length < 1) throw new RangeError(`${op}: ${what} must have at least one dim`);
-  if (t.dtype !== "f32") throw new TypeError(`${op}: ${what} must be f32, got ${t.dtype}`);
-  const cols = t.shape[t.shape.length - 1];
-  return { rows: cols === 0 ? 0 : t.numel / cols, cols };
-}
-
-/** Throws naming `op` unless `t` has exactly `shape`. */
-export function expectShape(op: string, what: string, t: GpuTensor, shape: readonly number[]) {
-  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-    throw new RangeError(`${op}: ${what} has shape [${t.shape}], expected [${shape}]`);
-  }
-  if (t.dtype !== "f32") throw new TypeError(`${op}: ${what} must be f32, got ${t.dtype}`);
-}
-
-/** WGSL prologue of a row kernel: `g` (row in group), `t` (lane in row), `row`, `valid`. */
-export const ROW_PROLOGUE = `
-  let g = lid / T;
-  let t = lid % T;
-  let row = ${FLAT_WORKGROUP_INDEX} * R + g;
-  let valid = row < p.rows;`;
-
-/** WGSL builtins a row kernel's `main` takes. */
-export const ROW_BUILTINS = "@builtin(workgroup_id) wid: vec3u, " +
-  "@builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32";
-
-/** Workgroups for `rows` rows of layout `l`. */
-export function rowGrid(rows: number, l: RowLayout): [number, number, number] {
-  return grid(Math.ceil(rows / l.rowsPerGroup));
-}
 
 // ------------------------------------------------------------- temperature
 
@@ -320,6 +72,11 @@ function checkTemperature(op: string, t: Temperature | undefined): Temperature {
   return t;
 }
 
+/** The temperature field of the uniforms: the number, or 1 when a tensor holds it. */
+function uniformTemp(t: Temperature): number {
+  return typeof t === "number" ? t : 1;
+}
+
 /** WGSL `tau()`: the temperature from the uniforms, or from a bound [1] tensor. */
 function tempWgsl(fromTensor: boolean, binding: number): string {
   return !fromTensor
@@ -330,29 +87,12 @@ function tempWgsl(fromTensor: boolean, binding: number): string {
 
 // ------------------------------------------------------------------ kernels
 
-/** Whether rows can be read as vec4 (the column count is a multiple of 4). */
-function widthOf(cols: number): 1 | 4 {
-  return cols % 4 === 0 ? 4 : 1;
-}
-
-/** WGSL `V` (f32, or vec4f for rows read 4 columns at a time) with its horizontal sum and max. */
-export function vecWgsl(w: 1 | 4): string {
-  return w === 4
-    ? `alias V = vec4f;
-fn hsum(v: V) -> f32 { return dot(v, V(1.0)); }
-fn hmax(v: V) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }`
-    : `alias V = f32;
-fn hsum(v: V) -> f32 { return v; }
-fn hmax(v: V) -> f32 { return v; }`;
-}
-
-const MAXSUM: [string, string, string] = [
+const MAXSUM: RowReduction = [
   "rowMaxSum",
   "vec2f",
   // Merge two (max, Σ exp(z − max)) pairs; the identity is (F32_LOWEST, 0).
   "vec2f(max(a.x, b.x), a.y * exp(a.x - max(a.x, b.x)) + b.y * exp(b.x - max(a.x, b.x)))",
 ];
-const SUM: [string, string, string] = ["rowSum", "f32", "a + b"];
 
 type FwdMode = "softmax" | "log" | "ce";
 
@@ -413,12 +153,8 @@ ${ce ? "@group(0) @binding(3) var<storage, read_write> loss: array<f32>;" : ""}
 @group(0) @binding(${ub}) var<uniform> p: P;
 ${tempWgsl(tempTensor, tb)}
 ${vecWgsl(w)}
-${rowWgsl(l, ce ? [MAXSUM, SUM] : [MAXSUM])}
-@compute @workgroup_size(WG)
-fn main(${ROW_BUILTINS}) {${ROW_PROLOGUE}
-  let n = p.cols / ${w}u;
-  let base = row * n;
-  ${rowSegment("n")}
+${rowWgsl(l, ce ? [MAXSUM, ROW_SUM] : [MAXSUM])}
+${rowMain(w)}
   let tauv = tau();${body}
 }`,
   });
@@ -459,12 +195,8 @@ ${ce ? "@group(0) @binding(3) var<storage, read> dloss: array<f32>;" : ""}
 @group(0) @binding(${ub}) var<uniform> p: P;
 ${tempWgsl(tempTensor, tb)}
 ${vecWgsl(w)}
-${rowWgsl(l, [SUM])}
-@compute @workgroup_size(WG)
-fn main(${ROW_BUILTINS}) {${ROW_PROLOGUE}
-  let n = p.cols / ${w}u;
-  let base = row * n;
-  ${rowSegment("n")}
+${rowWgsl(l, [ROW_SUM])}
+${rowMain(w)}
   var part = 0.0;
   if (valid) {
     ${ROW_LOOP} { let i = base + c; part += hsum(${acc}); }
@@ -479,11 +211,6 @@ fn main(${ROW_BUILTINS}) {${ROW_PROLOGUE}
 }
 
 // ---------------------------------------------------------------- dispatch
-
-function params(rows: number, cols: number, rowBase: number, temp: Temperature): Uint8Array {
-  return new Params(16).u32(rows).u32(cols).u32(rowBase).f32(typeof temp === "number" ? temp : 1)
-    .bytes;
-}
 
 function runFwd(
   gpu: Gpu,
@@ -501,15 +228,14 @@ function runFwd(
   const lossShape = x.shape.slice(0, -1);
   const loss = !targets ? null : cols === 0 ? gpu.zeros(lossShape) : gpu.empty(lossShape);
   if (rows === 0 || cols === 0) return { y, loss };
-  const w = widthOf(cols);
-  const l = rowLayout(cols / w, { threads: opts.threadsPerRow, cap: rowThreadCap(gpu), rows });
+  const { w, l } = rowPlan(gpu, rows, cols, opts.threadsPerRow);
   const k = fwdKernel(mode, w, l, typeof temp !== "number");
-  for (const c of rowChunks(gpu, op, rows, [cols * 4])) {
+  dispatchRows(gpu, op, k, l, rows, cols, uniformTemp(temp), (c) => {
     const bufs: GpuTensor[] = [rowView(x, c, cols), rowView(y, c, cols)];
     if (targets) bufs.push(rowView(targets, c, cols), loss!);
     if (typeof temp !== "number") bufs.push(temp);
-    gpu.dispatch(k, bufs, rowGrid(c.count, l), params(c.count, cols, c.start, temp));
-  }
+    return bufs;
+  });
   return { y, loss };
 }
 
@@ -533,15 +259,14 @@ function runBwd(
   const temp = checkTemperature(op, opts.temperature);
   const dx = gpu.empty(a.shape);
   if (rows === 0 || cols === 0) return dx;
-  const w = widthOf(cols);
-  const l = rowLayout(cols / w, { threads: opts.threadsPerRow, cap: rowThreadCap(gpu), rows });
+  const { w, l } = rowPlan(gpu, rows, cols, opts.threadsPerRow);
   const k = bwdKernel(mode, w, l, typeof temp !== "number");
-  for (const c of rowChunks(gpu, op, rows, [cols * 4])) {
+  dispatchRows(gpu, op, k, l, rows, cols, uniformTemp(temp), (c) => {
     const bufs: GpuTensor[] = [rowView(a, c, cols), rowView(b, c, cols), rowView(dx, c, cols)];
     if (dloss) bufs.push(dloss);
     if (typeof temp !== "number") bufs.push(temp);
-    gpu.dispatch(k, bufs, rowGrid(c.count, l), params(c.count, cols, c.start, temp));
-  }
+    return bufs;
+  });
   return dx;
 }
 
@@ -644,6 +369,26 @@ export function softmaxRef(
   return logSoftmaxRef(x, cols, opts).map(Math.exp);
 }
 
+/**
+ * The shape every backward reference shares (as the backward kernels do): per
+ * row of `cols`, S = Σ_c acc(i), then dx[i] = out(i, S, row) over the row.
+ */
+function rowBackwardRef(
+  n: number,
+  cols: number,
+  acc: (i: number) => number,
+  out: (i: number, s: number, row: number) => number,
+): Float64Array {
+  const rows = refShape({ length: n }, cols);
+  const dx = new Float64Array(n);
+  for (let r = 0; r < rows; r++) {
+    let s = 0;
+    for (let c = 0; c < cols; c++) s += acc(r * cols + c);
+    for (let c = 0; c < cols; c++) dx[r * cols + c] = out(r * cols + c, s, r);
+  }
+  return dx;
+}
+
 /** float64 gradient of softmax from its output. */
 export function softmaxBackwardRef(
   dy: ArrayLike<number>,
@@ -652,17 +397,7 @@ export function softmaxBackwardRef(
   opts: RefOptions = {},
 ): Float64Array {
   const T = opts.temperature ?? 1;
-  const rows = refShape(y, cols);
-  const dx = new Float64Array(y.length);
-  for (let r = 0; r < rows; r++) {
-    let s = 0;
-    for (let c = 0; c < cols; c++) s += dy[r * cols + c] * y[r * cols + c];
-    for (let c = 0; c < cols; c++) {
-      const i = r * cols + c;
-      dx[i] = y[i] * (dy[i] - s) / T;
-    }
-  }
-  return dx;
+  return rowBackwardRef(y.length, cols, (i) => dy[i] * y[i], (i, s) => y[i] * (dy[i] - s) / T);
 }
 
 /** float64 gradient of log-softmax from its output (log-probs). */
@@ -673,17 +408,7 @@ export function logSoftmaxBackwardRef(
   opts: RefOptions = {},
 ): Float64Array {
   const T = opts.temperature ?? 1;
-  const rows = refShape(y, cols);
-  const dx = new Float64Array(y.length);
-  for (let r = 0; r < rows; r++) {
-    let s = 0;
-    for (let c = 0; c < cols; c++) s += dy[r * cols + c];
-    for (let c = 0; c < cols; c++) {
-      const i = r * cols + c;
-      dx[i] = (dy[i] - Math.exp(y[i]) * s) / T;
-    }
-  }
-  return dx;
+  return rowBackwardRef(y.length, cols, (i) => dy[i], (i, s) => (dy[i] - Math.exp(y[i]) * s) / T);
 }
 
 /** float64 soft-target cross-entropy per row, and the log-probs. */
@@ -713,17 +438,12 @@ export function crossEntropySoftBackwardRef(
   opts: RefOptions = {},
 ): Float64Array {
   const T = opts.temperature ?? 1;
-  const rows = refShape(logp, cols);
-  const dx = new Float64Array(logp.length);
-  for (let r = 0; r < rows; r++) {
-    let st = 0;
-    for (let c = 0; c < cols; c++) st += targets[r * cols + c];
-    for (let c = 0; c < cols; c++) {
-      const i = r * cols + c;
-      dx[i] = dloss[r] * (Math.exp(logp[i]) * st - targets[i]) / T;
-    }
-  }
-  return dx;
+  return rowBackwardRef(
+    logp.length,
+    cols,
+    (i) => targets[i],
+    (i, st, r) => dloss[r] * (Math.exp(logp[i]) * st - targets[i]) / T,
+  );
 }
 
 // ------------------------------------------------------------------ tuning
@@ -757,10 +477,10 @@ export async function tuneRowKernels(gpu: Gpu, opts: RowTuneOptions = {}): Promi
     for (let i = 0; i < data.length; i++) data[i] = Math.sin(i * 0.37) * 4;
     return gpu.tensor(data, [rows, cols]);
   });
-  const saved = rowCaps.get(gpu);
+  const saved = rowThreadCapOverride(gpu);
   const compiled = new Set<number>();
   try {
-    const r = await tuner.tuneWith(gpu.adapter.name, CAP_KEY, candidates, async (cap) => {
+    const r = await tuner.tuneWith(gpu.adapter.name, ROW_CAP_KEY, candidates, async (cap) => {
       setRowThreadCap(gpu, cap);
       let ms = 0;
       for (const [i, [, , mode]] of probes.entries()) {

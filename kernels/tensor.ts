@@ -14,6 +14,14 @@ export type TypedArrayOf<D extends DType> = D extends "f32" ? Float32Array
   : D extends "u32" ? Uint32Array
   : Int32Array;
 
+/** A host array of any dtype (what references of dtype-agnostic ops take). */
+export type HostArray = Float32Array | Uint32Array | Int32Array;
+
+/** A zeroed array of `n` elements of the same type as `x`. */
+export function emptyLike<T extends HostArray>(x: T, n: number): T {
+  return new (x.constructor as new (n: number) => T)(n);
+}
+
 /** Anything a kernel can bind as a storage buffer: a buffer range. */
 export interface BufferView {
   readonly buffer: GPUBuffer;
@@ -103,4 +111,13 @@ export class GpuTensor implements BufferView {
     }
     return new GpuTensor(this.buffer, shape, this.dtype, this.offset + start * bytes, false);
   }
+}
+
+/**
+ * The buffer `t` owns under another shape of the same size, still owned (the
+ * caller releases the result instead of `t`); `reshape` gives a view instead.
+ */
+export function retag(t: GpuTensor, shape: readonly number[]): GpuTensor {
+  if (numel(shape) !== t.numel) throw new RangeError(`cannot retag [${t.shape}] as [${shape}]`);
+  return new GpuTensor(t.buffer, shape, t.dtype, t.offset, t.pooled);
 }

@@ -1,5 +1,6 @@
 /**
- * Per-dispatch uniform blocks.
+ * Uniform blocks: how a dispatch's scalars are packed (`Uniforms`) and where
+ * each dispatch's block lives on the GPU (`UniformArena`).
  *
  * Invariant: `queue.writeBuffer` happens at once, while passes run at submit.
  * If dispatches shared one uniform buffer, a later write would overwrite the
@@ -8,6 +9,44 @@
  * submit; slots are reused only after that submit (queue order keeps the next
  * upload behind it).
  */
+import { roundUp } from "./kernel.ts";
+
+/**
+ * Uniform block writer: packs u32/i32/f32 fields in declaration order with
+ * 4-byte alignment (declare WGSL uniform structs with scalar fields only, in
+ * the same order, so layouts agree): `new Uniforms(16).u32(n).f32(eps).bytes`.
+ */
+export class Uniforms {
+  readonly #view: DataView;
+  readonly bytes: Uint8Array;
+  #at = 0;
+  constructor(byteLength: number) {
+    this.bytes = new Uint8Array(roundUp(Math.max(byteLength, 16), 16));
+    this.#view = new DataView(this.bytes.buffer);
+  }
+  u32(v: number): this {
+    this.#view.setUint32(this.#at, v >>> 0, true);
+    this.#at += 4;
+    return this;
+  }
+  i32(v: number): this {
+    this.#view.setInt32(this.#at, v | 0, true);
+    this.#at += 4;
+    return this;
+  }
+  f32(v: number): this {
+    this.#view.setFloat32(this.#at, v, true);
+    this.#at += 4;
+    return this;
+  }
+}
+
+/** A uniform block of u32 values, in order. */
+export function u32Uniforms(...values: number[]): Uint8Array {
+  const p = new Uniforms(values.length * 4);
+  for (const v of values) p.u32(v);
+  return p.bytes;
+}
 
 /** Alignment of uniform slots: 256 is what most GPUs require (WebGPU's default limit). */
 export const UNIFORM_SLOT_ALIGN = 256;
@@ -32,10 +71,10 @@ export class UniformArena {
 
   /** Reserves a slot for `data` and returns where it will live on the GPU. */
   slot(data: Uint8Array): { buffer: GPUBuffer; offset: number; size: number } {
-    const size = Math.ceil(data.byteLength / 16) * 16;
+    const size = roundUp(data.byteLength, 16);
     if (size > CHUNK_BYTES) throw new RangeError(`uniform block of ${size} B is too large`);
     let c = this.#chunks[this.#current];
-    let offset = c ? Math.ceil(c.used / this.#align) * this.#align : 0;
+    let offset = c ? roundUp(c.used, this.#align) : 0;
     if (!c || offset + size > CHUNK_BYTES) {
       if (c) this.#current++;
       c = this.#chunks[this.#current];
