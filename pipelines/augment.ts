@@ -1,28 +1,14 @@
 /**
- * DinoBloom's global-crop augmentation on the GPU (RECIPE.md §2), and the
- * eval-time resize + normalise (RECIPE.md §3).
+ * DinoBloom's global-crop augmentation on the GPU (docs/recipe.md), and the
+ * eval-time resize + normalise (docs/evaluation.md).
  *
  * Training crops, from a batch of uint8 RGB images `[B, S, S, 3]` (packed in
  * u32 words by `gpu.uploadBytes`) to f32 `[2B, 3, N, N]`, crop-major (crop 1
- * of every image, then crop 2), in these kernels:
- *
- * 0. `augment_unpack_rgb`: one word per source pixel, so a bicubic tap is one
- *    aligned load (both crops of an image read it).
- * 1. `augment_luma_rows`: for crops whose ColorJitter has a contrast op, the
- *    grayscale sum of each output row of the image as it stands just before
- *    contrast (torch blends with the mean of the grayscale of the *current*
- *    image, a whole-image reduction in the middle of the per-pixel chain).
- *    It recomputes the resampling rather than storing it; then
- *    `augment_luma_mean` folds the rows into one mean per crop.
- * 2. `augment_warp_color`: one invocation per output pixel resamples it through
- *    the crop's affine map (crop box → flips → rotation, `cropAffine`) with
- *    PyTorch's bicubic (A = −0.75, align_corners=False, taps clamped to the
- *    crop box), clamps to [0, 1], and applies the colour ops in the drawn
- *    order (brightness, contrast, saturation as `_blend`, hue through torch's
- *    RGB→HSV→RGB), then grayscale (0.2989, 0.587, 0.114, replicated).
- * 3. `augment_blur_rows` and `augment_blur_cols`: the separable Gaussian blur
- *    (torchvision's kernel, reflect padding) where drawn — a copy elsewhere —
- *    and, in the second pass, solarize and the ImageNet normalisation.
+ * of every image, then crop 2): the parameters are drawn on the host
+ * (`augment_params.ts`), mapped to what the kernels read (`cropKernelParams`:
+ * the crop box, flips and rotation composed into one affine map, the colour
+ * ops in their drawn order, the blur weights) and run by the augmentation
+ * kernels (`kernels/augment.ts`), which the eval transform shares.
  *
  * Semantics are torchvision's tensor ops on float images in [0, 1]
  * (`u8 / 255`), with one deliberate choice: the bicubic result is clamped to
@@ -32,20 +18,27 @@
  * fixes A = −0.75 (torch). Crops never shrink (w, h ≤ S ≤ 224 → N), so no
  * antialiasing is involved.
  *
- * Per-crop parameters live in a storage tensor (`PARAM_WORDS` f32 per crop,
- * `encodeCropParams`), not in the uniform block: they change every step.
  * Invariant: crops are independent — every output value depends only on its
  * own crop's parameters and source image, so a sample's crops are bitwise the
  * same whatever batch it is in.
  */
-import { GpuLimitError } from "../kernels/errors.ts";
-import { FLAT_WORKGROUP_INDEX, grid, kernel, Params } from "../kernels/kernel.ts";
+import {
+  augmentCrops,
+  blurFinishRef as blurKernelRef,
+  COLOR_OP_CODES,
+  type CropKernelParams,
+  encodeCrops,
+  type ImageBatch,
+  PARAM_WORDS,
+  resizeNormalize,
+  resizeNormalizeRef,
+  warpColorRef as warpKernelRef,
+} from "../kernels/augment.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
 import {
   type AugmentConfig,
   checkAugmentConfig,
-  COLOR_OPS,
   cropAffine,
   type CropParams,
   DINOBLOOM_AUGMENT,
@@ -56,416 +49,35 @@ import {
 } from "./augment_params.ts";
 
 export * from "./augment_params.ts";
+export { type ImageBatch, PARAM_WORDS };
 
-const WG = 256;
-/** f32 words per crop in the parameter tensor (see `encodeCropParams`). */
-export const PARAM_WORDS = 40;
-// Word offsets inside one crop's block.
-const P_AFFINE = 0; // 6: sx = a·x + b·y + c, sy = d·x + e·y + f
-const P_BOX = 6; // left, top, width, height
-const P_IMAGE = 10;
-const P_NOPS = 11;
-const P_OPS = 12; // 4 op codes (COLOR_OPS indices)
-const P_FACTORS = 16; // brightness, contrast, saturation, hue
-const P_GRAY = 20;
-const P_CONTRAST_AT = 21; // position of contrast in the order, 4 if absent
-const P_BLUR = 22;
-const P_SOLARIZE = 23;
-const P_WEIGHTS = 24; // MAX_BLUR_KERNEL blur weights
-/** Bytes of the shared uniform block (12 scalars). */
-const UNIFORM_BYTES = 48;
+/** What the kernels read of one crop: `p` under `cfg`, its geometry as one affine map. */
+export function cropKernelParams(p: CropParams, cfg: AugmentConfig): CropKernelParams {
+  const m = cropAffine(p, cfg.outSize);
+  const j = p.jitter;
+  return {
+    // mat3 is column-major with 4-word columns: m[0], m[4], m[8] form the x row.
+    affine: [m[0], m[4], m[8], m[1], m[5], m[9]],
+    box: p.crop,
+    image: p.image,
+    ops: (j?.order ?? []).map((op) => COLOR_OP_CODES[op]),
+    factors: j ? [j.brightness, j.contrast, j.saturation, j.hue] : [0, 0, 0, 0],
+    grayscale: p.grayscale,
+    blur: p.blurSigma === null ? null : gaussianKernel1d(cfg.blurKernel, p.blurSigma),
+    solarize: p.solarize,
+  };
+}
 
 /**
- * Packs crop parameters into the f32 words the kernels read. Integers (box,
- * image index, flags, op codes) are stored as exact f32 values (all < 2^24).
- * Exported so a recorded training step can `gpu.write` it into a tensor it
- * keeps bound.
+ * Packs crop parameters into the f32 words the kernels read (`PARAM_WORDS`
+ * per crop). Exported so a recorded training step can `gpu.write` it into a
+ * tensor it keeps bound.
  */
 export function encodeCropParams(
   params: readonly CropParams[],
   cfg: AugmentConfig = DINOBLOOM_AUGMENT,
 ): Float32Array {
-  const w = new Float32Array(params.length * PARAM_WORDS);
-  params.forEach((p, i) => {
-    const o = i * PARAM_WORDS;
-    const m = cropAffine(p, cfg.outSize);
-    // mat3 is column-major with 4-word columns: m[0], m[4], m[8] form the x row.
-    w.set([m[0], m[4], m[8], m[1], m[5], m[9]], o + P_AFFINE);
-    w.set([p.crop.left, p.crop.top, p.crop.width, p.crop.height], o + P_BOX);
-    w[o + P_IMAGE] = p.image;
-    const order = p.jitter?.order ?? [];
-    w[o + P_NOPS] = order.length;
-    order.forEach((op, k) => (w[o + P_OPS + k] = COLOR_OPS.indexOf(op)));
-    if (p.jitter) {
-      const j = p.jitter;
-      w.set([j.brightness, j.contrast, j.saturation, j.hue], o + P_FACTORS);
-    }
-    w[o + P_GRAY] = p.grayscale ? 1 : 0;
-    const at = order.indexOf("contrast");
-    w[o + P_CONTRAST_AT] = at < 0 ? 4 : at;
-    w[o + P_BLUR] = p.blurSigma === null ? 0 : 1;
-    w[o + P_SOLARIZE] = p.solarize ? 1 : 0;
-    if (p.blurSigma !== null) w.set(gaussianKernel1d(cfg.blurKernel, p.blurSigma), o + P_WEIGHTS);
-  });
-  return w;
-}
-
-const UNIFORM_WGSL = `
-struct U {
-  total: u32, N: u32, S: u32, c0: u32, K: u32, thr: f32,
-  m0: f32, m1: f32, m2: f32, s0: f32, s1: f32, s2: f32,
-}`;
-
-/** Resampling and colour ops, shared by the luma pre-pass and the main kernel. */
-const PIXEL_WGSL = `
-const PW = ${PARAM_WORDS}u;
-// One source pixel, unscaled (0 … 255): \`img\` holds one word per pixel (augment_unpack_rgb).
-fn texel(base: u32, x: u32, y: u32) -> vec3f {
-  let w = img[base + y * u.S + x];
-  return vec3f(f32(w & 255u), f32((w >> 8u) & 255u), f32((w >> 16u) & 255u));
-}
-// Keys' cubic convolution weights for taps idx-1 … idx+2 at fraction t (PyTorch's A).
-fn cubic_w(t: f32) -> vec4f {
-  let A = -0.75;
-  let a = t + 1.0;
-  let b = 1.0 - t;
-  let c = 2.0 - t;
-  return vec4f(((A * a - 5.0 * A) * a + 8.0 * A) * a - 4.0 * A,
-               ((A + 2.0) * t - (A + 3.0)) * t * t + 1.0,
-               ((A + 2.0) * b - (A + 3.0)) * b * b + 1.0,
-               ((A * c - 5.0 * A) * c + 8.0 * A) * c - 4.0 * A);
-}
-// The bicubic sample of output pixel (ox, oy) of crop c, clamped to [0, 1].
-fn warp(c: u32, ox: u32, oy: u32) -> vec3f {
-  let p = (u.c0 + c) * PW;
-  let fx = f32(ox);
-  let fy = f32(oy);
-  let a = p + ${P_AFFINE}u;
-  let sx = prm[a] * fx + prm[a + 1u] * fy + prm[a + 2u];
-  let sy = prm[a + 3u] * fx + prm[a + 4u] * fy + prm[a + 5u];
-  let left = u32(prm[p + ${P_BOX}u]);
-  let top = u32(prm[p + ${P_BOX + 1}u]);
-  let w = i32(prm[p + ${P_BOX + 2}u]);
-  let h = i32(prm[p + ${P_BOX + 3}u]);
-  let fxi = min(floor(sx), f32(w - 1));
-  let fyi = min(floor(sy), f32(h - 1));
-  let wx = cubic_w(clamp(sx - fxi, 0.0, 1.0));
-  let wy = cubic_w(clamp(sy - fyi, 0.0, 1.0));
-  let ix = i32(fxi);
-  let iy = i32(fyi);
-  let base = u32(prm[p + ${P_IMAGE}u]) * u.S * u.S;
-  // PyTorch's order: interpolate along x within each row, then weight the rows.
-  var acc = vec3f(0.0);
-  for (var i = 0; i < 4; i++) {
-    let yy = u32(clamp(iy - 1 + i, 0, h - 1)) + top;
-    var row = vec3f(0.0);
-    for (var j = 0; j < 4; j++) {
-      let xx = u32(clamp(ix - 1 + j, 0, w - 1)) + left;
-      row += wx[j] * texel(base, xx, yy);
-    }
-    acc += wy[i] * row;
-  }
-  // One division per pixel instead of one per tap; exact for the identity weights (0, 1, 0, 0).
-  return clamp(acc / 255.0, vec3f(0.0), vec3f(1.0));
-}
-fn gray(c: vec3f) -> f32 { return 0.2989 * c.x + 0.587 * c.y + 0.114 * c.z; }
-fn blend(a: vec3f, b: vec3f, r: f32) -> vec3f {
-  return clamp(r * a + (1.0 - r) * b, vec3f(0.0), vec3f(1.0));
-}
-// torchvision's _rgb2hsv / _hsv2rgb, operation for operation.
-fn adjust_hue(c: vec3f, hf: f32) -> vec3f {
-  let maxc = max(max(c.x, c.y), c.z);
-  let minc = min(min(c.x, c.y), c.z);
-  let eqc = maxc == minc;
-  let cr = maxc - minc;
-  let s = cr / select(maxc, 1.0, eqc);
-  let crd = select(cr, 1.0, eqc);
-  let rc = (maxc - c.x) / crd;
-  let gc = (maxc - c.y) / crd;
-  let bc = (maxc - c.z) / crd;
-  var hh = 0.0;
-  if (maxc == c.x) { hh = bc - gc; }
-  else if (maxc == c.y) { hh = 2.0 + rc - bc; }
-  else { hh = 4.0 + gc - rc; }
-  let h0 = fract(hh / 6.0 + 1.0);
-  let h1 = h0 + hf;
-  let h = h1 - floor(h1);
-  let v = maxc;
-  let i6 = floor(h * 6.0);
-  let f = h * 6.0 - i6;
-  let i = u32(i6) % 6u;
-  let pp = clamp(v * (1.0 - s), 0.0, 1.0);
-  let qq = clamp(v * (1.0 - s * f), 0.0, 1.0);
-  let tt = clamp(v * (1.0 - s * (1.0 - f)), 0.0, 1.0);
-  switch i {
-    case 0u: { return vec3f(v, tt, pp); }
-    case 1u: { return vec3f(qq, v, pp); }
-    case 2u: { return vec3f(pp, v, tt); }
-    case 3u: { return vec3f(pp, qq, v); }
-    case 4u: { return vec3f(tt, pp, v); }
-    default: { return vec3f(v, pp, qq); }
-  }
-}
-fn color_op(k: u32, col: vec3f, p: u32, mean: f32) -> vec3f {
-  let op = u32(prm[p + ${P_OPS}u + k]);
-  let f = prm[p + ${P_FACTORS}u + op];
-  switch op {
-    case 0u: { return blend(col, vec3f(0.0), f); }
-    case 1u: { return blend(col, vec3f(mean), f); }
-    case 2u: { return blend(col, vec3f(gray(col)), f); }
-    default: { return adjust_hue(col, f); }
-  }
-}`;
-
-/**
- * Repacks the uint8 RGB batch (3 bytes per pixel, straddling words) into one
- * word per pixel, so that each of the warp's 16 taps is one aligned load
- * instead of three byte extractions. Both crops of an image share it.
- */
-const unpackKernel = kernel({
-  name: "augment_unpack_rgb",
-  bindings: ["read", "read_write"],
-  uniformBytes: UNIFORM_BYTES,
-  source: () =>
-    `${UNIFORM_WGSL}
-@group(0) @binding(0) var<storage, read> src: array<u32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<u32>;
-@group(0) @binding(2) var<uniform> u: U;
-fn byte_at(i: u32) -> u32 { return (src[i >> 2u] >> ((i & 3u) * 8u)) & 255u; }
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let idx = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (idx >= u.total) { return; }
-  let i = idx * 3u;
-  dst[idx] = byte_at(i) | (byte_at(i + 1u) << 8u) | (byte_at(i + 2u) << 16u);
-}`,
-});
-
-const lumaRowsKernel = kernel({
-  name: "augment_luma_rows",
-  bindings: ["read", "read", "read_write"],
-  uniformBytes: UNIFORM_BYTES,
-  source: () =>
-    `${UNIFORM_WGSL}
-@group(0) @binding(0) var<storage, read> img: array<u32>;
-@group(0) @binding(1) var<storage, read> prm: array<f32>;
-@group(0) @binding(2) var<storage, read_write> rows: array<f32>;
-@group(0) @binding(3) var<uniform> u: U;
-${PIXEL_WGSL}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let idx = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (idx >= u.total) { return; }
-  let c = idx / u.N;
-  let oy = idx % u.N;
-  let p = (u.c0 + c) * PW;
-  let at = u32(prm[p + ${P_CONTRAST_AT}u]);
-  if (at >= 4u) { rows[idx] = 0.0; return; }
-  var s = 0.0;
-  for (var ox = 0u; ox < u.N; ox++) {
-    var col = warp(c, ox, oy);
-    for (var k = 0u; k < at; k++) { col = color_op(k, col, p, 0.0); }
-    s += gray(col);
-  }
-  rows[idx] = s;
-}`,
-});
-
-const lumaMeanKernel = kernel({
-  name: "augment_luma_mean",
-  bindings: ["read", "read_write"],
-  uniformBytes: UNIFORM_BYTES,
-  source: () =>
-    `${UNIFORM_WGSL}
-@group(0) @binding(0) var<storage, read> rows: array<f32>;
-@group(0) @binding(1) var<storage, read_write> means: array<f32>;
-@group(0) @binding(2) var<uniform> u: U;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let c = gid.x;
-  if (c >= u.total) { return; }
-  var s = 0.0;
-  for (var y = 0u; y < u.N; y++) { s += rows[c * u.N + y]; }
-  means[c] = s / f32(u.N * u.N);
-}`,
-});
-
-const warpColorKernel = kernel({
-  name: "augment_warp_color",
-  bindings: ["read", "read", "read", "read_write"],
-  uniformBytes: UNIFORM_BYTES,
-  source: () =>
-    `${UNIFORM_WGSL}
-@group(0) @binding(0) var<storage, read> img: array<u32>;
-@group(0) @binding(1) var<storage, read> prm: array<f32>;
-@group(0) @binding(2) var<storage, read> means: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(4) var<uniform> u: U;
-${PIXEL_WGSL}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let idx = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (idx >= u.total) { return; }
-  let nn = u.N * u.N;
-  let c = idx / nn;
-  let pix = idx % nn;
-  let p = (u.c0 + c) * PW;
-  var col = warp(c, pix % u.N, pix / u.N);
-  let nops = u32(prm[p + ${P_NOPS}u]);
-  let mean = means[c];
-  for (var k = 0u; k < nops; k++) { col = color_op(k, col, p, mean); }
-  if (prm[p + ${P_GRAY}u] != 0.0) { col = vec3f(gray(col)); }
-  let o = c * 3u * nn + pix;
-  dst[o] = col.x;
-  dst[o + nn] = col.y;
-  dst[o + 2u * nn] = col.z;
-}`,
-});
-
-/** The two blur passes: along rows (`axis` x) or columns plus solarize and normalise. */
-function blurKernel(axis: "rows" | "cols") {
-  const finish = axis === "cols";
-  return kernel({
-    name: `augment_blur_${axis}`,
-    bindings: ["read", "read", "read_write"],
-    uniformBytes: UNIFORM_BYTES,
-    source: () =>
-      `${UNIFORM_WGSL}
-@group(0) @binding(0) var<storage, read> prm: array<f32>;
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(3) var<uniform> u: U;
-const PW = ${PARAM_WORDS}u;
-// torch's "reflect" padding: -k → k, N-1+k → N-1-k (needs K/2 < N).
-fn reflect(i: i32, n: i32) -> u32 {
-  var j = i;
-  if (j < 0) { j = -j; }
-  if (j >= n) { j = 2 * n - 2 - j; }
-  return u32(j);
-}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let idx = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (idx >= u.total) { return; }
-  let nn = u.N * u.N;
-  let plane = idx / nn;
-  let c = plane / 3u;
-  let pix = idx % nn;
-  let x = pix % u.N;
-  let y = pix / u.N;
-  let p = (u.c0 + c) * PW;
-  var v = src[idx];
-  if (prm[p + ${P_BLUR}u] != 0.0) {
-    let half = i32(u.K / 2u);
-    let n = i32(u.N);
-    var acc = 0.0;
-    for (var k = 0u; k < u.K; k++) {
-      let wk = prm[p + ${P_WEIGHTS}u + k];
-      ${
-        finish
-          ? "acc += wk * src[plane * nn + reflect(i32(y) + i32(k) - half, n) * u.N + x];"
-          : "acc += wk * src[plane * nn + y * u.N + reflect(i32(x) + i32(k) - half, n)];"
-      }
-    }
-    v = acc;
-  }
-  ${
-        finish
-          ? `if (prm[p + ${P_SOLARIZE}u] != 0.0 && v >= u.thr) { v = 1.0 - v; }
-  let ch = plane % 3u;
-  let m = select(select(u.m2, u.m1, ch == 1u), u.m0, ch == 0u);
-  let s = select(select(u.s2, u.s1, ch == 1u), u.s0, ch == 0u);
-  v = (v - m) / s;`
-          : ""
-      }
-  dst[idx] = v;
-}`,
-  });
-}
-
-const blurRowsKernel = blurKernel("rows");
-const blurColsKernel = blurKernel("cols");
-
-function uniforms(
-  total: number,
-  N: number,
-  S: number,
-  c0: number,
-  cfg: AugmentConfig,
-): Uint8Array {
-  const p = new Params(UNIFORM_BYTES).u32(total).u32(N).u32(S).u32(c0).u32(cfg.blurKernel);
-  p.f32(cfg.solarizeThreshold);
-  for (const m of cfg.mean) p.f32(m);
-  for (const s of cfg.std) p.f32(s);
-  return p.bytes;
-}
-
-/** Shape facts of an image batch tensor. */
-export interface ImageBatch {
-  /** Images in the tensor. */
-  count: number;
-  /** Side S of the square images. */
-  size: number;
-}
-
-/** Checks that `images` holds `count` uint8 RGB `size`² images packed in u32 words. */
-function checkImages(gpu: Gpu, op: string, images: GpuTensor, b: ImageBatch): void {
-  if (!Number.isInteger(b.count) || b.count < 1) {
-    throw new RangeError(`${op}: count must be a positive integer, got ${b.count}`);
-  }
-  if (!Number.isInteger(b.size) || b.size < 1) {
-    throw new RangeError(`${op}: size must be a positive integer, got ${b.size}`);
-  }
-  const words = Math.ceil((b.count * b.size * b.size * 3) / 4);
-  if (images.dtype !== "u32" || images.numel !== words) {
-    throw new RangeError(
-      `${op}: images must be ${b.count} RGB images of ${b.size}×${b.size} uint8 packed as ` +
-        `${words} u32 words (gpu.uploadBytes of [B, S, S, 3]), got a ${images.dtype} tensor ` +
-        `[${images.shape}]`,
-    );
-  }
-  if (images.size > gpu.limits.maxStorageBufferBindingSize) {
-    const per = b.size * b.size * 3;
-    throw new GpuLimitError(
-      `${op}: ${b.count} images of ${b.size}² px (${images.size} B) exceed ` +
-        `maxStorageBufferBindingSize (${gpu.limits.maxStorageBufferBindingSize} B); use batches ` +
-        `of at most ${Math.floor(gpu.limits.maxStorageBufferBindingSize / per)} images`,
-    );
-  }
-}
-
-/**
- * Ranges of whole items (crops or images) whose `bytesPer`-byte slices fit one
- * binding and start at an aligned offset; throws GpuLimitError where none can.
- */
-function chunks(
-  gpu: Gpu,
-  op: string,
-  count: number,
-  bytesPer: number,
-  maxPer = Infinity,
-): [number, number][] {
-  const limit = gpu.limits.maxStorageBufferBindingSize;
-  const align = gpu.limits.minStorageBufferOffsetAlignment;
-  if (count * bytesPer <= limit && count <= maxPer) return [[0, count]];
-  const gcd = (a: number, b: number): number => (b ? gcd(b, a % b) : a);
-  const step = align / gcd(bytesPer, align);
-  const fit = Math.min(Math.floor(limit / bytesPer), Math.max(maxPer, step));
-  const per = Math.floor(fit / step) * step;
-  if (per < 1) {
-    throw new GpuLimitError(
-      `${op}: one item of ${bytesPer} B cannot be bound at an offset aligned to ` +
-        `minStorageBufferOffsetAlignment (${align}) within maxStorageBufferBindingSize ` +
-        `(${limit} B); use an output size whose 12·N² is a multiple of ${align}`,
-    );
-  }
-  const out: [number, number][] = [];
-  for (let s = 0; s < count; s += per) out.push([s, Math.min(count, s + per)]);
-  return out;
+  return encodeCrops(params.map((p) => cropKernelParams(p, cfg)));
 }
 
 /**
@@ -491,73 +103,14 @@ export function applyCropParams(
   const op = "applyCropParams";
   const cfg = batch.config ?? DINOBLOOM_AUGMENT;
   checkAugmentConfig(cfg);
-  checkImages(gpu, op, images, batch);
   checkParams(op, params, batch);
-  const cc = batch.chunkCrops;
-  if (cc !== undefined && !(Number.isInteger(cc) && cc >= 1)) {
-    throw new RangeError(`${op}: chunkCrops must be a positive integer, got ${cc}`);
+  const prm = batch.paramTensor ??
+    gpu.tensor(encodeCropParams(params, cfg), [params.length * PARAM_WORDS], "augment params");
+  try {
+    return augmentCrops(gpu, op, images, prm, { ...batch, crops: params.length }, cfg);
+  } finally {
+    if (prm !== batch.paramTensor) gpu.release(prm);
   }
-  const N = cfg.outSize;
-  const S = batch.size;
-  const crops = params.length;
-  const out = gpu.empty([crops, 3, N, N]);
-  if (crops === 0) return out;
-  let prm = batch.paramTensor;
-  if (prm) {
-    if (prm.dtype !== "f32" || prm.numel !== crops * PARAM_WORDS) {
-      throw new RangeError(
-        `${op}: paramTensor must be f32 [${crops * PARAM_WORDS}] (PARAM_WORDS per crop), got ` +
-          `${prm.dtype} [${prm.shape}]`,
-      );
-    }
-  } else {
-    prm = gpu.tensor(encodeCropParams(params, cfg), [crops * PARAM_WORDS], "augment params");
-  }
-  const pixels = batch.count * S * S;
-  if (4 * pixels > gpu.limits.maxStorageBufferBindingSize) {
-    throw new GpuLimitError(
-      `${op}: the repacked batch (4 B per pixel, ${4 * pixels} B) exceeds ` +
-        `maxStorageBufferBindingSize (${gpu.limits.maxStorageBufferBindingSize} B); use batches ` +
-        `of at most ${Math.floor(gpu.limits.maxStorageBufferBindingSize / (4 * S * S))} images`,
-    );
-  }
-  const rgb = gpu.empty([pixels], "u32", "augment rgb words");
-  gpu.dispatch(
-    unpackKernel,
-    [images, rgb],
-    grid(Math.ceil(pixels / WG)),
-    uniforms(pixels, N, S, 0, cfg),
-  );
-  const perCrop = 3 * N * N;
-  for (const [c0, c1] of chunks(gpu, op, crops, perCrop * 4, batch.chunkCrops)) {
-    const n = c1 - c0;
-    const rows = gpu.empty([n, N], "f32", "augment luma rows");
-    const means = gpu.empty([n], "f32", "augment means");
-    const tmp = gpu.empty([n, 3, N, N], "f32", "augment colour");
-    const tmp2 = gpu.empty([n, 3, N, N], "f32", "augment blur rows");
-    const dst = out.view(c0 * perCrop, [n, 3, N, N]);
-    gpu.dispatch(
-      lumaRowsKernel,
-      [rgb, prm, rows],
-      grid(Math.ceil((n * N) / WG)),
-      uniforms(n * N, N, S, c0, cfg),
-    );
-    gpu.dispatch(lumaMeanKernel, [rows, means], [Math.ceil(n / 64)], uniforms(n, N, S, c0, cfg));
-    const total = n * N * N;
-    gpu.dispatch(
-      warpColorKernel,
-      [rgb, prm, means, tmp],
-      grid(Math.ceil(total / WG)),
-      uniforms(total, N, S, c0, cfg),
-    );
-    const u3 = uniforms(3 * total, N, S, c0, cfg);
-    gpu.dispatch(blurRowsKernel, [prm, tmp, tmp2], grid(Math.ceil((3 * total) / WG)), u3);
-    gpu.dispatch(blurColsKernel, [prm, tmp2, dst], grid(Math.ceil((3 * total) / WG)), u3);
-    gpu.release(rows, means, tmp, tmp2);
-  }
-  gpu.release(rgb);
-  if (prm !== batch.paramTensor) gpu.release(prm);
-  return out;
 }
 
 function checkParams(op: string, params: readonly CropParams[], b: ImageBatch): void {
@@ -630,64 +183,6 @@ export function augmentGlobalCrops(
 
 // ------------------------------------------------------------ eval transform
 
-const evalKernel = kernel({
-  name: "eval_resize_normalize",
-  bindings: ["read", "read_write"],
-  uniformBytes: UNIFORM_BYTES,
-  source: () =>
-    `${UNIFORM_WGSL}
-@group(0) @binding(0) var<storage, read> img: array<u32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(2) var<uniform> u: U;
-fn byte_at(i: u32) -> f32 { return f32((img[i >> 2u] >> ((i & 3u) * 8u)) & 255u); }
-// One axis of torch's antialiased bilinear (PIL's triangle filter, support
-// scaled when shrinking): first tap, tap count, and the weights' sum.
-struct Axis { lo: u32, n: u32, center: f32, inv: f32, total: f32 }
-fn axis(o: u32) -> Axis {
-  let scale = f32(u.S) / f32(u.N);
-  let center = scale * (f32(o) + 0.5);
-  let inv = select(1.0, 1.0 / scale, scale >= 1.0);
-  let support = select(1.0, scale, scale >= 1.0);
-  let lo = max(i32(center - support + 0.5), 0);
-  let hi = min(i32(center + support + 0.5), i32(u.S));
-  var total = 0.0;
-  for (var j = lo; j < hi; j++) {
-    total += max(0.0, 1.0 - abs((f32(j) - center + 0.5) * inv));
-  }
-  return Axis(u32(lo), u32(hi - lo), center, inv, total);
-}
-fn tri(a: Axis, j: u32) -> f32 {
-  return max(0.0, 1.0 - abs((f32(a.lo + j) - a.center + 0.5) * a.inv)) / a.total;
-}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let idx = ${FLAT_WORKGROUP_INDEX} * ${WG}u + lid;
-  if (idx >= u.total) { return; }
-  let nn = u.N * u.N;
-  let b = idx / nn + u.c0;
-  let pix = idx % nn;
-  let ax = axis(pix % u.N);
-  let ay = axis(pix / u.N);
-  let base = b * u.S * u.S * 3u;
-  var acc = vec3f(0.0);
-  for (var i = 0u; i < ay.n; i++) {
-    var row = vec3f(0.0);
-    let rb = base + (ay.lo + i) * u.S * 3u;
-    for (var j = 0u; j < ax.n; j++) {
-      let q = rb + (ax.lo + j) * 3u;
-      row += tri(ax, j) * vec3f(byte_at(q), byte_at(q + 1u), byte_at(q + 2u));
-    }
-    acc += tri(ay, i) * row;
-  }
-  acc = acc / 255.0;
-  let o = (idx / nn) * 3u * nn + pix;
-  dst[o] = (acc.x - u.m0) / u.s0;
-  dst[o + nn] = (acc.y - u.m1) / u.s1;
-  dst[o + 2u * nn] = (acc.z - u.m2) / u.s2;
-}`,
-});
-
 /** Options of `evalTransform`. */
 export interface EvalTransformOptions extends ImageBatch {
   /** Output side (default 224). */
@@ -708,132 +203,16 @@ function evalConfig(o: EvalTransformOptions): AugmentConfig {
 }
 
 /**
- * The evaluation transform (RECIPE.md §3): uint8 `[B, S, S, 3]` (packed by
+ * The evaluation transform (docs/evaluation.md): uint8 `[B, S, S, 3]` (packed by
  * `gpu.uploadBytes`) → bilinear resize to N (antialiased when shrinking, as
  * PIL and torch's `antialias=True`; the identity when S = N) → ImageNet
  * normalisation → f32 `[B, 3, N, N]`.
  */
 export function evalTransform(gpu: Gpu, images: GpuTensor, opts: EvalTransformOptions): GpuTensor {
-  const op = "evalTransform";
-  const cfg = evalConfig(opts);
-  checkImages(gpu, op, images, opts);
-  const N = cfg.outSize;
-  const out = gpu.empty([opts.count, 3, N, N]);
-  const perImage = 3 * N * N;
-  for (const [b0, b1] of chunks(gpu, op, opts.count, perImage * 4)) {
-    const total = (b1 - b0) * N * N;
-    gpu.dispatch(
-      evalKernel,
-      [images, out.view(b0 * perImage, [b1 - b0, 3, N, N])],
-      grid(Math.ceil(total / WG)),
-      uniforms(total, N, opts.size, b0, cfg),
-    );
-  }
-  return out;
+  return resizeNormalize(gpu, "evalTransform", images, opts, evalConfig(opts));
 }
 
 // ------------------------------------------------------------ CPU references
-
-const A = -0.75;
-function cubicWeights(t: number): [number, number, number, number] {
-  const cc1 = (x: number) => ((A + 2) * x - (A + 3)) * x * x + 1;
-  const cc2 = (x: number) => ((A * x - 5 * A) * x + 8 * A) * x - 4 * A;
-  return [cc2(t + 1), cc1(t), cc1(1 - t), cc2(2 - t)];
-}
-
-const grayRef = (r: number, g: number, b: number) => 0.2989 * r + 0.587 * g + 0.114 * b;
-const clamp01 = (x: number) => Math.min(Math.max(x, 0), 1);
-
-/** torchvision's `adjust_hue` on one RGB value (float64). */
-export function adjustHueRef(
-  r: number,
-  g: number,
-  b: number,
-  hf: number,
-): [number, number, number] {
-  const maxc = Math.max(r, g, b);
-  const minc = Math.min(r, g, b);
-  const eqc = maxc === minc;
-  const cr = maxc - minc;
-  const s = cr / (eqc ? 1 : maxc);
-  const crd = eqc ? 1 : cr;
-  const rc = (maxc - r) / crd;
-  const gc = (maxc - g) / crd;
-  const bc = (maxc - b) / crd;
-  const hh = maxc === r ? bc - gc : maxc === g ? 2 + rc - bc : 4 + gc - rc;
-  const h0 = (hh / 6 + 1) % 1;
-  const h1 = h0 + hf;
-  const h = h1 - Math.floor(h1);
-  const v = maxc;
-  const i6 = Math.floor(h * 6);
-  const f = h * 6 - i6;
-  const p = clamp01(v * (1 - s));
-  const q = clamp01(v * (1 - s * f));
-  const t = clamp01(v * (1 - s * (1 - f)));
-  switch (i6 % 6) {
-    case 0:
-      return [v, t, p];
-    case 1:
-      return [q, v, p];
-    case 2:
-      return [p, v, t];
-    case 3:
-      return [p, q, v];
-    case 4:
-      return [t, p, v];
-    default:
-      return [v, p, q];
-  }
-}
-
-/** One ColorJitter op on an RGB value (`mean`: the image's grayscale mean, for contrast). */
-function colorOpRef(op: string, c: number[], f: number, mean: number): number[] {
-  const blend = (o: number[]) => c.map((v, i) => clamp01(f * v + (1 - f) * o[i]));
-  switch (op) {
-    case "brightness":
-      return blend([0, 0, 0]);
-    case "contrast":
-      return blend([mean, mean, mean]);
-    case "saturation": {
-      const g = grayRef(c[0], c[1], c[2]);
-      return blend([g, g, g]);
-    }
-    default:
-      return adjustHueRef(c[0], c[1], c[2], f);
-  }
-}
-
-/** The clamped bicubic sample of every output pixel of one crop, `[N·N·3]` (float64). */
-function warpRef(pixels: Uint8Array, S: number, p: CropParams, N: number): Float64Array {
-  const m = cropAffine(p, N);
-  const { left, top, width: w, height: h } = p.crop;
-  const base = p.image * S * S * 3;
-  const out = new Float64Array(N * N * 3);
-  for (let oy = 0; oy < N; oy++) {
-    for (let ox = 0; ox < N; ox++) {
-      const sx = m[0] * ox + m[4] * oy + m[8];
-      const sy = m[1] * ox + m[5] * oy + m[9];
-      const ix = Math.min(Math.floor(sx), w - 1);
-      const iy = Math.min(Math.floor(sy), h - 1);
-      const wx = cubicWeights(clamp01(sx - ix));
-      const wy = cubicWeights(clamp01(sy - iy));
-      for (let ch = 0; ch < 3; ch++) {
-        let acc = 0;
-        for (let i = 0; i < 4; i++) {
-          const yy = Math.min(Math.max(iy - 1 + i, 0), h - 1) + top;
-          let row = 0;
-          for (let j = 0; j < 4; j++) {
-            const xx = Math.min(Math.max(ix - 1 + j, 0), w - 1) + left;
-            row += wx[j] * pixels[base + (yy * S + xx) * 3 + ch] / 255;
-          }
-          acc += wy[i] * row;
-        }
-        out[(oy * N + ox) * 3 + ch] = clamp01(acc);
-      }
-    }
-  }
-  return out;
-}
 
 /**
  * Reference of the first three kernels (luma pre-pass, mean, warp + colour):
@@ -845,32 +224,7 @@ export function warpColorRef(
   params: readonly CropParams[],
   cfg: AugmentConfig = DINOBLOOM_AUGMENT,
 ): Float32Array {
-  const N = cfg.outSize;
-  const nn = N * N;
-  const out = new Float32Array(params.length * 3 * nn);
-  params.forEach((p, c) => {
-    const px = warpRef(pixels, batch.size, p, N);
-    const order = p.jitter?.order ?? [];
-    const factor = (op: string) => p.jitter![op as "hue"];
-    const at = order.indexOf("contrast");
-    let mean = 0;
-    if (at >= 0) {
-      // The grayscale mean of the image as it stands when contrast runs.
-      for (let i = 0; i < nn; i++) {
-        let col = [px[3 * i], px[3 * i + 1], px[3 * i + 2]];
-        for (let k = 0; k < at; k++) col = colorOpRef(order[k], col, factor(order[k]), 0);
-        mean += grayRef(col[0], col[1], col[2]);
-      }
-      mean /= nn;
-    }
-    for (let i = 0; i < nn; i++) {
-      let col = [px[3 * i], px[3 * i + 1], px[3 * i + 2]];
-      for (const op of order) col = colorOpRef(op, col, factor(op), mean);
-      if (p.grayscale) col = new Array(3).fill(grayRef(col[0], col[1], col[2]));
-      for (let ch = 0; ch < 3; ch++) out[(c * 3 + ch) * nn + i] = col[ch];
-    }
-  });
-  return out;
+  return warpKernelRef(pixels, batch, params.map((p) => cropKernelParams(p, cfg)), cfg);
 }
 
 /**
@@ -882,41 +236,7 @@ export function blurFinishRef(
   params: readonly CropParams[],
   cfg: AugmentConfig = DINOBLOOM_AUGMENT,
 ): Float32Array {
-  const N = cfg.outSize;
-  const nn = N * N;
-  const out = new Float32Array(x.length);
-  const half = Math.floor(cfg.blurKernel / 2);
-  const reflect = (i: number) => (i < 0 ? -i : i >= N ? 2 * N - 2 - i : i);
-  const thr = Math.fround(cfg.solarizeThreshold);
-  params.forEach((p, c) => {
-    const k = p.blurSigma === null ? null : gaussianKernel1d(cfg.blurKernel, p.blurSigma);
-    for (let ch = 0; ch < 3; ch++) {
-      const plane = (c * 3 + ch) * nn;
-      const rows = new Float64Array(nn);
-      for (let y = 0; y < N; y++) {
-        for (let xx = 0; xx < N; xx++) {
-          let v = 0;
-          if (!k) v = x[plane + y * N + xx];
-          else {
-            for (let t = 0; t < k.length; t++) {
-              v += k[t] * x[plane + y * N + reflect(xx + t - half)];
-            }
-          }
-          rows[y * N + xx] = v;
-        }
-      }
-      for (let y = 0; y < N; y++) {
-        for (let xx = 0; xx < N; xx++) {
-          let v = 0;
-          if (!k) v = rows[y * N + xx];
-          else for (let t = 0; t < k.length; t++) v += k[t] * rows[reflect(y + t - half) * N + xx];
-          if (p.solarize && v >= thr) v = 1 - v;
-          out[plane + y * N + xx] = (v - cfg.mean[ch]) / cfg.std[ch];
-        }
-      }
-    }
-  });
-  return out;
+  return blurKernelRef(x, params.map((p) => cropKernelParams(p, cfg)), cfg);
 }
 
 /** Reference of `applyCropParams`: `blurFinishRef(warpColorRef(…))`. */
@@ -929,49 +249,7 @@ export function augmentRef(
   return blurFinishRef(warpColorRef(pixels, batch, params, cfg), params, cfg);
 }
 
-/** Taps and weights of one axis of torch's antialiased bilinear resize (float64). */
-function aaBilinearTaps(inSize: number, outSize: number): { lo: number; w: number[] }[] {
-  const scale = inSize / outSize;
-  const inv = scale >= 1 ? 1 / scale : 1;
-  const support = scale >= 1 ? scale : 1;
-  const taps = [];
-  for (let o = 0; o < outSize; o++) {
-    const center = scale * (o + 0.5);
-    const lo = Math.max(Math.trunc(center - support + 0.5), 0);
-    const hi = Math.min(Math.trunc(center + support + 0.5), inSize);
-    const w: number[] = [];
-    for (let j = lo; j < hi; j++) w.push(Math.max(0, 1 - Math.abs((j - center + 0.5) * inv)));
-    const total = w.reduce((a, b) => a + b, 0);
-    taps.push({ lo, w: w.map((v) => v / total) });
-  }
-  return taps;
-}
-
 /** Reference of `evalTransform` on raw `[B, S, S, 3]` bytes (float64, planar f32 out). */
 export function evalTransformRef(pixels: Uint8Array, opts: EvalTransformOptions): Float32Array {
-  const cfg = evalConfig(opts);
-  const { count: B, size: S } = opts;
-  const N = cfg.outSize;
-  const taps = aaBilinearTaps(S, N);
-  const out = new Float32Array(B * 3 * N * N);
-  for (let b = 0; b < B; b++) {
-    for (let y = 0; y < N; y++) {
-      for (let x = 0; x < N; x++) {
-        for (let ch = 0; ch < 3; ch++) {
-          let acc = 0;
-          const ty = taps[y];
-          const tx = taps[x];
-          for (let i = 0; i < ty.w.length; i++) {
-            let row = 0;
-            for (let j = 0; j < tx.w.length; j++) {
-              row += tx.w[j] * pixels[((b * S + ty.lo + i) * S + tx.lo + j) * 3 + ch] / 255;
-            }
-            acc += ty.w[i] * row;
-          }
-          out[((b * 3 + ch) * N + y) * N + x] = (acc - cfg.mean[ch]) / cfg.std[ch];
-        }
-      }
-    }
-  }
-  return out;
+  return resizeNormalizeRef(pixels, opts, evalConfig(opts));
 }

@@ -1,6 +1,6 @@
 /**
  * Host-side random parameters of DinoBloom's global-crop augmentation
- * (RECIPE.md §2, DINOv2's DataAugmentationDINO without local crops), drawn
+ * (docs/recipe.md, DINOv2's DataAugmentationDINO without local crops), drawn
  * with torchvision's sampling procedures but from bloom's own seeded source:
  *
  * - RandomResizedCrop(scale (0.32, 1), ratio (3/4, 4/3)): ten tries of a
@@ -25,11 +25,8 @@
  * map from output pixel indices to source positions (`cropAffine`), built with
  * wgpu-matrix; the GPU kernel then resamples each output pixel once.
  */
-import { mat3d } from "wgpu-matrix";
-import { mixSeed, mulberry32 } from "./dataset/shuffle.ts";
-
-/** A seeded uniform source: `() => [0, 1)`. */
-export type Random = () => number;
+import { mat3d } from "npm:wgpu-matrix@3.4.2";
+import { mixSeed, mulberry32, type Random } from "../graph/random.ts";
 
 /** A crop box in source pixels (torchvision's `i, j, h, w`). */
 export interface CropBox {
@@ -104,7 +101,7 @@ export interface AugmentConfig {
   std: readonly [number, number, number];
 }
 
-/** DinoBloom's global-crop recipe (RECIPE.md §2). */
+/** DinoBloom's global-crop recipe (docs/recipe.md). */
 export const DINOBLOOM_AUGMENT: Readonly<AugmentConfig> = Object.freeze<AugmentConfig>({
   outSize: 224,
   scale: [0.32, 1],

@@ -2,30 +2,52 @@
  * An embedding run: images (shards, a folder or a list) → features file, in
  * input order, with bounded memory, progress, resume and parts.
  *
- * Resume: rows are written in chunks to `OUT.partial/` (each chunk file
- * appears atomically, with the loader index to continue from); a rerun with
- * the same inputs and options skips the finished chunks. The final file is
- * assembled from the chunks and renamed into place, so a file at OUT is
- * always complete.
+ * Overlap (double buffering): while batch k runs on the GPU, batch k+1 is
+ * decoded and resized (the loader, on worker threads) and its upload,
+ * transform, forward and read-back copies are recorded; batch k+1 is
+ * submitted the moment batch k is read back, and batch k's rows are written
+ * while batch k+1 runs (`prepareEmbedBatch`). The GPU waits only for a
+ * submit between batches.
+ *
+ * Resume: each batch's rows stream into the journal `OUT.partial/` as they
+ * come back, committed after the first batch and then at most every
+ * `checkpointSeconds` (every batch when batches are slower), and when the run
+ * is stopped (`signal`: Ctrl-C); a rerun with the same inputs and options
+ * goes on after the last committed batch, and gives the same bytes as a run
+ * never stopped (embed_journal.ts). The final file is written from the
+ * journal and renamed into place, so a file at OUT is always complete.
  *
  * Parts: `part = {index, count}` embeds the deterministic slice
  * [⌊i·N/n⌋, ⌊(i+1)·N/n⌋) of the N inputs into `OUT` with `.part-i-of-n`
  * before the extension; `mergeParts` joins them in order.
  */
 import { basename, dirname, extname, join } from "node:path";
+import { InputError } from "../data/errors.ts";
+import { writeTextAtomic } from "../data/file.ts";
+import { sha256File } from "../data/hash.ts";
 import {
   createEmbeddingsWriter,
   embeddingsBlock,
   type EmbeddingsFormat,
   type EmbeddingsMeta,
+  type Pooling,
   readEmbeddings,
-  writeEmbeddings,
 } from "../data/embeddings_file.ts";
 import { tuneForVit } from "../graph/tune.ts";
 import type { Gpu } from "../kernels/runtime.ts";
-import { embedBatch, type EmbedModel, type Pool } from "./embed.ts";
-import { openLoader } from "./loader.ts";
+import {
+  checkInputSide,
+  type Embeddings,
+  type EmbedJob,
+  type EmbedModel,
+  prepareEmbedBatch,
+} from "./embed.ts";
+import { EmbedJournal, type RowMeta } from "./embed_journal.ts";
+import { ABORTED, Interrupted, whenAborted } from "./interrupt.ts";
+import { type Batch, openLoader } from "./loader.ts";
+import { splitOriginOf } from "./dataset/split_origin.ts";
 import { Progress } from "./progress.ts";
+import { lockOutput } from "./output_lock.ts";
 
 /** Options of an embedding run. */
 export interface EmbedRunOptions {
@@ -36,20 +58,43 @@ export interface EmbedRunOptions {
   out: string;
   format?: EmbeddingsFormat;
   batch?: number;
-  pool?: Pool;
+  pool?: Pooling;
   patchTokens?: boolean;
   /** Side the images are resized to (bilinear, as the evaluation protocol) and the model sees. */
   size?: number;
   part?: { index: number; count: number };
-  /** Images per resumable chunk (default 1024). */
-  chunk?: number;
+  /**
+   * Rows are committed to `OUT.partial/` after the first batch, then at most
+   * this often (default 2 s; every batch when batches take longer), and when
+   * the run stops.
+   */
+  checkpointSeconds?: number;
+  /**
+   * Stops the run (Ctrl-C): the batches read back are committed, the ones in
+   * flight dropped, and `Interrupted` is thrown saying what was kept.
+   */
+  signal?: AbortSignal;
+  /** Images decoded (and resized) in parallel (default: the number of cores). */
   workers?: number;
   quiet?: boolean;
   log?: (line: string) => void;
   /** Measure the kernel variants for this model first (once per adapter; cached). Default true. */
   autotune?: boolean;
-  /** Test hook: fail after writing this many chunks (a crash mid-run). */
-  crashAfterChunks?: number;
+  /** Test hook: fail after committing this many batches (a crash mid-run). */
+  crashAfterBatches?: number;
+  /**
+   * SHA-256 of the weights, recorded as `bloom.weights_sha256` (saved heads check it). Default:
+   * hashed from `weights` when that names a file.
+   */
+  weightsSha256?: string;
+  /** Called for every image that cannot be used (after the log line). */
+  onError?: (where: string, reason: string) => void;
+  /** Further metadata strings for the file (e.g. what `predict` embedded). */
+  extraMeta?: Record<string, string>;
+  /** Folder sources: follow symbolic links out of the folder (default: refused, reported). */
+  followLinks?: boolean;
+  /** Another run writes `out`: wait for it (default: stop, naming it; pipelines/output_lock.ts). */
+  wait?: boolean;
 }
 
 /** What a run produced. */
@@ -75,7 +120,7 @@ export function parsePart(
 ): { index: number; count: number } {
   const m = /^(\d*)\/(\d+)$/.exec(spec.trim());
   if (!m) {
-    throw new Error(
+    throw new InputError(
       `--part must be i/n (e.g. 0/8) or /n with JOB_COMPLETION_INDEX set, got '${spec}'`,
     );
   }
@@ -84,42 +129,59 @@ export function parsePart(
   if (raw === "") {
     raw = env("JOB_COMPLETION_INDEX") ?? "";
     if (!/^\d+$/.test(raw)) {
-      throw new Error(
+      throw new InputError(
         `--part ${spec} takes i from JOB_COMPLETION_INDEX, which is not set to an integer`,
       );
     }
   }
   const index = Number(raw);
   if (count < 1 || index >= count) {
-    throw new Error(`--part ${spec}: the part index must be in 0..${count - 1} for ${count} parts`);
+    throw new InputError(
+      `--part ${spec}: the part index must be in 0..${count - 1} for ${count} parts`,
+    );
   }
   return { index, count };
 }
 
+/** What names a run: a journal of another run is never continued. */
 interface State {
   weights: string;
   input: string | string[];
   size: number;
-  pool: Pool;
+  pool: Pooling;
   patchTokens: boolean;
   range: [number, number];
-  chunk: number;
+  batch: number;
+}
+
+/** A batch recorded for the GPU (and maybe submitted), its rows not yet read. */
+interface InFlight {
+  batch: Batch;
+  job: EmbedJob;
 }
 
 /** Embeds `opts.input` into `opts.out` (or its part file). */
 export async function runEmbed(gpu: Gpu, opts: EmbedRunOptions): Promise<EmbedRunSummary> {
   const log = opts.log ?? ((s: string) => console.error(s));
   const size = opts.size ?? 224;
+  checkInputSide(opts.model.config, size, "--size (the side the model sees)");
   const pool = opts.pool ?? "cls";
   const batchSize = opts.batch ?? 32;
-  const chunk = Math.max(batchSize, Math.ceil((opts.chunk ?? 1024) / batchSize) * batchSize);
+  const checkpointMs = 1000 * (opts.checkpointSeconds ?? 2);
   const out = opts.part ? partPath(opts.out, opts.part.index, opts.part.count) : opts.out;
   // Count the inputs once (cheap: paths or a manifest) to fix the part's range.
-  const probe = await openLoader(opts.input, { batchSize, size, resample: "bilinear" });
+  // Quiet: the loader that embeds reports what enumeration refused, once.
+  const probe = await openLoader(opts.input, {
+    batchSize,
+    size,
+    resample: "bilinear",
+    onError: () => {},
+    followLinks: opts.followLinks,
+  });
   const total = probe.length;
   const classes = probe.classes;
   if (total === null && opts.part) {
-    throw new Error(
+    throw new InputError(
       `--part needs the number of inputs up front; ${opts.input} are tar files without a ` +
         "manifest.json: embed the ingest's output directory instead",
     );
@@ -137,197 +199,209 @@ export async function runEmbed(gpu: Gpu, opts: EmbedRunOptions): Promise<EmbedRu
     pool,
     patchTokens: Boolean(opts.patchTokens),
     range,
-    chunk,
+    batch: batchSize,
   };
-  const done = await finishedChunks(partial, state, log);
-  const next = done.length ? done[done.length - 1].next : range[0];
-  const resumedRows = done.reduce((a, c) => a + c.rows, 0);
-  if (done.length) {
-    log(`resuming ${out}: ${resumedRows} rows already embedded in ${done.length} chunks`);
+  // One run per output file, from here (inputs checked) until the file is complete.
+  await using _lock = await lockOutput(out, "file", { wait: opts.wait, log });
+  const journal = await EmbedJournal.open(partial, { ...state }, range[0], log);
+  const { rows: resumedRows, next: start } = journal.resumed;
+  if (resumedRows > 0) log(`resuming ${out}: ${resumedRows} rows already embedded`);
+  // Hashed while the images are embedded (a large checkpoint takes seconds).
+  const sha = opts.weightsSha256 !== undefined
+    ? Promise.resolve(opts.weightsSha256)
+    : sha256File(opts.weights).catch(() => undefined);
+  let t0 = performance.now();
+  let embedded = 0;
+  let failed = 0;
+  let next = start;
+  try {
+    if (start < range[1]) {
+      if (opts.autotune ?? true) {
+        await tuneForVit(gpu, opts.model.config, {
+          images: batchSize,
+          image: size,
+          training: false,
+          log,
+        });
+        t0 = performance.now(); // the rate is the embedding's, not the tuning's
+      }
+      const loader = await openLoader(opts.input, {
+        batchSize,
+        size,
+        resample: "bilinear",
+        range: [start, range[1]],
+        workers: opts.workers,
+        followLinks: opts.followLinks,
+        onError: (where, reason) => {
+          failed++;
+          log(`skipped ${where}: ${reason}`);
+          journal.fail(where, reason); // committed with the next batch
+          opts.onError?.(where, reason);
+        },
+      });
+      const progress = new Progress(Math.max(total === null ? 0 : range[1] - start, 0), {
+        unit: "images",
+        label: "embed",
+        silent: opts.quiet,
+      });
+      const stop = whenAborted(opts.signal);
+      let lastCommit = -Infinity;
+      let batches = 0;
+      /** Appends a batch's rows; commits when due. */
+      const keep = async ({ batch: b }: InFlight, e: Embeddings) => {
+        const rows = rowMetas(b, classes);
+        const want = journal.columns.labelled ?? rows[0].label !== undefined;
+        if (rows.some((r) => (r.label !== undefined) !== want)) {
+          throw new InputError(
+            `${opts.input}: some images have labels and some do not; embed them separately`,
+          );
+        }
+        const tokens = e.patchTokens
+          ? { data: e.patchTokens, patches: e.patches, width: opts.model.config.dim }
+          : undefined;
+        await journal.append(rows, e.features, e.dim, tokens);
+        next = b.indices[b.count - 1] + 1;
+        embedded += b.count;
+        batches++;
+        progress.tick(b.count);
+        const crash = opts.crashAfterBatches !== undefined && batches >= opts.crashAfterBatches;
+        if (crash || performance.now() - lastCommit >= checkpointMs) {
+          await journal.commit(next);
+          lastCommit = performance.now();
+        }
+        if (crash) throw new Error(`simulated crash after ${batches} batches`);
+      };
+      // Batches recorded or submitted, not yet read back (at most two: double buffering).
+      const pending: InFlight[] = [];
+      /** Reads a batch back; null when the run was stopped first. */
+      const readBack = async (f: InFlight): Promise<Embeddings | null> => {
+        pending.splice(pending.indexOf(f), 1);
+        const rows = f.job.collect();
+        rows.catch(() => {}); // raced below; a failure after a stop is of no interest
+        const e = await Promise.race([rows, stop.promise]);
+        return e === ABORTED ? null : e;
+      };
+      let stopped = false;
+      try {
+        // Each batch is decoded and recorded while the one before it runs on the GPU, then
+        // submitted as soon as that one is read back; its rows are written while it runs.
+        for await (const b of loader.batches()) {
+          if (opts.signal?.aborted) {
+            stopped = true;
+            break;
+          }
+          const cur: InFlight = {
+            batch: b,
+            job: prepareEmbedBatch(gpu, opts.model, b, {
+              pool,
+              patchTokens: opts.patchTokens,
+              inputSize: size,
+            }),
+          };
+          pending.push(cur);
+          const prev = pending.length > 1 ? pending[0] : null;
+          if (!prev) {
+            cur.job.submit();
+            continue;
+          }
+          const e = await readBack(prev);
+          if (!e) {
+            stopped = true;
+            break;
+          }
+          cur.job.submit();
+          await keep(prev, e);
+        }
+        while (!stopped && pending.length > 0) {
+          const f = pending[0];
+          const e = await readBack(f);
+          if (e) await keep(f, e);
+          else stopped = true;
+        }
+      } finally {
+        stop.dispose();
+        progress.done();
+        for (const f of pending.splice(0)) f.job.discard(); // stopped, or failed: dropped
+      }
+      // Whatever came back is committed; batches still on the GPU are dropped.
+      await journal.commit(next);
+      if (stopped) {
+        const of = Number.isFinite(range[1]) ? ` of ${range[1] - range[0]}` : "";
+        throw new Interrupted(
+          `kept ${journal.rows}${of} rows in ${partial}/` +
+            (failed ? ` (${failed} image${failed === 1 ? "" : "s"} could not be embedded)` : ""),
+        );
+      }
+    }
+  } finally {
+    journal.close();
   }
-  await Deno.mkdir(partial, { recursive: true });
-  await Deno.writeTextFile(join(partial, "state.json"), JSON.stringify(state));
-  if ((opts.autotune ?? true) && next < range[1]) {
-    const g = size / opts.model.config.patch;
-    await tuneForVit(gpu, opts.model.config, {
-      tokens: g * g + 1 + opts.model.config.registers,
-      batch: batchSize,
-      training: false,
-      log,
-    });
+  const failedRows = await journal.failures();
+  if (journal.rows === 0) {
+    throw new InputError(
+      `${opts.input}: no image could be embedded (${failedRows.length} failed); nothing written`,
+    );
   }
   const meta: EmbeddingsMeta = {
     arch: opts.model.config.arch,
     weights: opts.weights,
     pool,
-    extra: { "bloom.size": String(size) },
+    extra: { ...opts.extraMeta, "bloom.size": String(size), ...await splitOriginOf(opts.input) },
   };
-  const remaining = total === null ? 0 : range[1] - next;
-  const progress = new Progress(Math.max(remaining, 0), {
-    unit: "images",
-    label: "embed",
-    silent: opts.quiet,
-  });
-  const t0 = performance.now();
-  let embedded = 0;
-  let failed = 0;
-  let chunkIndex = done.length;
-  if (next < range[1]) {
-    const loader = await openLoader(opts.input, {
-      batchSize,
-      size,
-      resample: "bilinear",
-      range: [next, range[1]],
-      workers: opts.workers,
-      onError: (where, reason) => {
-        failed++;
-        log(`skipped ${where}: ${reason}`);
-      },
-    });
-    let rows = {
-      feats: [] as Float32Array[],
-      tokens: [] as Float32Array[],
-      paths: [] as string[],
-      labels: [] as string[],
-      patients: [] as string[],
-    };
-    let dim = 0;
-    let patches = 0;
-    let lastIndex = next - 1;
-    let inChunk = 0;
-    const flush = async () => {
-      if (inChunk === 0) return;
-      const path = join(partial, `chunk_${String(chunkIndex).padStart(6, "0")}.safetensors`);
-      await writeEmbeddings(path, {
-        features: concatF32(rows.feats),
-        dim,
-        paths: rows.paths,
-        labels: rows.labels.length ? rows.labels : null,
-        patients: rows.patients.length ? rows.patients : null,
-        patchTokens: opts.patchTokens ? { data: concatF32(rows.tokens), tokens: patches } : null,
-        meta: { ...meta, extra: { ...meta.extra, "bloom.next": String(lastIndex + 1) } },
-      }, "safetensors");
-      chunkIndex++;
-      inChunk = 0;
-      if (opts.crashAfterChunks !== undefined && chunkIndex >= opts.crashAfterChunks) {
-        throw new Error(`simulated crash after ${chunkIndex} chunks`);
-      }
-      rows = { feats: [], tokens: [], paths: [], labels: [], patients: [] };
-    };
-    for await (const b of loader.batches()) {
-      const e = await embedBatch(gpu, opts.model, b, {
-        pool,
-        patchTokens: opts.patchTokens,
-        inputSize: size,
-      });
-      dim = e.dim;
-      patches = e.patches;
-      rows.feats.push(e.features);
-      if (e.patchTokens) rows.tokens.push(e.patchTokens);
-      for (let i = 0; i < b.count; i++) {
-        const m = b.meta[i] ?? {};
-        rows.paths.push(String(m.source ?? m.path ?? b.keys[i]));
-        if (b.labels[i] >= 0) rows.labels.push(classes[b.labels[i]] ?? String(b.labels[i]));
-        if (m.patient !== undefined) rows.patients.push(String(m.patient));
-      }
-      if (rows.labels.length && rows.labels.length !== rows.paths.length) {
-        throw new Error(
-          `${opts.input}: some images have labels and some do not; embed them separately`,
-        );
-      }
-      lastIndex = b.indices[b.count - 1];
-      inChunk += b.count;
-      embedded += b.count;
-      progress.tick(b.count);
-      if (inChunk >= chunk) await flush();
-    }
-    await flush();
-    progress.done();
-  }
-  // Assemble the chunks in order into the final file (atomic), then drop the partial dir.
-  const files = [...Deno.readDirSync(partial)]
-    .map((e) => e.name)
-    .filter((n) => /^chunk_\d+\.safetensors$/.test(n))
-    .sort();
-  if (files.length === 0) {
-    throw new Error(
-      `${opts.input}: no image could be embedded (${failed} failed); nothing written`,
-    );
-  }
-  const rowsOut = await assemble(
-    files.map((f) => join(partial, f)),
-    out,
-    opts.format,
-    meta,
-    Boolean(opts.patchTokens),
-  );
-  await Deno.remove(partial, { recursive: true });
-  const seconds = (performance.now() - t0) / 1000;
-  return {
-    out,
-    rows: rowsOut.rows,
-    dim: rowsOut.dim,
-    imagesPerSecond: embedded / Math.max(seconds, 1e-9),
-    resumedRows,
-    failed,
-  };
-}
-
-/** Chunks already written by an earlier run with the same state (else the partial dir is reset). */
-async function finishedChunks(
-  partial: string,
-  state: State,
-  log: (s: string) => void,
-): Promise<{ rows: number; next: number }[]> {
-  let old: State | null = null;
-  try {
-    old = JSON.parse(await Deno.readTextFile(join(partial, "state.json")));
-  } catch {
-    return [];
-  }
-  if (JSON.stringify(old) !== JSON.stringify(state)) {
-    log(`${partial} is from a run with other inputs or options; starting over`);
-    await Deno.remove(partial, { recursive: true });
-    return [];
-  }
-  const names = [...Deno.readDirSync(partial)].map((e) => e.name)
-    .filter((n) => /^chunk_\d+\.safetensors$/.test(n)).sort();
-  const out: { rows: number; next: number }[] = [];
-  for (const [i, n] of names.entries()) {
-    if (n !== `chunk_${String(i).padStart(6, "0")}.safetensors`) break;
-    const e = await readEmbeddings(join(partial, n));
-    out.push({ rows: e.rows, next: Number(e.meta["bloom.next"]) });
-  }
-  return out;
-}
-
-/** Concatenates chunk files (in order) into one embeddings file. */
-async function assemble(
-  chunks: string[],
-  out: string,
-  format: EmbeddingsFormat | undefined,
-  meta: EmbeddingsMeta,
-  patchTokens: boolean,
-): Promise<{ rows: number; dim: number }> {
-  const first = await readEmbeddings(chunks[0], { patchTokens });
+  const hash = await sha;
+  if (hash) meta.extra!["bloom.weights_sha256"] = hash;
+  // The errors file first (atomic): a complete output always has its failures beside it.
+  const errorsOut = `${out}.errors.jsonl`;
+  if (failedRows.length > 0) {
+    await writeTextAtomic(errorsOut, failedRows.join(""));
+    meta.extra!["bloom.failed"] = String(failedRows.length);
+    log(`${failedRows.length} images could not be embedded (no row): see ${errorsOut}`);
+  } else await Deno.remove(errorsOut).catch(() => {});
+  const { dim, patches } = journal.shape;
   await Deno.mkdir(dirname(out) || ".", { recursive: true });
   const w = await createEmbeddingsWriter(out, {
-    dim: first.dim,
-    format,
-    patchTokens: patchTokens ? first.patchTokens?.tokens : undefined,
+    dim,
+    format: opts.format,
+    patchTokens: opts.patchTokens ? patches : undefined,
     meta,
   });
   try {
-    for (const c of chunks) {
-      const e = c === chunks[0] ? first : await readEmbeddings(c, { patchTokens });
-      await w.append(embeddingsBlock(e));
-    }
+    for await (const block of journal.blocks()) await w.append(block);
     await w.finish();
-    return { rows: w.rows, dim: first.dim };
   } catch (e) {
     await w.abort();
     throw e;
   }
+  await Deno.remove(partial, { recursive: true });
+  const seconds = (performance.now() - t0) / 1000;
+  return {
+    out,
+    rows: w.rows,
+    dim,
+    imagesPerSecond: embedded / Math.max(seconds, 1e-9),
+    resumedRows,
+    failed: failedRows.length,
+  };
+}
+
+/** Each image's row metadata: its path, and its label, patient and ingest split where known. */
+function rowMetas(b: Batch, classes: string[]): RowMeta[] {
+  const rows: RowMeta[] = [];
+  for (let i = 0; i < b.count; i++) {
+    const m = b.meta[i] ?? {};
+    const row: RowMeta = { path: String(m.source ?? m.path ?? b.keys[i]) };
+    // Shards without their manifest (a single .tar) name the class in each sample's json.
+    const name = classes[b.labels[i]] ?? (typeof m.label === "string" ? m.label : undefined);
+    if (b.labels[i] >= 0) row.label = name ?? String(b.labels[i]);
+    if (m.patient !== undefined) row.patient = String(m.patient);
+    // Each row's ingest split (shards only), with its key: eval and train --eval use it.
+    if (typeof m.split === "string" && m.split !== "") {
+      row.split = m.split;
+      row.key = b.keys[i];
+    }
+    rows.push(row);
+  }
+  return rows;
 }
 
 /**
@@ -349,15 +423,17 @@ export async function mergeParts(
     if (!m) continue;
     const n = Number(m[2]);
     if (count >= 0 && n !== count) {
-      throw new Error(`${dir}: parts of ${count} and of ${n} are mixed; remove the stale ones`);
+      throw new InputError(
+        `${dir}: parts of ${count} and of ${n} are mixed; remove the stale ones`,
+      );
     }
     count = n;
     found.set(Number(m[1]), join(dir, e.name));
   }
-  if (count < 0) throw new Error(`no part files ${stem}.part-*-of-*${ext} in ${dir}`);
+  if (count < 0) throw new InputError(`no part files ${stem}.part-*-of-*${ext} in ${dir}`);
   const missing = [...Array(count).keys()].filter((i) => !found.has(i));
   if (missing.length) {
-    throw new Error(
+    throw new InputError(
       `parts ${missing.join(", ")} of ${count} are missing (${
         partPath(out, missing[0], count)
       }); ` +
@@ -371,8 +447,19 @@ export async function mergeParts(
     meta: {
       arch: first.meta.arch,
       weights: first.meta.weights,
-      pool: first.meta.pool as Pool,
-      extra: { "bloom.parts": String(count) },
+      pool: first.meta.pool as Pooling,
+      extra: {
+        "bloom.parts": String(count),
+        // What saved heads check the embedding model by, kept from the parts.
+        ...Object.fromEntries(
+          ["bloom.size", "bloom.weights_sha256", "bloom.split", "bloom.split_sha256"].filter((k) =>
+            first.meta[k]
+          ).map((k) => [
+            k,
+            first.meta[k],
+          ]),
+        ),
+      },
     },
   });
   try {
@@ -382,19 +469,14 @@ export async function mergeParts(
         e.dim !== first.dim || e.meta.weights !== first.meta.weights ||
         e.meta.pool !== first.meta.pool
       ) {
-        throw new Error(
+        throw new InputError(
           `${
             found.get(i)
           }: width ${e.dim}, weights ${e.meta.weights}, pool ${e.meta.pool} differ from ` +
             `part 0 (${first.dim}, ${first.meta.weights}, ${first.meta.pool})`,
         );
       }
-      await w.append({
-        features: e.features,
-        paths: e.paths,
-        labels: e.labels,
-        patients: e.patients,
-      });
+      await w.append(embeddingsBlock(e));
     }
     await w.finish();
     return { rows: w.rows, parts: count };
@@ -406,15 +488,4 @@ export async function mergeParts(
 
 function escapeRe(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-}
-
-function concatF32(parts: Float32Array[]): Float32Array {
-  const n = parts.reduce((a, p) => a + p.length, 0);
-  const out = new Float32Array(n);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }

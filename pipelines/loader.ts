@@ -7,14 +7,18 @@
  *
  * Invariants:
  * - Memory is bounded: at most `prefetch` finished batches, one batch being
- *   filled, the decode window (2 × workers + 2 images) and, when shuffling
- *   shards, `shuffleBuffer` encoded samples. Nothing grows with the dataset
- *   except the list of file paths of a folder source.
+ *   filled, the decode window (2 × workers + 2 images; their decoding leases
+ *   memory from one budget, dataset/decode_budget.ts) and, when shuffling
+ *   shards, `shuffleBuffer` encoded samples (at most 256 MiB of them).
+ *   Nothing grows with the dataset except the list of file paths of a
+ *   folder source.
  * - Unshuffled order is the manifest's shard order and each shard's sample
  *   order (for folders: the layout's sorted order), so embeddings line up
  *   with `manifest.splits`.
  * - The same seed and epoch give the same order, whatever the decode timing.
- * - A sample that fails to decode is skipped and reported, never fatal.
+ * - A sample that fails to decode is skipped and reported, never fatal; so
+ *   is a shard that cannot be read (from where it breaks). Only when every
+ *   shard opened fails, and none gave a sample, does the loader stop.
  * - Sample indices (`range`, `Batch.indices`) count every sample of the
  *   unshuffled order, failed ones included, so they never depend on what
  *   decoded. A manifest's per-shard `samples` is trusted to skip whole shards
@@ -22,25 +26,28 @@
  *   is an error when `range` is set (the indices would be shifted).
  */
 import { join } from "node:path";
+import { InputError } from "../data/errors.ts";
+import { exists } from "../data/file.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
-import { decodeCell, readImageFile, type Region, setImageThreads } from "./dataset/images.ts";
+import { decodeCell, type Region, setImageThreads, withImageFile } from "./dataset/images.ts";
+import { ResizePool } from "./dataset/resize_pool.ts";
 import { RESAMPLE_FILTERS, type ResampleFilter } from "./dataset/resample.ts";
 import { enumerate, type Layout } from "./dataset/layouts.ts";
 import { readManifest } from "./dataset/manifest.ts";
 import { orderedMap } from "./dataset/ordered.ts";
 import { BoundedQueue } from "./dataset/queue.ts";
-import { mixSeed, mulberry32, shuffleInPlace } from "./dataset/shuffle.ts";
-import { boxWithMargin } from "./dataset/voc.ts";
-import { readShardSamples } from "./dataset/webdataset.ts";
+import { mixSeed, mulberry32, shuffleInPlace } from "../graph/random.ts";
+import { squareCrop } from "./dataset/voc.ts";
+import { readShardSamples, type ShardSample } from "./dataset/webdataset.ts";
 import {
   dedupeKeys,
   type Enumeration,
-  type InputError,
+  type ItemError,
   keyFromPath,
   type SampleSource,
 } from "./dataset/sample.ts";
-import { listDir, walkImages } from "./dataset/walk.ts";
+import { listDir, walkImages, walkScope } from "./dataset/walk.ts";
 
 /** One batch: B images [B, S, S, 3] RGB bytes, row-major, plus their labels and keys. */
 export interface Batch {
@@ -91,12 +98,30 @@ export interface LoaderOptions {
   prefetch?: number;
   /** Images decoded in parallel (default: the number of cores). */
   workers?: number;
+  /**
+   * Worker threads for the resizes done in JavaScript (bilinear, and Lanczos
+   * enlargements; `dataset/resize_pool.ts`), so the thread that drives the GPU
+   * does not spend ~3 ms per cell on them; 0: on that thread. Default: one per
+   * decode worker, up to the cores, on machines with 4 cores or more; with
+   * fewer, the threads' start-up and messaging cost more than they free.
+   */
+  resizeThreads?: number;
   /** Drop a last, short batch (training) instead of returning it (embedding). */
   dropLast?: boolean;
+  /**
+   * One rank's share of a data-parallel run: of the sample stream (shuffled
+   * or not, failed samples included), rank `index` of `count` takes runs
+   * `index, index + count, …` of `batchSize` samples, passing the others over
+   * undecoded. The ranks together see every sample once per epoch, and rank
+   * r's k-th batch is part r of batch k of one loader of `count·batchSize`.
+   */
+  shard?: { index: number; count: number };
   /** Layout of a folder/list source (default: inferred). */
   layout?: Layout;
   /** VOC crop margin for a `voc` folder source, as in the ingest (default 0.1). */
   margin?: number;
+  /** Folder sources: follow symbolic links out of the folder too (default: refused, reported). */
+  followLinks?: boolean;
   /** Called for every sample that cannot be used (default: a warning on stderr). */
   onError?: (where: string, reason: string) => void;
 }
@@ -107,6 +132,10 @@ export interface LoaderStats {
   decoded: number;
   /** Samples skipped because they failed. */
   failed: number;
+  /** Samples read from shards (before decoding). */
+  shardSamples: number;
+  /** Shards that could not be read to their end (skipped from there, reported). */
+  failedShards: number;
   /** Batches handed to the consumer. */
   delivered: number;
   /** Most finished batches waiting at once. */
@@ -144,18 +173,16 @@ type Source =
 
 const IMAGE_MEMBERS = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"];
 
+/**
+ * Encoded bytes the shuffle buffer holds at most (256 MiB), whatever
+ * `shuffleBuffer` says: 512 cells of 50 KB are 25 MB, but a shard of
+ * large members must not multiply into gigabytes.
+ */
+const SHUFFLE_BUFFER_BYTES = 256 << 20;
+
 async function isDir(p: string): Promise<boolean> {
   try {
     return (await Deno.stat(p)).isDirectory;
-  } catch {
-    return false;
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await Deno.stat(p);
-    return true;
   } catch {
     return false;
   }
@@ -166,71 +193,96 @@ async function exists(p: string): Promise<boolean> {
  * flat folder of images (unlabelled), a .csv, or a list file; or the given
  * layout.
  */
-async function enumerateFiles(p: string, layout?: Layout): Promise<Enumeration> {
-  if (layout) return await enumerate(layout, p);
-  if (p.toLowerCase().endsWith(".csv")) return await enumerate("csv", p);
-  if (!(await isDir(p))) return await enumerate("list", p);
-  const { dirs } = await listDir(p);
-  if (dirs.length > 0) return await enumerate("imagefolder", p);
-  const samples: SampleSource[] = (await walkImages(p)).map((f) => ({
+async function enumerateFiles(
+  p: string,
+  layout?: Layout,
+  followLinks?: boolean,
+): Promise<Enumeration> {
+  const opts = { followLinks };
+  if (layout) return await enumerate(layout, p, opts);
+  if (p.toLowerCase().endsWith(".csv")) return await enumerate("csv", p, opts);
+  if (!(await isDir(p))) return await enumerate("list", p, opts);
+  const errors: ItemError[] = [];
+  const scope = await walkScope(p, errors, opts);
+  const { dirs } = await listDir(p, { ...scope, errors: [] }); // the walk reports them
+  if (dirs.length > 0) return await enumerate("imagefolder", p, opts);
+  const samples: SampleSource[] = (await walkImages(p, "", scope)).map((f) => ({
     key: keyFromPath(f.rel),
     path: f.path,
     rel: f.rel,
     label: null,
   }));
-  const errors: InputError[] = [];
   return { samples: dedupeKeys(samples, errors), classes: [], errors };
 }
 
-/** Resolves what `source` names: a manifest dir, tar files, a folder, a CSV or a list. */
-async function resolveSource(source: string | string[], opts: LoaderOptions): Promise<Source> {
+/**
+ * Checks that `source` names something the loader can open, without reading
+ * an image: the paths exist, several sources are all .tar shards, a folder
+ * with shards has its manifest.json (a finished ingest). Commands call it
+ * before they load weights or start the GPU; `openLoader` calls it too.
+ * `what` starts the message (the flag, e.g. "--input").
+ */
+export async function checkSource(source: string | string[], what = "openLoader:"): Promise<void> {
   const paths = Array.isArray(source) ? source : [source];
-  if (paths.length === 0) throw new Error("openLoader: no source given");
+  if (paths.length === 0) throw new InputError(`${what} no source given`);
   if (paths.every((p) => p.endsWith(".tar"))) {
     for (const p of paths) {
-      if (!(await exists(p))) throw new Error(`openLoader: shard ${p} does not exist`);
+      if (!(await exists(p))) throw new InputError(`${what} shard ${p} does not exist`);
     }
-    return { kind: "shards", shards: paths, counts: null, classes: [], size: null, total: null };
+    return;
   }
   if (paths.length !== 1) {
-    throw new Error("openLoader: several sources must all be .tar shards; pass one folder or list");
+    throw new InputError(
+      `${what} several sources must all be .tar shards; pass one folder or list`,
+    );
   }
   const p = paths[0];
   if (await isDir(p)) {
-    if (await exists(join(p, "manifest.json"))) {
-      const m = await readManifest(p);
-      const want = opts.split === undefined ? null : [opts.split].flat();
-      if (want) {
-        const unknown = want.filter((s) => !(s in m.counts));
-        if (unknown.length > 0) {
-          throw new Error(
-            `openLoader: split ${unknown.join(",")} is not in ${p}/manifest.json ` +
-              `(it has ${Object.keys(m.counts).join(", ")})`,
-          );
-        }
-      }
-      const shards = m.shards.filter((s) => !want || want.includes(s.split));
-      return {
-        kind: "shards",
-        shards: shards.map((s) => join(p, s.name)),
-        counts: shards.map((s) => s.samples),
-        classes: m.classes,
-        size: m.size,
-        total: shards.reduce((n, s) => n + s.samples, 0),
-      };
-    }
+    if (await exists(join(p, "manifest.json"))) return;
     for await (const e of Deno.readDir(p)) {
       if (e.isFile && /\.tar(\.tmp)?$/.test(e.name)) {
-        throw new Error(
-          `openLoader: ${p} holds shards but no manifest.json, so its ingest did not finish; ` +
+        throw new InputError(
+          `${what} ${p} holds shards but no manifest.json, so its ingest did not finish; ` +
             `rerun the same deno task ingest command to complete it, or pass the .tar files`,
         );
       }
     }
   } else if (!(await exists(p))) {
-    throw new Error(`openLoader: ${p} does not exist`);
+    throw new InputError(`${what} ${p} does not exist`);
   }
-  const en = await enumerateFiles(p, opts.layout);
+}
+
+/** Resolves what `source` names: a manifest dir, tar files, a folder, a CSV or a list. */
+async function resolveSource(source: string | string[], opts: LoaderOptions): Promise<Source> {
+  await checkSource(source);
+  const paths = Array.isArray(source) ? source : [source];
+  if (paths.every((p) => p.endsWith(".tar"))) {
+    return { kind: "shards", shards: paths, counts: null, classes: [], size: null, total: null };
+  }
+  const p = paths[0];
+  if ((await isDir(p)) && (await exists(join(p, "manifest.json")))) {
+    const m = await readManifest(p);
+    const want = opts.split === undefined ? null : [opts.split].flat();
+    if (want) {
+      const unknown = want.filter((s) => !Object.hasOwn(m.counts, s));
+      if (unknown.length > 0) {
+        throw new InputError(
+          `openLoader: split ${unknown.join(",")} is not in ${p}/manifest.json ` +
+            `(it has ${Object.keys(m.counts).join(", ")})`,
+        );
+      }
+    }
+    const shards = m.shards.filter((s) => !want || want.includes(s.split));
+    return {
+      kind: "shards",
+      shards: shards.map((s) => join(p, s.name)),
+      counts: shards.map((s) => s.samples),
+      classes: m.classes,
+      size: m.size,
+      total: shards.reduce((n, s) => n + s.samples, 0),
+    };
+  }
+  const en = await enumerateFiles(p, opts.layout, opts.followLinks);
   for (const e of en.errors) (opts.onError ?? warn)(e.path, e.reason);
   const samples: RawSample[] = en.samples.map((s, index) => ({
     key: s.key,
@@ -238,10 +290,10 @@ async function resolveSource(source: string | string[], opts: LoaderOptions): Pr
     label: s.label === null ? -1 : en.classes.indexOf(s.label),
     meta: { source: s.rel, label: s.label, ...(s.patient ? { patient: s.patient } : {}) },
     path: s.path,
-    crop: s.box ? boxWithMargin(s.box, opts.margin ?? 0.1) : undefined,
+    crop: s.box ? squareCrop(s.box, opts.margin ?? 0.1) : undefined,
     where: s.path,
   }));
-  if (samples.length === 0) throw new Error(`openLoader: no images found in ${p}`);
+  if (samples.length === 0) throw new InputError(`openLoader: no images found in ${p}`);
   return { kind: "files", samples, classes: en.classes };
 }
 
@@ -263,6 +315,24 @@ interface ShardWalk {
   range: [number, number] | null;
   shuffle: { rand: () => number; buffer: number } | null;
   onError: (where: string, reason: string) => void;
+  /** Counts shards that could not be read to their end. */
+  stats: LoaderStats;
+}
+
+/**
+ * The samples of one shard; a shard that cannot be read (damaged, truncated,
+ * unreadable) ends early and `onFail` gets the reason instead of the loop
+ * stopping.
+ */
+async function* tolerantShard(
+  shard: string,
+  onFail: (e: unknown) => void,
+): AsyncGenerator<ShardSample> {
+  try {
+    yield* readShardSamples(shard);
+  } catch (e) {
+    onFail(e);
+  }
 }
 
 /**
@@ -272,11 +342,14 @@ interface ShardWalk {
  * are not opened; streaming stops at its end.
  */
 async function* shardSamples(w: ShardWalk): AsyncGenerator<RawSample> {
-  const { shards, counts, range, shuffle, onError } = w;
+  const { shards, counts, range, shuffle, onError, stats } = w;
+  let opened = 0;
+  let firstFailure = "";
   const start = range?.[0] ?? 0;
   const end = range?.[1] ?? Infinity;
   const offsets = counts && prefixSums(counts);
   const buf: RawSample[] = [];
+  let bufBytes = 0;
   let next = 0; // index of the next sample in the unshuffled order (unshuffled walks)
   for (const i of w.order) {
     if (next >= end) break;
@@ -287,9 +360,23 @@ async function* shardSamples(w: ShardWalk): AsyncGenerator<RawSample> {
     }
     let inShard = 0;
     let stopped = false;
-    for await (const s of readShardSamples(shard)) {
+    let broken = false;
+    opened++;
+    const onFail = (e: unknown) => {
+      broken = true;
+      stats.failedShards++;
+      const msg = e instanceof Error ? e.message : String(e);
+      const why = msg.startsWith(`${shard}: `) ? msg.slice(shard.length + 2) : msg;
+      firstFailure ||= `${shard}: ${why}`;
+      onError(
+        shard,
+        `shard skipped after ${inShard} samples, the rest unreadable: ${why.replace(/\s+/g, " ")}`,
+      );
+    };
+    for await (const s of tolerantShard(shard, onFail)) {
       const index = shuffle ? (offsets ? offsets[i] + inShard : -1) : next++;
       inShard++;
+      stats.shardSamples++;
       if (range) {
         if (index < start) continue; // before the range: read past, never decoded
         if (index >= end) {
@@ -326,22 +413,36 @@ async function* shardSamples(w: ShardWalk): AsyncGenerator<RawSample> {
         yield raw;
         continue;
       }
-      // Shuffle buffer: keep `buffer` samples, emit a random one for each new one.
-      if (buf.length < shuffle.buffer) {
+      // Shuffle buffer: keep `buffer` samples (and at most SHUFFLE_BUFFER_BYTES of
+      // them), emit a random one for each new one.
+      if (buf.length < shuffle.buffer && bufBytes < SHUFFLE_BUFFER_BYTES) {
         buf.push(raw);
+        bufBytes += raw.bytes!.length;
         continue;
       }
       const j = Math.floor(shuffle.rand() * buf.length);
       const out = buf[j];
       buf[j] = raw;
+      bufBytes += raw.bytes!.length - out.bytes!.length;
       yield out;
     }
+    if (broken) {
+      // The shard's remaining indices are passed over, so later shards keep theirs.
+      if (!shuffle && offsets) next = offsets[i] + counts![i];
+      continue;
+    }
     if (range && counts && !stopped && inShard !== counts[i]) {
-      throw new Error(
+      throw new InputError(
         `loader: shard ${shard} holds ${inShard} samples but manifest.json says ${counts[i]}, ` +
           `so sample indices (range) would be shifted; re-run the ingest of this dataset`,
       );
     }
+  }
+  if (opened > 0 && stats.failedShards === opened && stats.shardSamples === 0) {
+    throw new InputError(
+      `loader: every shard failed (${opened} of ${opened}), so there is nothing to read; ` +
+        `first: ${firstFailure}. Re-run the ingest that wrote them`,
+    );
   }
   if (range && next < start) {
     throw new RangeError(
@@ -383,7 +484,8 @@ export class Loader {
     this.size = opts.size ?? (source.kind === "shards" ? source.size : null) ?? 224;
     const total = source.kind === "files" ? source.samples.length : source.total;
     const r = opts.range;
-    this.length = total === null ? null : r ? Math.min(r[1], total) - r[0] : total;
+    const all = total === null ? null : r ? Math.min(r[1], total) - r[0] : total;
+    this.length = all === null || !opts.shard ? all : shareOf(all, opts.batchSize, opts.shard);
   }
 
   /**
@@ -414,12 +516,26 @@ export class Loader {
         range: o.range ?? null,
         shuffle: rand ? { rand, buffer: Math.max(1, o.shuffleBuffer ?? 512) } : null,
         onError,
+        stats,
       });
     }
+    if (o.shard) raw = takeShard(raw, B, o.shard);
+    // Resizes (JavaScript) on worker threads, so this thread stays free to drive the GPU.
+    const cores = navigator.hardwareConcurrency || 1;
+    const threads = o.resizeThreads ?? (cores >= 4 ? Math.min(workers, cores) : 0);
+    const resizer = threads > 0 ? new ResizePool(threads) : null;
     const decoded = orderedMap(raw, async (s) => {
       try {
-        const bytes = s.bytes ?? (await readImageFile(s.path!));
-        const cell = await decodeCell(bytes, { size: S, crop: s.crop, resample: o.resample });
+        const cellOpts = {
+          size: S,
+          crop: s.crop,
+          pad: "edge" as const,
+          resample: o.resample,
+          resize: resizer ? resizer.resize.bind(resizer) : undefined,
+        };
+        const cell = s.bytes
+          ? await decodeCell(s.bytes, cellOpts)
+          : await withImageFile(s.path!, (bytes) => decodeCell(bytes, cellOpts));
         const meta = s.bytes
           ? s.meta
           : { ...s.meta, width: cell.info.width, height: cell.info.height };
@@ -477,13 +593,41 @@ export class Loader {
     } finally {
       queue.cancel();
       await producer;
+      resizer?.close();
       setImageThreads(prevThreads);
     }
   }
 }
 
+/** Samples of `total` that runs of `B` dealt round-robin give to `shard.index`. */
+function shareOf(total: number, B: number, shard: { index: number; count: number }): number {
+  const rounds = Math.floor(total / (B * shard.count));
+  const rest = total - rounds * B * shard.count;
+  return rounds * B + Math.min(B, Math.max(0, rest - shard.index * B));
+}
+
+/** The samples of `raw` in this shard's runs (see LoaderOptions.shard). */
+async function* takeShard(
+  raw: AsyncIterable<RawSample> | Iterable<RawSample>,
+  B: number,
+  shard: { index: number; count: number },
+): AsyncGenerator<RawSample> {
+  let at = 0;
+  for await (const s of raw) {
+    if (Math.floor(at++ / B) % shard.count === shard.index) yield s;
+  }
+}
+
 function emptyStats(): LoaderStats {
-  return { decoded: 0, failed: 0, delivered: 0, maxQueuedBatches: 0, maxDecodeWindow: 0 };
+  return {
+    decoded: 0,
+    failed: 0,
+    shardSamples: 0,
+    failedShards: 0,
+    delivered: 0,
+    maxQueuedBatches: 0,
+    maxDecodeWindow: 0,
+  };
 }
 
 function newBatch(B: number, S: number): Batch {
@@ -522,6 +666,10 @@ export async function openLoader(source: string | string[], opts: LoaderOptions)
   if (opts.prefetch !== undefined && !(Number.isInteger(opts.prefetch) && opts.prefetch >= 1)) {
     throw new RangeError(`openLoader: prefetch must be an integer ≥ 1, got ${opts.prefetch}`);
   }
+  const rt = opts.resizeThreads;
+  if (rt !== undefined && !(Number.isInteger(rt) && rt >= 0)) {
+    throw new RangeError(`openLoader: resizeThreads must be an integer ≥ 0, got ${rt}`);
+  }
   if (opts.resample !== undefined && !RESAMPLE_FILTERS.includes(opts.resample)) {
     throw new RangeError(
       `openLoader: resample must be ${RESAMPLE_FILTERS.map((f) => `"${f}"`).join(" or ")}, ` +
@@ -529,6 +677,13 @@ export async function openLoader(source: string | string[], opts: LoaderOptions)
     );
   }
   if (opts.range !== undefined) checkRange(opts.range, opts.seed);
+  const sh = opts.shard;
+  if (
+    sh && !(Number.isInteger(sh.count) && sh.count >= 1 && Number.isInteger(sh.index) &&
+      sh.index >= 0 && sh.index < sh.count)
+  ) {
+    throw new RangeError(`openLoader: shard ${JSON.stringify(sh)} needs 0 ≤ index < count`);
+  }
   const src = await resolveSource(source, opts);
   const total = src.kind === "files" ? src.samples.length : src.total;
   if (opts.range && total !== null && opts.range[0] > total) {

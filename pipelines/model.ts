@@ -4,24 +4,11 @@
  * CLS embeddings and patch tokens as plain arrays.
  */
 import { loadCheckpoint, type LoadedModel } from "../graph/checkpoint.ts";
-import { Graph } from "../graph/graph.ts";
-import { Params } from "../graph/params.ts";
-import { type VitArch, type VitConfig, vitForward } from "../graph/vit.ts";
+import type { VitArch, VitConfig } from "../graph/vit.ts";
+import { InputError } from "../data/errors.ts";
 import { getGpu, type Gpu } from "../kernels/runtime.ts";
-import type { GpuTensor } from "../kernels/tensor.ts";
-import { evalTransform } from "./augment.ts";
-
-/** Outputs of `Model.embed`. */
-export interface Embeddings {
-  /** CLS token after the final norm, [B, D] row-major: the DinoBloom embedding. */
-  cls: Float32Array;
-  /** Patch tokens after the final norm, [B, Np, D], when asked for. */
-  patchTokens?: Float32Array;
-  batch: number;
-  dim: number;
-  /** Patches per image (Np). */
-  patches: number;
-}
+import { embedBatch, type Embeddings, embedImages, type EmbedOptions } from "./embed.ts";
+import { type FetchWeightsOptions, resolveWeights } from "./weights/download.ts";
 
 /** A loaded ViT on the GPU. */
 export class Model {
@@ -38,80 +25,71 @@ export class Model {
   }
 
   /**
-   * Loads weights: DINOv2 hub `.pth`, DinoBloom `.pth` ({"teacher": …}),
-   * timm-style `.safetensors` or bloom's own checkpoints; the architecture
-   * is read from the tensors (`arch` only checks it).
+   * Loads weights: a name ("dinobloom-s", "dinov2-vitb14": downloaded,
+   * verified and cached on first use, `weights` says how; docs/weights.md),
+   * or a DINOv2 hub `.pth`, DinoBloom `.pth` ({"teacher": …}), timm-style
+   * `.safetensors` or bloom's own checkpoint; the architecture is read from
+   * the tensors (`arch` only checks it).
    */
   static async load(
-    path: string,
-    opts: { arch?: VitArch; heads?: number; gpu?: Gpu } = {},
+    nameOrPath: string,
+    opts: { arch?: VitArch; heads?: number; gpu?: Gpu; weights?: FetchWeightsOptions } = {},
   ): Promise<Model> {
+    const path = await resolveWeights(nameOrPath, opts.weights);
     const gpu = opts.gpu ?? await getGpu();
     return new Model(gpu, await loadCheckpoint(gpu, path, { arch: opts.arch, heads: opts.heads }));
   }
 
   /**
    * Embeds normalised images: `images` is [B, 3, H, W] float32 (ImageNet
-   * mean/std applied; H and W multiples of 14 — 224 for the paper's setup).
+   * mean/std applied; H and W multiples of the patch, 14 — 224 for the
+   * paper's setup). Features are the CLS token after the final norm unless
+   * `pool` says otherwise.
    */
   async embed(
     images: Float32Array,
     shape: readonly [number, number, number, number],
-    opts: { patchTokens?: boolean } = {},
+    opts: EmbedOptions = {},
   ): Promise<Embeddings> {
     const [B, C, H, W] = shape;
     if (C !== 3 || images.length !== B * C * H * W) {
-      throw new RangeError(
+      throw new InputError(
         `embed: images must be [B, 3, H, W] float32 with B·3·H·W values; got ${images.length} ` +
           `values for shape [${shape}]`,
       );
     }
     const t = this.gpu.tensor(images, [B, C, H, W]);
-    return await this.#run(t, B, Boolean(opts.patchTokens));
+    return await embedImages(this.gpu, this.#embedModel, t, opts);
   }
 
   /**
-   * Embeds raw RGB cells, [B, S, S, 3] uint8: resized to `inputSize`
-   * (bilinear, antialiased) and normalised as the paper's evaluation does.
+   * Embeds raw RGB cells, [B, S, S, 3] uint8 of any side S: resized to
+   * `inputSize` (default 224, a multiple of the patch; bilinear,
+   * antialiased) and normalised as the paper's evaluation does.
    */
   async embedPixels(
     pixels: Uint8Array,
     batch: number,
     size: number,
-    opts: { patchTokens?: boolean; inputSize?: number } = {},
+    opts: EmbedOptions & { inputSize?: number } = {},
   ): Promise<Embeddings> {
+    if (!Number.isInteger(batch) || batch < 1 || !Number.isInteger(size) || size < 1) {
+      throw new InputError(
+        `embedPixels: batch and size must be positive integers, got ${batch} and ${size}`,
+      );
+    }
     if (pixels.length !== batch * size * size * 3) {
-      throw new RangeError(
+      throw new InputError(
         `embedPixels: expected ${batch}·${size}·${size}·3 = ${
           batch * size * size * 3
         } bytes, got ${pixels.length}`,
       );
     }
-    const raw = this.gpu.uploadBytes(pixels);
-    const t = evalTransform(this.gpu, raw, { count: batch, size, outSize: opts.inputSize ?? 224 });
-    this.gpu.release(raw);
-    return await this.#run(t, batch, Boolean(opts.patchTokens));
+    return await embedBatch(this.gpu, this.#embedModel, { pixels, count: batch, size }, opts);
   }
 
-  async #run(images: GpuTensor, B: number, patch: boolean): Promise<Embeddings> {
-    const g = new Graph(this.gpu, { training: false });
-    try {
-      const ps = new Params(g, this.#model.arena);
-      const out = vitForward(ps, this.config, g.adopt(images), {
-        outputs: patch ? ["clsNorm", "patchNorm"] : ["clsNorm"],
-      });
-      const cls = (await this.gpu.readF32(out.clsNorm!.value)).slice();
-      const tokens = patch ? (await this.gpu.readF32(out.patchNorm!.value)).slice() : undefined;
-      return {
-        cls,
-        patchTokens: tokens,
-        batch: B,
-        dim: this.config.dim,
-        patches: patch ? out.patchNorm!.dim(1) : 0,
-      };
-    } finally {
-      g.dispose();
-    }
+  get #embedModel() {
+    return { arena: this.#model.arena, config: this.config };
   }
 
   /** Frees the weights on the GPU. */

@@ -27,6 +27,8 @@ export interface ProgressOptions {
   now?: () => number;
   /** Print nothing (tests, --quiet). */
   silent?: boolean;
+  /** Formats counts and rates ("84.2 MiB"); default: the number and `unit`. */
+  format?: (n: number) => string;
 }
 
 /** stderr as a sink; writes synchronously so lines never interleave. */
@@ -60,7 +62,10 @@ export class Progress {
   readonly total: number;
   #count = 0;
   #extra = "";
-  #opts: Required<Omit<ProgressOptions, "sink">> & { sink: ProgressSink | null };
+  #opts: Required<Omit<ProgressOptions, "sink" | "format">> & {
+    sink: ProgressSink | null;
+    format?: (n: number) => string;
+  };
   #start: number;
   #lastDraw = -Infinity;
   #drawnOnTty = false;
@@ -76,6 +81,7 @@ export class Progress {
       redrawMs: opts.redrawMs ?? 100,
       now: opts.now ?? (() => performance.now()),
       silent,
+      format: opts.format,
     };
     this.#start = this.#opts.now();
   }
@@ -100,16 +106,20 @@ export class Progress {
 
   /** The status line as printed (without terminal control codes). */
   line(): string {
-    const { unit, label } = this.#opts;
+    const { unit, label, format } = this.#opts;
+    const n = format ?? ((x: number) => `${x} ${unit}`);
     const parts: string[] = [];
     if (label) parts.push(`${label}:`);
     if (this.total > 0) {
       const pct = ((100 * this.#count) / this.total).toFixed(1);
-      parts.push(`${this.#count}/${this.total} ${unit} (${pct}%)`);
+      const of = format
+        ? `${format(this.#count)}/${format(this.total)}`
+        : `${this.#count}/${this.total} ${unit}`;
+      parts.push(`${of} (${pct}%)`);
     } else {
-      parts.push(`${this.#count} ${unit}`);
+      parts.push(n(this.#count));
     }
-    parts.push(`${this.rate().toFixed(1)} ${unit}/s`);
+    parts.push(format ? `${format(this.rate())}/s` : `${this.rate().toFixed(1)} ${unit}/s`);
     if (this.total > 0) parts.push(`ETA ${formatDuration(this.eta())}`);
     if (this.#extra) parts.push(this.#extra);
     return parts.join("  ");

@@ -32,8 +32,8 @@
  * first images.
  */
 import { join } from "node:path";
-import sharp from "sharp";
-import { mixSeed, mulberry32 } from "./dataset/shuffle.ts";
+import sharp from "npm:sharp@0.34.5";
+import { mixSeed, mulberry32, type Random } from "../graph/random.ts";
 
 /** The synthetic classes, in folder (alphabetical) order: label i is class i. */
 export const SYNTHETIC_CLASSES = [
@@ -45,9 +45,6 @@ export const SYNTHETIC_CLASSES = [
 ] as const;
 /** One synthetic class. */
 export type SyntheticClass = typeof SYNTHETIC_CLASSES[number];
-
-/** A seeded uniform source: `() => [0, 1)` (e.g. `mulberry32(seed)`). */
-export type Random = () => number;
 
 type Rgb = [number, number, number];
 

@@ -7,7 +7,15 @@
  * V2–V5 headers; 1/2/4/8-bit palettes, 16/24/32-bit direct colour; BI_RGB,
  * BI_RLE8, BI_RLE4, BI_BITFIELDS and BI_ALPHABITFIELDS; bottom-up and top-down
  * rows. Embedded JPEG/PNG (compression 4/5) is refused by name.
+ *
+ * Bounded by the file (a decompression bomb is refused before any pixel
+ * buffer exists): at most `MAX_IMAGE_PIXELS`; uncompressed rows must all be
+ * present; an RLE stream must be able to encode the image, at most
+ * `RLE_MAX_PIXELS_PER_BYTE` pixels per byte of stream (a run of 255 pixels
+ * in 2 bytes: what encoders write), so a small RLE file cannot claim a huge
+ * image through delta or end-of-bitmap escapes.
  */
+import { MAX_IMAGE_PIXELS } from "./decode_budget.ts";
 
 /** A BMP that cannot be decoded; the message says why. */
 export class BmpError extends Error {
@@ -22,18 +30,27 @@ export interface BmpImage {
   data: Uint8Array;
 }
 
-/** Refuse images whose pixel buffer would be absurd (a corrupt header, usually). */
-const MAX_PIXELS = 1 << 28;
+/** Most pixels an RLE stream may decode to per byte of it (255-pixel runs of 2 bytes: 127.5). */
+export const RLE_MAX_PIXELS_PER_BYTE = 128;
 
 /** Whether `bytes` starts like a BMP file. */
 export function isBmp(bytes: Uint8Array): boolean {
   return bytes.length >= 2 && bytes[0] === 0x42 && bytes[1] === 0x4d;
 }
 
-/** Width, height and bit depth from the header, without decoding pixels. */
-export function bmpSize(bytes: Uint8Array): { width: number; height: number; bpp: number } {
+/**
+ * Width, height, bit depth and whether it has an alpha mask, from the header
+ * (every size check done), without decoding pixels.
+ */
+export function bmpSize(
+  bytes: Uint8Array,
+): { width: number; height: number; bpp: number; alpha: boolean } {
   const h = parseHeader(bytes);
-  return { width: h.width, height: h.height, bpp: h.bpp };
+  return { width: h.width, height: h.height, bpp: h.bpp, alpha: hasAlphaMask(h) };
+}
+
+function hasAlphaMask(h: Header): boolean {
+  return h.masks[3] !== 0 && (h.compression === 3 || h.compression === 6);
 }
 
 interface Header {
@@ -72,7 +89,12 @@ function parseHeader(b: Uint8Array): Header {
   const topDown = rawHeight < 0;
   const height = Math.abs(rawHeight);
   if (width <= 0 || height <= 0) throw new BmpError(`BMP has a bad size ${width}x${rawHeight}`);
-  if (width * height > MAX_PIXELS) throw new BmpError(`BMP of ${width}x${height} is too large`);
+  if (width * height > MAX_IMAGE_PIXELS) {
+    throw new BmpError(
+      `BMP of ${width}x${height} has ${width * height} pixels, over the limit of ` +
+        `${MAX_IMAGE_PIXELS} (2^${Math.log2(MAX_IMAGE_PIXELS)})`,
+    );
+  }
   if (compression === 4 || compression === 5) {
     throw new BmpError(`BMP with embedded ${compression === 4 ? "JPEG" : "PNG"} is not supported`);
   }
@@ -118,7 +140,34 @@ function parseHeader(b: Uint8Array): Header {
     }
   }
   if (pixelOffset >= b.length) throw new BmpError("truncated BMP: no pixel data");
-  return { width, height, topDown, bpp, compression, pixelOffset, palette, masks };
+  const h = { width, height, topDown, bpp, compression, pixelOffset, palette, masks };
+  checkCoverage(b, h);
+  return h;
+}
+
+/**
+ * Refuses, from the header alone, pixel data the file cannot hold: missing
+ * rows (uncompressed), or an RLE stream too short to encode the image.
+ */
+function checkCoverage(b: Uint8Array, h: Header): void {
+  const { width: w, height: ht } = h;
+  if (h.compression === 1 || h.compression === 2) {
+    const stream = b.length - h.pixelOffset;
+    if (w * ht > RLE_MAX_PIXELS_PER_BYTE * stream) {
+      throw new BmpError(
+        `RLE BMP of ${w}x${ht} from ${stream} B of pixel data: more than ` +
+          `${RLE_MAX_PIXELS_PER_BYTE} pixels per byte, which no encoder writes ` +
+          `(a decompression bomb or a corrupt header)`,
+      );
+    }
+    return;
+  }
+  const stride = Math.floor((h.bpp * w + 31) / 32) * 4;
+  if (h.pixelOffset + stride * (ht - 1) + Math.ceil((h.bpp * w) / 8) > b.length) {
+    throw new BmpError(
+      `truncated BMP: ${b.length} B, pixel rows need ${h.pixelOffset + stride * ht} B`,
+    );
+  }
 }
 
 /** Shift and scale for one channel mask: value = round(((px & mask) >>> shift) * 255 / max). */
@@ -135,64 +184,55 @@ function channel(mask: number): { shift: number; max: number } {
  * all-transparent cell image is never what was meant).
  */
 export function decodeBmp(bytes: Uint8Array): BmpImage {
-  const h = parseHeader(bytes);
+  const h = parseHeader(bytes); // every size check happens here, before any allocation
   const { width: w, height: ht } = h;
-  const hasAlpha = h.masks[3] !== 0 && (h.compression === 3 || h.compression === 6);
-  const rgba = new Uint8Array(w * ht * 4);
-  rgba.fill(255);
+  const hasAlpha = hasAlphaMask(h);
+  const ch = hasAlpha ? 4 : 3;
+  const px = new Uint8Array(w * ht * ch);
   const rowOf = (y: number) => (h.topDown ? y : ht - 1 - y); // file row y -> image row
   if (h.compression === 1 || h.compression === 2) {
-    decodeRle(bytes, h, rgba, rowOf);
+    decodeRle(bytes, h, px, rowOf);
   } else {
     const stride = Math.floor((h.bpp * w + 31) / 32) * 4;
-    if (h.pixelOffset + stride * (ht - 1) + Math.ceil((h.bpp * w) / 8) > bytes.length) {
-      throw new BmpError(
-        `truncated BMP: ${bytes.length} B, pixel rows need ${h.pixelOffset + stride * ht} B`,
-      );
-    }
     const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const [cr, cg, cb, ca] = h.masks.map(channel);
     for (let fy = 0; fy < ht; fy++) {
       const src = h.pixelOffset + fy * stride;
-      let dst = rowOf(fy) * w * 4;
-      for (let x = 0; x < w; x++, dst += 4) {
+      let dst = rowOf(fy) * w * ch;
+      for (let x = 0; x < w; x++, dst += ch) {
         if (h.bpp <= 8) {
           const bitPos = x * h.bpp;
           const byte = bytes[src + (bitPos >> 3)];
           const idx = (byte >> (8 - h.bpp - (bitPos & 7))) & ((1 << h.bpp) - 1);
-          rgba[dst] = h.palette![3 * idx];
-          rgba[dst + 1] = h.palette![3 * idx + 1];
-          rgba[dst + 2] = h.palette![3 * idx + 2];
+          px[dst] = h.palette![3 * idx];
+          px[dst + 1] = h.palette![3 * idx + 1];
+          px[dst + 2] = h.palette![3 * idx + 2];
         } else if (h.bpp === 24) {
           const p = src + 3 * x;
-          rgba[dst] = bytes[p + 2];
-          rgba[dst + 1] = bytes[p + 1];
-          rgba[dst + 2] = bytes[p];
+          px[dst] = bytes[p + 2];
+          px[dst + 1] = bytes[p + 1];
+          px[dst + 2] = bytes[p];
         } else {
-          const px = h.bpp === 16 ? v.getUint16(src + 2 * x, true) : v.getUint32(src + 4 * x, true);
-          rgba[dst] = scale(px, cr);
-          rgba[dst + 1] = scale(px, cg);
-          rgba[dst + 2] = scale(px, cb);
-          if (hasAlpha) rgba[dst + 3] = scale(px, ca);
+          const word = h.bpp === 16
+            ? v.getUint16(src + 2 * x, true)
+            : v.getUint32(src + 4 * x, true);
+          px[dst] = scale(word, cr);
+          px[dst + 1] = scale(word, cg);
+          px[dst + 2] = scale(word, cb);
+          if (hasAlpha) px[dst + 3] = scale(word, ca);
         }
       }
     }
   }
-  let anyAlpha = false;
-  if (hasAlpha) {
-    for (let i = 3; i < rgba.length; i += 4) {
-      if (rgba[i] !== 0) {
-        anyAlpha = true;
-        break;
-      }
-    }
+  if (!hasAlpha) return { width: w, height: ht, channels: 3, data: px };
+  for (let i = 3; i < px.length; i += 4) {
+    if (px[i] !== 0) return { width: w, height: ht, channels: 4, data: px };
   }
-  if (anyAlpha) return { width: w, height: ht, channels: 4, data: rgba };
   const rgb = new Uint8Array(w * ht * 3);
-  for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
-    rgb[j] = rgba[i];
-    rgb[j + 1] = rgba[i + 1];
-    rgb[j + 2] = rgba[i + 2];
+  for (let i = 0, j = 0; i < px.length; i += 4, j += 3) {
+    rgb[j] = px[i];
+    rgb[j + 1] = px[i + 1];
+    rgb[j + 2] = px[i + 2];
   }
   return { width: w, height: ht, channels: 3, data: rgb };
 }
@@ -204,7 +244,7 @@ function scale(px: number, c: { shift: number; max: number }): number {
 }
 
 /** RLE8 / RLE4: runs and absolute blocks; pixels never written stay palette index 0. */
-function decodeRle(b: Uint8Array, h: Header, rgba: Uint8Array, rowOf: (y: number) => number) {
+function decodeRle(b: Uint8Array, h: Header, rgb: Uint8Array, rowOf: (y: number) => number) {
   const { width: w, height: ht, palette } = h;
   const pal = palette!;
   const four = h.compression === 2;
@@ -213,10 +253,10 @@ function decodeRle(b: Uint8Array, h: Header, rgba: Uint8Array, rowOf: (y: number
   }
   function put(x: number, y: number, idx: number) {
     if (x >= w || y >= ht) return; // runs past the edge are clipped, as other decoders do
-    const d = (rowOf(y) * w + x) * 4;
-    rgba[d] = pal[3 * idx];
-    rgba[d + 1] = pal[3 * idx + 1];
-    rgba[d + 2] = pal[3 * idx + 2];
+    const d = (rowOf(y) * w + x) * 3;
+    rgb[d] = pal[3 * idx];
+    rgb[d + 1] = pal[3 * idx + 1];
+    rgb[d + 2] = pal[3 * idx + 2];
   }
   let p = h.pixelOffset;
   let x = 0;

@@ -9,22 +9,23 @@ import { join } from "node:path";
 import {
   dedupeKeys,
   type Enumeration,
-  type InputError,
   isImageName,
+  type ItemError,
   keyFromPath,
   resolveClasses,
   type SampleSource,
 } from "./sample.ts";
-import { listDir, requireDir, walkImages } from "./walk.ts";
+import { listDir, requireDir, walkImages, walkScope } from "./walk.ts";
 
 /** Lists the samples of a folder-per-class tree. */
 export async function enumerateImageFolder(
   root: string,
-  opts: { classes?: string[] } = {},
+  opts: { classes?: string[]; followLinks?: boolean } = {},
 ): Promise<Enumeration> {
   await requireDir(root, "--input");
-  const errors: InputError[] = [];
-  const top = await listDir(root);
+  const errors: ItemError[] = [];
+  const scope = await walkScope(root, errors, opts);
+  const top = await listDir(root, scope);
   for (const f of top.files) {
     if (isImageName(f)) {
       errors.push({
@@ -35,7 +36,7 @@ export async function enumerateImageFolder(
   }
   const samples: SampleSource[] = [];
   for (const cls of top.dirs) {
-    for (const f of await walkImages(join(root, cls), cls)) {
+    for (const f of await walkImages(join(root, cls), cls, scope)) {
       samples.push({ key: keyFromPath(f.rel), path: f.path, rel: f.rel, label: cls });
     }
   }

@@ -16,11 +16,15 @@ export function isLayout(s: string): s is Layout {
   return (LAYOUTS as readonly string[]).includes(s);
 }
 
-/** Enumerates `input` with the named layout. `classes` is --classes (voc: the wanted boxes). */
+/**
+ * Enumerates `input` with the named layout. `classes` is --classes (voc: the
+ * wanted boxes); `followLinks` (--follow-links) lets folder walks follow
+ * symbolic links out of the input root.
+ */
 export function enumerate(
   layout: Layout,
   input: string,
-  opts: { classes?: string[] } = {},
+  opts: { classes?: string[]; followLinks?: boolean } = {},
 ): Promise<Enumeration> {
   switch (layout) {
     case "imagefolder":

@@ -5,9 +5,10 @@
  */
 import { dirname, isAbsolute, join, normalize, relative, resolve } from "node:path";
 import {
+  badPathReason,
   dedupeKeys,
   type Enumeration,
-  type InputError,
+  type ItemError,
   keyFromPath,
   LayoutError,
   type SampleSource,
@@ -43,15 +44,22 @@ export async function enumerateList(listPath: string): Promise<Enumeration> {
     );
   }
   const base = resolve(dirname(listPath));
-  const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) =>
-    l !== "" && !l.startsWith("#")
-  );
-  const paths = lines.map((l) => (isAbsolute(l) ? normalize(l) : join(base, l)));
-  const root = commonFolder(paths);
-  const errors: InputError[] = [];
-  const samples: SampleSource[] = lines.map((line, i) => ({
-    key: keyFromPath(relative(root, paths[i])),
-    path: paths[i],
+  const errors: ItemError[] = [];
+  const lines: { line: string; path: string }[] = [];
+  text.split(/\r?\n/).forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#")) return;
+    const why = badPathReason(line);
+    if (why) {
+      errors.push({ path: `${listPath}:${i + 1}`, reason: `line ${why}` });
+      return;
+    }
+    lines.push({ line, path: isAbsolute(line) ? normalize(line) : join(base, line) });
+  });
+  const root = commonFolder(lines.map((l) => l.path));
+  const samples: SampleSource[] = lines.map(({ line, path }) => ({
+    key: keyFromPath(relative(root, path)),
+    path,
     rel: line,
     label: null,
   }));

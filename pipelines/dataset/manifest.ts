@@ -1,12 +1,12 @@
 /**
- * `DIR/manifest.json` and `DIR/errors.jsonl`: what a finished ingest wrote.
- * The manifest is written last and atomically, so a directory without one is
- * visibly incomplete (the loader refuses it as a manifest directory).
+ * `DIR/manifest.json`: what a finished ingest wrote, read by the loader. The
+ * ingest writes it last and atomically (pipelines/ingest/manifest_writer.ts),
+ * so a directory without one is visibly incomplete (the loader refuses it as
+ * a manifest directory).
  */
-import { join } from "node:path";
-import type { InputError } from "./sample.ts";
-import type { ShardRecord } from "../ingest/state.ts";
-import { writeAtomic } from "../ingest/state.ts";
+import { dirname, join } from "node:path";
+import { InputError } from "../../data/errors.ts";
+import type { SplitRecord } from "../../eval/split_record.ts";
 
 /** Manifest format tag and version, checked by readers. */
 export const MANIFEST_FORMAT = "bloom-webdataset";
@@ -42,78 +42,18 @@ export interface Manifest {
   shards: ManifestShard[];
   /** Keys per split, in shard order. */
   splits: Record<string, string[]>;
+  /**
+   * How the samples were split (origin in words, rows per split) and the
+   * membership hash over (key, split) that embed, eval and train --eval
+   * carry on (eval/split_record.ts). Absent in manifests of older versions.
+   */
+  split?: SplitRecord;
   /** The run's parameters (the command line, resolved). */
   params: Record<string, unknown>;
   /** Inputs refused (see errors.jsonl). */
   errors: number;
   /** Samples written in all. */
   samples: number;
-}
-
-/** Builds the manifest from the finished shards' records, in plan order. */
-export function buildManifest(
-  records: ShardRecord[],
-  classes: string[],
-  params: Record<string, unknown> & { size: number; format: "png" | "jpg" },
-  errorCount: number,
-): Manifest {
-  const counts: Record<string, SplitCounts> = {};
-  const splits: Record<string, string[]> = {};
-  const shards: ManifestShard[] = [];
-  let samples = 0;
-  for (const r of records) {
-    const c = counts[r.split] ??= { samples: 0, perClass: {} };
-    const keys = splits[r.split] ??= [];
-    for (let i = 0; i < r.keys.length; i++) {
-      keys.push(r.keys[i]);
-      if (r.cls[i] >= 0) {
-        const name = classes[r.cls[i]];
-        c.perClass[name] = (c.perClass[name] ?? 0) + 1;
-      }
-    }
-    c.samples += r.keys.length;
-    samples += r.keys.length;
-    if (r.samples > 0) {
-      shards.push({
-        name: r.name,
-        split: r.split,
-        samples: r.samples,
-        bytes: r.bytes,
-        sha256: r.sha256,
-      });
-    }
-  }
-  // Per-class counts listed in class-index order, whatever order samples came in.
-  for (const c of Object.values(counts)) {
-    c.perClass = Object.fromEntries(
-      classes.filter((n) => n in c.perClass).map((n) => [n, c.perClass[n]]),
-    );
-  }
-  return {
-    format: MANIFEST_FORMAT,
-    version: MANIFEST_VERSION,
-    created: new Date().toISOString(),
-    classes,
-    size: params.size,
-    imageExt: params.format,
-    counts,
-    shards,
-    splits,
-    params,
-    errors: errorCount,
-    samples,
-  };
-}
-
-/** Writes errors.jsonl, then manifest.json (both atomically, the manifest last). */
-export async function writeOutputs(
-  outDir: string,
-  manifest: Manifest,
-  errors: InputError[],
-): Promise<void> {
-  const lines = errors.map((e) => JSON.stringify({ path: e.path, reason: e.reason }));
-  await writeAtomic(join(outDir, "errors.jsonl"), lines.length ? lines.join("\n") + "\n" : "");
-  await writeAtomic(join(outDir, "manifest.json"), JSON.stringify(manifest, null, 1) + "\n");
 }
 
 /**
@@ -126,7 +66,7 @@ export async function readManifest(dir: string): Promise<Manifest> {
   try {
     text = await Deno.readTextFile(path);
   } catch {
-    throw new Error(
+    throw new InputError(
       `${path} not found: '${dir}' is not a finished ingest (rerun deno task ingest to complete it)`,
     );
   }
@@ -134,13 +74,59 @@ export async function readManifest(dir: string): Promise<Manifest> {
   try {
     m = JSON.parse(text);
   } catch (e) {
-    throw new Error(`${path} is not valid JSON (${(e as Error).message})`);
+    throw new InputError(`${path} is not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof m !== "object" || m === null || Array.isArray(m)) {
+    throw new InputError(`${path} is not a manifest (a JSON object); re-run the ingest`);
   }
   if (m.format !== MANIFEST_FORMAT || m.version !== MANIFEST_VERSION) {
-    throw new Error(
+    throw new InputError(
       `${path} has format ${m.format} v${m.version}; this reader knows ` +
         `${MANIFEST_FORMAT} v${MANIFEST_VERSION} (re-ingest with this version)`,
     );
   }
+  checkFields(path, m);
   return m;
+}
+
+/**
+ * The fields the loader relies on, with their types; shard names must be
+ * plain file names, so no manifest can make the loader open a path outside
+ * its dataset directory.
+ */
+function checkFields(path: string, m: Manifest): void {
+  const bad = (field: string, want: string) =>
+    new InputError(
+      `${path}: '${field}' must be ${want}; the manifest is damaged (re-run the ingest)`,
+    );
+  const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
+  if (!Array.isArray(m.shards)) throw bad("shards", "a list of shards");
+  if (!isObject(m.counts)) throw bad("counts", "an object of per-split counts");
+  if (!Array.isArray(m.classes) || !m.classes.every((c) => typeof c === "string")) {
+    throw bad("classes", "a list of class names");
+  }
+  if (m.size !== null && !(Number.isSafeInteger(m.size) && m.size > 0)) {
+    throw bad("size", "a positive integer (the image side)");
+  }
+  if (
+    m.split !== undefined &&
+    !(isObject(m.split) && typeof m.split.origin === "string" &&
+      typeof m.split.sha256 === "string" && /^[0-9a-f]{64}$/.test(m.split.sha256))
+  ) {
+    throw bad("split", "an object with the split's origin and its SHA-256 (64 hex digits)");
+  }
+  m.shards.forEach((s: ManifestShard, i) => {
+    if (!isObject(s)) throw bad(`shards[${i}]`, "an object");
+    // A plain file name in the dataset's own directory: no separator, no '..', no drive.
+    if (typeof s.name !== "string" || !/^[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar$/.test(s.name)) {
+      throw bad(
+        `shards[${i}].name`,
+        `a shard file name in ${dirname(path)} (found ${JSON.stringify(s.name)})`,
+      );
+    }
+    if (typeof s.split !== "string") throw bad(`shards[${i}].split`, "a split name");
+    if (!(Number.isSafeInteger(s.samples) && s.samples >= 0)) {
+      throw bad(`shards[${i}].samples`, "a sample count");
+    }
+  });
 }

@@ -8,21 +8,22 @@ import { join } from "node:path";
 import {
   dedupeKeys,
   type Enumeration,
-  type InputError,
   isImageName,
+  type ItemError,
   keyFromPath,
   resolveClasses,
   type SampleSource,
 } from "./sample.ts";
-import { listDir, requireDir, walkImages } from "./walk.ts";
+import { listDir, requireDir, walkImages, walkScope } from "./walk.ts";
 
 /** Lists the cells of a split/class/patient tree. */
 export async function enumerateMil(
   root: string,
-  opts: { classes?: string[] } = {},
+  opts: { classes?: string[]; followLinks?: boolean } = {},
 ): Promise<Enumeration> {
   await requireDir(root, "--input");
-  const errors: InputError[] = [];
+  const errors: ItemError[] = [];
+  const scope = await walkScope(root, errors, opts);
   const cells: SampleSource[] = [];
   const patientClasses = new Map<string, Set<string>>();
   const classFolders = new Set<string>();
@@ -31,19 +32,23 @@ export async function enumerateMil(
       path,
       reason: "image not under <split>/<class>/<patient>/; the mil layout needs that depth",
     });
-  const top = await listDir(root);
+  const top = await listDir(root, scope);
   for (const f of top.files) if (isImageName(f)) misplaced(join(root, f));
   for (const split of top.dirs) {
     const splitDir = join(root, split);
-    const classes = await listDir(splitDir);
+    const classes = await listDir(splitDir, scope);
     for (const f of classes.files) if (isImageName(f)) misplaced(join(splitDir, f));
     for (const cls of classes.dirs) {
       classFolders.add(cls);
       const clsDir = join(splitDir, cls);
-      const patients = await listDir(clsDir);
+      const patients = await listDir(clsDir, scope);
       for (const f of patients.files) if (isImageName(f)) misplaced(join(clsDir, f));
       for (const patient of patients.dirs) {
-        const found = await walkImages(join(clsDir, patient), `${split}/${cls}/${patient}`);
+        const found = await walkImages(
+          join(clsDir, patient),
+          `${split}/${cls}/${patient}`,
+          scope,
+        );
         if (found.length > 0) {
           const set = patientClasses.get(patient) ?? new Set();
           set.add(cls);

@@ -7,10 +7,10 @@
  * the bit. Two filters:
  *
  * - "lanczos": Lanczos-3, the reference's ingest and training resize
- *   (`resize((224, 224), LANCZOS)`, RECIPE.md §2).
+ *   (`resize((224, 224), LANCZOS)`, docs/recipe.md).
  * - "bilinear": the triangle filter of support 1, widened by the reduction
  *   factor (so a reduction averages, it does not alias): torchvision's
- *   `Resize((S, S))` on a PIL image, the evaluation resize (RECIPE.md §3).
+ *   `Resize((S, S))` on a PIL image, the evaluation resize (docs/evaluation.md).
  *
  * Why it exists: the reference resizes with Pillow. libvips reduces with a
  * Lanczos-3 kernel that agrees with Pillow's to rounding, but it enlarges

@@ -3,6 +3,7 @@
  * never pixels) and a list of inputs it refused. Also the one place that
  * turns relative paths into sample keys.
  */
+import { InputError } from "../../data/errors.ts";
 
 /** A crop box in source pixels (VOC's inclusive-exclusive corners). */
 export interface Box {
@@ -32,8 +33,11 @@ export interface SampleSource {
   boxIndex?: number;
 }
 
-/** One input that could not become a sample. */
-export interface InputError {
+/**
+ * One input item that could not become a sample (recorded in errors.jsonl, the
+ * run goes on); unlike an InputError, which stops the run.
+ */
+export interface ItemError {
   path: string;
   reason: string;
 }
@@ -43,7 +47,7 @@ export interface Enumeration {
   samples: SampleSource[];
   /** Class names in class-index order. */
   classes: string[];
-  errors: InputError[];
+  errors: ItemError[];
 }
 
 /** File extensions the image layouts pick up (lower case, without the dot). */
@@ -70,6 +74,19 @@ export function keyFromPath(rel: string): string {
   const dot = parts[last].lastIndexOf(".");
   if (dot > 0) parts[last] = parts[last].slice(0, dot);
   return parts.map(safeKeyPart).join("__");
+}
+
+/**
+ * Why a path as a CSV or list row gives it cannot name an image file (empty,
+ * a NUL byte, no file name: `a/`, `.`, `..`), or null when it can;
+ * `keyFromPath` accepts every path this passes.
+ */
+export function badPathReason(raw: string): string | null {
+  if (raw === "") return "is empty";
+  if (raw.includes("\0")) return "contains a NUL byte";
+  const last = raw.replace(/\\/g, "/").split("/").pop()!;
+  if (last === "" || last === "." || last === "..") return `names no file ('${raw}')`;
+  return null;
 }
 
 /** `s` with every character outside `[A-Za-z0-9_-]` replaced by `_`. */
@@ -99,7 +116,7 @@ export class KeySet {
  * Drops samples whose key is taken, recording them as errors; keeps the
  * first in the given order (which layouts make deterministic by sorting).
  */
-export function dedupeKeys(samples: SampleSource[], errors: InputError[]): SampleSource[] {
+export function dedupeKeys(samples: SampleSource[], errors: ItemError[]): SampleSource[] {
   const keys = new KeySet();
   const out: SampleSource[] = [];
   for (const s of samples) {
@@ -117,7 +134,7 @@ export function dedupeKeys(samples: SampleSource[], errors: InputError[]): Sampl
  */
 export function resolveClasses(
   samples: SampleSource[],
-  errors: InputError[],
+  errors: ItemError[],
   wanted: string[] | undefined,
 ): { samples: SampleSource[]; classes: string[] } {
   const kept: SampleSource[] = [];
@@ -154,6 +171,6 @@ export function byCodeUnit(a: string, b: string): number {
  * the run cannot start. The message names the path and the fix; the CLI
  * reports it against --input.
  */
-export class LayoutError extends Error {
+export class LayoutError extends InputError {
   override name = "LayoutError";
 }

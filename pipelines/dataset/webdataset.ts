@@ -21,7 +21,13 @@ export function splitMemberName(name: string): { key: string; ext: string } | nu
   return { key: name.slice(0, dot), ext: name.slice(dot + 1).toLowerCase() };
 }
 
-/** Streams the samples of one shard, holding one sample in memory at a time. */
+/**
+ * Streams the samples of one shard, holding one sample in memory at a time.
+ * A damaged shard throws the tar reader's error (a CheckpointError naming the
+ * shard and the byte offset) at the point it breaks; the sample being
+ * gathered then is dropped, since members of it may be missing. The loader
+ * catches it, skips the rest of the shard and reports it.
+ */
 export async function* readShardSamples(path: string): AsyncGenerator<ShardSample> {
   let cur: ShardSample | null = null;
   for await (const f of readTarFile(path)) {

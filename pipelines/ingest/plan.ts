@@ -7,7 +7,7 @@
 import { createHash } from "node:crypto";
 import { trainTestSplit } from "../../eval/split.ts";
 import type { SampleSource } from "../dataset/sample.ts";
-import { mixSeed, mulberry32, shuffleInPlace } from "../dataset/shuffle.ts";
+import { mixSeed, mulberry32, shuffleInPlace } from "../../graph/random.ts";
 
 /** The parameters that change shard bytes (workers and paths of the output do not). */
 export interface OutputParams {
@@ -18,6 +18,8 @@ export interface OutputParams {
   quality: number;
   minSize: number;
   margin: number;
+  /** How boxes become crops (voc: `VOC_CROP`), "" without boxes. */
+  crop: string;
   classes: string[];
 }
 

@@ -4,26 +4,33 @@
  * shell over it; tests and the benchmark call it directly.
  *
  * Invariants:
- * - Memory is bounded by the decode window (`2 × workers + 2` images), not by
- *   the dataset: only paths and labels are enumerated up front.
+ * - Memory is bounded by the decode window (`2 × workers + 2` images, whose
+ *   decoding leases pixel and file memory from fixed budgets,
+ *   dataset/decode_budget.ts), not by the dataset: only paths and labels are
+ *   enumerated up front.
  * - Shard bytes depend on the plan only, never on which decode finished
  *   first (the ordered map is the reorder buffer).
  * - A finished shard is never rewritten by a rerun with the same plan; a
  *   partial one (`.tar.tmp`) always is.
- * - Bad inputs are recorded, never thrown; only unusable options, an
- *   unusable input root or an I/O failure of the output stop the run.
+ * - Bad inputs (images, rows, annotations, links out of the input) are
+ *   recorded, never thrown; only unusable options (an --out inside the
+ *   input among them), an unusable input root or an I/O failure of the
+ *   output stop the run.
  */
-import { join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
+import { InputError } from "../../data/errors.ts";
 import {
   encodeCell,
   imageCodecVersion,
   ImageError,
-  readImageFile,
   setImageThreads,
+  withImageFile,
 } from "../dataset/images.ts";
+import { Interrupted } from "../interrupt.ts";
 import { Progress, type ProgressOptions } from "../progress.ts";
 import { enumerate, isLayout, type Layout, LAYOUTS } from "../dataset/layouts.ts";
-import { buildManifest, type Manifest, writeOutputs } from "../dataset/manifest.ts";
+import type { Manifest } from "../dataset/manifest.ts";
+import { buildManifest, writeOutputs } from "./manifest_writer.ts";
 import { orderedMap } from "../dataset/ordered.ts";
 import {
   assignSplits,
@@ -33,7 +40,7 @@ import {
   planShards,
   SHARD_NAME,
 } from "./plan.ts";
-import type { InputError, SampleSource } from "../dataset/sample.ts";
+import type { ItemError, SampleSource } from "../dataset/sample.ts";
 import { type SampleFiles, ShardWriter } from "./shard_writer.ts";
 import {
   loadFinished,
@@ -42,7 +49,10 @@ import {
   saveRecord,
   type ShardRecord,
 } from "./state.ts";
-import { boxWithMargin } from "../dataset/voc.ts";
+import { squareCrop, VOC_CROP } from "../dataset/voc.ts";
+import { lockOutput } from "../output_lock.ts";
+import { replacedShards, replacementWarning } from "./replaced.ts";
+import { isInside } from "../dataset/walk.ts";
 
 /** Everything `deno task ingest` takes. */
 export interface IngestOptions {
@@ -68,6 +78,10 @@ export interface IngestOptions {
   minSize?: number;
   /** VOC crop margin as a fraction of the box size (default 0.1). */
   margin?: number;
+  /** Follow symbolic links out of the input root (default: refused, recorded in errors.jsonl). */
+  followLinks?: boolean;
+  /** Another ingest writes `out`: wait for it (default: stop, naming it; pipelines/output_lock.ts). */
+  wait?: boolean;
 }
 
 /** What a run did. */
@@ -93,22 +107,45 @@ export interface IngestHooks {
   progress?: ProgressOptions | false;
   /** Called after each shard is finished and recorded. */
   onShard?: (rec: ShardRecord) => void;
+  /** Warnings and waiting notes (default: stderr). */
+  log?: (line: string) => void;
+  /**
+   * Stops the run (Ctrl-C): finished shards are kept, the one being written is
+   * dropped, and `Interrupted` says what was kept.
+   */
+  signal?: AbortSignal;
 }
 
 /** A bad option value; `flag` names the command-line flag. */
-export class IngestOptionError extends Error {
+export class IngestOptionError extends InputError {
   override name = "IngestOptionError";
   constructor(readonly flag: string, message: string) {
     super(`--${flag} ${message}`);
   }
 }
 
-type Resolved = Required<Omit<IngestOptions, "split" | "classes">> & {
+type Resolved = Required<Omit<IngestOptions, "split" | "classes" | "wait">> & {
   split?: number;
   classes?: string[];
 };
 
-function checkInt(flag: string, v: number, min: number, max: number): void {
+/**
+ * Defaults and ranges of the numeric options, keyed by flag: the one
+ * declaration `resolveOptions` checks and `deno task ingest` parses and shows.
+ */
+export const INGEST_LIMITS = {
+  size: { default: 224, min: 1, max: 4096 },
+  quality: { default: 95, min: 1, max: 100 },
+  "shard-size": { default: 1000, min: 1, max: 1e9 },
+  seed: { default: 42, min: 0, max: 0xffffffff },
+  workers: { min: 1, max: 1024 },
+  "min-size": { default: 16, min: 1, max: 1e6 },
+  margin: { default: 0.1, min: 0, max: 2 },
+  split: { above: 0, below: 1 },
+} as const;
+
+function checkInt(flag: keyof typeof INGEST_LIMITS, v: number): void {
+  const { min, max } = INGEST_LIMITS[flag] as { min: number; max: number };
   if (!Number.isInteger(v) || v < min || v > max) {
     throw new IngestOptionError(flag, `must be an integer in [${min}, ${max}], got ${v}`);
   }
@@ -125,36 +162,38 @@ export function resolveOptions(o: IngestOptions): Resolved {
     input: o.input,
     layout: o.layout,
     out: o.out,
-    size: o.size ?? 224,
+    size: o.size ?? INGEST_LIMITS.size.default,
     format: o.format ?? "png",
-    quality: o.quality ?? 95,
-    shardSize: o.shardSize ?? 1000,
+    quality: o.quality ?? INGEST_LIMITS.quality.default,
+    shardSize: o.shardSize ?? INGEST_LIMITS["shard-size"].default,
     split: o.split,
-    seed: o.seed ?? 42,
+    seed: o.seed ?? INGEST_LIMITS.seed.default,
     workers: o.workers ?? navigator.hardwareConcurrency ?? 1,
     classes: o.classes,
-    minSize: o.minSize ?? 16,
-    margin: o.margin ?? 0.1,
+    minSize: o.minSize ?? INGEST_LIMITS["min-size"].default,
+    margin: o.margin ?? INGEST_LIMITS.margin.default,
+    followLinks: Boolean(o.followLinks),
   };
-  checkInt("size", r.size, 1, 4096);
+  checkInt("size", r.size);
   if (r.format !== "png" && r.format !== "jpg") {
     throw new IngestOptionError("format", `must be png or jpg, got '${r.format}'`);
   }
-  checkInt("quality", r.quality, 1, 100);
-  checkInt("shard-size", r.shardSize, 1, 1e9);
-  checkInt("seed", r.seed, 0, 0xffffffff);
-  checkInt("workers", r.workers, 1, 1024);
-  checkInt("min-size", r.minSize, 1, 1e6);
+  checkInt("quality", r.quality);
+  checkInt("shard-size", r.shardSize);
+  checkInt("seed", r.seed);
+  checkInt("workers", r.workers);
+  checkInt("min-size", r.minSize);
   if (r.split !== undefined && !(r.split > 0 && r.split < 1)) {
     throw new IngestOptionError(
       "split",
       `must be a train fraction in (0, 1) such as 0.8, got ${r.split}`,
     );
   }
-  if (!(Number.isFinite(r.margin) && r.margin >= 0 && r.margin <= 2)) {
+  const { min: mmin, max: mmax } = INGEST_LIMITS.margin;
+  if (!(Number.isFinite(r.margin) && r.margin >= mmin && r.margin <= mmax)) {
     throw new IngestOptionError(
       "margin",
-      `must be a fraction in [0, 2] such as 0.1, got ${r.margin}`,
+      `must be a fraction in [${mmin}, ${mmax}] such as 0.1, got ${r.margin}`,
     );
   }
   if (r.classes) {
@@ -174,7 +213,7 @@ export function resolveOptions(o: IngestOptions): Resolved {
 async function statSamples(
   samples: SampleSource[],
   classes: string[],
-  errors: InputError[],
+  errors: ItemError[],
 ): Promise<PlannedSample[]> {
   const planned: PlannedSample[] = [];
   const stats = orderedMap(samples, async (s) => {
@@ -215,15 +254,16 @@ const enc = new TextEncoder();
 
 async function decodeSample(s: PlannedSample, r: Resolved): Promise<Decoded> {
   try {
-    const bytes = await readImageFile(s.path);
-    const crop = s.box ? boxWithMargin(s.box, r.margin) : undefined;
-    const cell = await encodeCell(bytes, {
-      size: r.size,
-      format: r.format,
-      quality: r.quality,
-      minSize: r.minSize,
-      crop,
-    });
+    const crop = s.box ? squareCrop(s.box, r.margin) : undefined;
+    const cell = await withImageFile(s.path, (bytes) =>
+      encodeCell(bytes, {
+        size: r.size,
+        format: r.format,
+        quality: r.quality,
+        minSize: r.minSize,
+        crop,
+        pad: "edge",
+      }));
     const meta: Record<string, unknown> = {
       key: s.key,
       source: s.rel,
@@ -245,6 +285,7 @@ async function decodeSample(s: PlannedSample, r: Resolved): Promise<Decoded> {
       meta.box = s.box;
       meta.box_index = s.boxIndex;
       meta.crop = cell.crop;
+      if (cell.padding) meta.padding = cell.padding;
     }
     const files: SampleFiles = [[r.format, cell.data]];
     if (s.cls >= 0) files.push(["cls", enc.encode(String(s.cls))]);
@@ -255,6 +296,48 @@ async function decodeSample(s: PlannedSample, r: Resolved): Promise<Decoded> {
       ? e.message
       : `unexpected decoder error: ${e instanceof Error ? e.message : String(e)}`;
     return { ok: false, sample: s, reason };
+  }
+}
+
+/** `p` resolved through links: the real path of its deepest existing ancestor plus the rest. */
+async function realPathOf(p: string): Promise<string> {
+  let base = resolve(p);
+  const rest: string[] = [];
+  while (true) {
+    try {
+      return join(await Deno.realPath(base), ...rest.reverse());
+    } catch {
+      const up = dirname(base);
+      if (up === base) return resolve(p);
+      rest.push(basename(base));
+      base = up;
+    }
+  }
+}
+
+/**
+ * Refuses an --out inside a folder --input (imagefolder, voc, mil). Refused
+ * rather than left out of the walk: every other command that reads the
+ * input folder (train --data, embed --input) would still walk into it, so
+ * its folder would be a class there, and the class list would differ
+ * between commands and between a first ingest and its rerun.
+ */
+async function refuseOutInsideInput(r: Resolved): Promise<void> {
+  if (r.layout === "csv" || r.layout === "list") return; // a file names its images
+  let input: string;
+  try {
+    input = await Deno.realPath(r.input);
+  } catch {
+    return; // the layout reports a missing input
+  }
+  const out = await realPathOf(r.out);
+  if (isInside(out, input)) {
+    throw new IngestOptionError(
+      "out",
+      `${r.out} is inside --input ${r.input}: a rerun (and train or embed on ${r.input}) ` +
+        `would read the output back as input, its folder as a class; choose an --out ` +
+        `outside ${r.input}`,
+    );
   }
 }
 
@@ -284,7 +367,11 @@ export async function runIngest(
   const r = resolveOptions(options);
   const t0 = performance.now();
   const outDir = resolve(r.out);
-  const en = await enumerate(r.layout, r.input, { classes: r.classes });
+  await refuseOutInsideInput(r);
+  const en = await enumerate(r.layout, r.input, {
+    classes: r.classes,
+    followLinks: r.followLinks,
+  });
   const errors = en.errors;
   const inputs = en.samples.length + en.errors.length;
   const planned = await statSamples(en.samples, en.classes, errors);
@@ -295,6 +382,7 @@ export async function runIngest(
     quality: r.format === "jpg" ? r.quality : 0,
     minSize: r.minSize,
     margin: r.layout === "voc" ? r.margin : 0,
+    crop: r.layout === "voc" ? VOC_CROP : "",
     classes: en.classes,
   };
   if (planned.length > 0) {
@@ -309,7 +397,11 @@ export async function runIngest(
   }
   const plan = planShards(planned, r.shardSize, r.seed, params);
 
-  await Deno.mkdir(outDir, { recursive: true });
+  // One ingest per --out at a time, from here (inputs checked) until the manifest is written.
+  const log = hooks.log ?? ((s: string) => console.error(s));
+  await using _lock = await lockOutput(outDir, "directory", { wait: options.wait, log });
+  const replaced = await replacedShards(outDir, plan);
+  if (replaced.length) log(await replacementWarning(outDir, replaced, r));
   await tidyOutput(outDir, plan);
   const records = new Map<string, ShardRecord>();
   const todo: PlannedShard[] = [];
@@ -330,6 +422,7 @@ export async function runIngest(
   const prevThreads = setImageThreads(r.workers > 1 ? 1 : 0);
   const tRun = performance.now();
   let processed = 0;
+  let stopped = false;
   try {
     const items = todo.flatMap((shard) => shard.samples.map((sample) => ({ shard, sample })));
     const decoded = orderedMap(
@@ -343,6 +436,10 @@ export async function runIngest(
     let rec: ShardRecord | null = null;
     try {
       for await (const { shard, d } of decoded) {
+        if (hooks.signal?.aborted) {
+          stopped = true;
+          break;
+        }
         if (shard !== current) {
           current = shard;
           seen = 0;
@@ -385,24 +482,41 @@ export async function runIngest(
     setImageThreads(prevThreads);
   }
   const runSeconds = (performance.now() - tRun) / 1000;
+  if (stopped) {
+    const kept = [...records.values()].reduce((n, rec) => n + rec.keys.length, 0);
+    throw new Interrupted(
+      `kept ${records.size} of ${plan.length} shards (${kept} of ${total} images) in ${outDir}/`,
+    );
+  }
 
   const ordered = plan.map((s) => records.get(s.name)!);
   for (const rec of ordered) errors.push(...rec.errors);
-  const manifest = buildManifest(ordered, en.classes, {
-    layout: r.layout,
-    input: r.input,
-    size: r.size,
-    format: r.format,
-    quality: r.format === "jpg" ? r.quality : null,
-    shardSize: r.shardSize,
-    split: r.split ?? null,
-    seed: r.seed,
-    classes: en.classes,
-    minSize: r.minSize,
-    margin: r.layout === "voc" ? r.margin : null,
-    workers: r.workers,
-    codec: params.codec,
-  }, errors.length);
+  const manifest = await buildManifest(
+    ordered,
+    en.classes,
+    {
+      layout: r.layout,
+      input: r.input,
+      size: r.size,
+      format: r.format,
+      quality: r.format === "jpg" ? r.quality : null,
+      shardSize: r.shardSize,
+      split: r.split ?? null,
+      seed: r.seed,
+      classes: en.classes,
+      minSize: r.minSize,
+      margin: r.layout === "voc" ? r.margin : null,
+      crop: r.layout === "voc" ? VOC_CROP : null,
+      workers: r.workers,
+      codec: params.codec,
+    },
+    errors.length,
+    {
+      trainSize: r.split ?? null,
+      seed: r.seed,
+      byPatient: planned.some((s) => s.patient !== undefined),
+    },
+  );
   await writeOutputs(outDir, manifest, errors);
   progress.done(`${manifest.samples} written, ${errors.length} errors`);
   return {

@@ -1,12 +1,13 @@
 /**
  * Resume bookkeeping: one small JSON record per finished shard in
- * `DIR/.ingest/NAME.json`, written (tmp + rename) after the shard itself is
+ * `DIR/.ingest/NAME.json`, written atomically (tmp + fsync + rename) after the shard itself is
  * renamed into place. A shard counts as done on a rerun only when its record
  * exists, names the same plan hash, and the shard file has the recorded size;
  * anything else is redone.
  */
 import { join } from "node:path";
-import type { InputError } from "../dataset/sample.ts";
+import { writeTextAtomic } from "../../data/file.ts";
+import type { ItemError } from "../dataset/sample.ts";
 import type { ShardInfo } from "./shard_writer.ts";
 
 /** The state folder inside the output directory. */
@@ -21,20 +22,13 @@ export interface ShardRecord extends ShardInfo {
   /** Class index of each written key (-1: unlabelled), for the manifest's counts. */
   cls: number[];
   /** Planned samples that failed, with why. */
-  errors: InputError[];
-}
-
-/** Writes `text` to `path` atomically (tmp + rename). */
-export async function writeAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp`;
-  await Deno.writeTextFile(tmp, text);
-  await Deno.rename(tmp, path);
+  errors: ItemError[];
 }
 
 /** Saves a finished shard's record. */
 export async function saveRecord(outDir: string, rec: ShardRecord): Promise<void> {
   await Deno.mkdir(join(outDir, STATE_DIR), { recursive: true });
-  await writeAtomic(join(outDir, STATE_DIR, `${rec.name}.json`), JSON.stringify(rec));
+  await writeTextAtomic(join(outDir, STATE_DIR, `${rec.name}.json`), JSON.stringify(rec));
 }
 
 /**

@@ -1,9 +1,17 @@
 /**
- * Training configuration: DinoBloom's recipe (RECIPE.md §2) as defaults, the
+ * Training configuration: DinoBloom's recipe (docs/recipe.md) as defaults, the
  * four paper presets (Table 1 batch sizes), a small CPU-friendly demo, and
- * loading a JSON config file with every unknown or mistyped field named.
+ * loading a JSON config file with every unknown, mistyped or out-of-range
+ * field named (`CONFIG_LIMITS`).
  */
-import { type VitArch, type VitConfig, vitConfig } from "../../graph/vit.ts";
+import { InputError } from "../../data/errors.ts";
+import {
+  ARCHS,
+  type VitArch,
+  type VitConfig,
+  vitConfig,
+  vitConfigProblems,
+} from "../../graph/vit.ts";
 import { type HeadConfig, headConfig } from "../../graph/heads.ts";
 
 /** Everything a run needs besides data and initial weights. */
@@ -84,7 +92,7 @@ export function dinobloomConfig(
     warmupTeacherTempEpochs: 1,
     studentTemp: 0.1,
     clipGrad: 3,
-    // The reference's term counting with local crops removed halves the DINO term (RECIPE.md §2).
+    // The reference's term counting with local crops removed halves the DINO term (docs/recipe.md).
     dinoWeight: 0.5,
     ibotWeight: 1,
     koleoWeight: 0.1,
@@ -144,78 +152,210 @@ export const PRESETS: Record<string, () => TrainConfig> = {
     ),
 };
 
-/** Reads a JSON config: `{"preset": "dinobloom-s", …overrides}` or a full config; names bad fields. */
+/** A field's allowed values: a range (integers or reals, ends open or closed) or choices. */
+type Rule =
+  | { int: boolean; min: number; max: number; minOpen?: boolean }
+  | { choices: readonly string[] }
+  | { pair: { min: number; max: number } }
+  | { nested: "vit" | "head" };
+
+/**
+ * The allowed values of every field, the one table `validateConfig` checks
+ * (the type checker proves it lists every field). Ranges hold the recipe's
+ * values with wide margins; they exist so that a typo (imageSize 0, batch
+ * 1e9, a negative temperature) is named before anything is built. Fields
+ * that depend on others are checked after the table: microBatch divides
+ * batch, imageSize is a multiple of the patch, warm-ups fit in the epochs,
+ * head.inDim is the backbone's width.
+ */
+export const CONFIG_LIMITS: { readonly [K in keyof TrainConfig]: Rule } = {
+  vit: { nested: "vit" },
+  head: { nested: "head" },
+  batch: { int: true, min: 2, max: 65536 },
+  microBatch: { int: true, min: 2, max: 65536 },
+  imageSize: { int: true, min: 1, max: 2048 },
+  baseLr: { int: false, min: 0, max: 1, minOpen: true },
+  minLr: { int: false, min: 0, max: 1 },
+  epochs: { int: true, min: 1, max: 1e6 },
+  warmupEpochs: { int: false, min: 0, max: 1e6 },
+  epochLength: { int: true, min: 1, max: 1e7 },
+  freezeLastLayerEpochs: { int: false, min: 0, max: 1e6 },
+  weightDecay: { int: false, min: 0, max: 10 },
+  weightDecayEnd: { int: false, min: 0, max: 10 },
+  momentumTeacher: { int: false, min: 0, max: 1 },
+  finalMomentumTeacher: { int: false, min: 0, max: 1 },
+  teacherTemp: { int: false, min: 0, max: 10, minOpen: true },
+  warmupTeacherTemp: { int: false, min: 0, max: 10, minOpen: true },
+  warmupTeacherTempEpochs: { int: false, min: 0, max: 1e6 },
+  studentTemp: { int: false, min: 0, max: 10, minOpen: true },
+  clipGrad: { int: false, min: 0, max: 1e6, minOpen: true },
+  dinoWeight: { int: false, min: 0, max: 1000 },
+  ibotWeight: { int: false, min: 0, max: 1000 },
+  koleoWeight: { int: false, min: 0, max: 1000 },
+  koleoEps: { int: false, min: 0, max: 1, minOpen: true },
+  maskProbability: { int: false, min: 0, max: 1 },
+  maskRatio: { pair: { min: 0, max: 1 } },
+  layerDecay: { int: false, min: 0, max: 1, minOpen: true },
+  patchEmbedLrMult: { int: false, min: 0, max: 100 },
+  centering: { choices: ["sinkhorn_knopp", "centering"] },
+  layerScaleInit: { int: false, min: 0, max: 10 },
+  seed: { int: true, min: 0, max: 0xffffffff },
+};
+
+/** The backbone's fields that are not shapes (shapes: `vitConfigProblems`). */
+const VIT_CHOICES = {
+  arch: ["custom", ...Object.keys(ARCHS)],
+  ffn: ["mlp", "swiglu"],
+  posInterp: ["runtime", "size"],
+} as const;
+
+/** Head widths: DINOv2's 65,536 prototypes (DinoBloom large: 131,072) with margin. */
+const HEAD_LIMITS = { hidden: 65536, bottleneck: 65536, prototypes: 1 << 18 } as const;
+
+/** "an integer in [2, 65536]", "a number in (0, 10]", … */
+function describeRange(r: { int: boolean; min: number; max: number; minOpen?: boolean }): string {
+  return `${r.int ? "an integer" : "a number"} in ${r.minOpen ? "(" : "["}${r.min}, ${r.max}]`;
+}
+
+function inRange(v: unknown, r: { int: boolean; min: number; max: number; minOpen?: boolean }) {
+  return typeof v === "number" && Number.isFinite(v) && (!r.int || Number.isInteger(v)) &&
+    (r.minOpen ? v > r.min : v >= r.min) && v <= r.max;
+}
+
+const show = (v: unknown) => JSON.stringify(v) ?? String(v);
+
+/**
+ * Reads a JSON config: `{"preset": "dinobloom-s", …overrides}` or a full
+ * config; names unknown, mistyped and out-of-range fields (`CONFIG_LIMITS`).
+ */
 export function parseConfig(text: string, source: string): TrainConfig {
   let raw: Record<string, unknown>;
   try {
     raw = JSON.parse(text);
   } catch (e) {
-    throw new Error(`${source}: not valid JSON (${(e as Error).message})`);
+    throw new InputError(`${source}: not valid JSON (${(e as Error).message})`);
   }
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
-    throw new Error(`${source}: a config is a JSON object`);
+    throw new InputError(`${source}: a config is a JSON object`);
   }
-  const presetName = (raw.preset as string | undefined) ?? "demo";
-  const preset = PRESETS[presetName];
-  if (!preset) {
-    throw new Error(
-      `${source}: unknown preset '${presetName}' (known: ${Object.keys(PRESETS).join(", ")})`,
+  const presetName = raw.preset ?? "demo";
+  if (typeof presetName !== "string" || !Object.hasOwn(PRESETS, presetName)) {
+    throw new InputError(
+      `${source}: unknown preset ${show(presetName)} (known: ${Object.keys(PRESETS).join(", ")})`,
     );
   }
-  const base = preset();
+  const base = PRESETS[presetName]();
   const out: Record<string, unknown> = { ...base };
   for (const [k, v] of Object.entries(raw)) {
     if (k === "preset") continue;
     if (k === "arch") {
-      if (
-        typeof v !== "string" || !["vit_small", "vit_base", "vit_large", "vit_giant2"].includes(v)
-      ) {
-        throw new Error(
-          `${source}: field 'arch' must be vit_small, vit_base, vit_large or vit_giant2`,
+      if (typeof v !== "string" || !Object.hasOwn(ARCHS, v)) {
+        throw new InputError(
+          `${source}: field 'arch' must be vit_small, vit_base, vit_large or vit_giant2, ` +
+            `got ${show(v)}`,
         );
       }
       out.vit = vitConfig(v as VitArch);
       out.head = headConfig((out.vit as VitConfig).dim, v === "vit_large" || v === "vit_giant2");
       continue;
     }
-    if (!(k in base)) {
-      throw new Error(`${source}: unknown field '${k}' (known: ${Object.keys(base).join(", ")})`);
-    }
-    const want = base[k as keyof TrainConfig];
-    const same = typeof want === "object" ? typeof v === "object" : typeof v === typeof want;
-    if (!same) {
-      throw new Error(
-        `${source}: field '${k}' must be ${Array.isArray(want) ? "an array" : typeof want}, got ${
-          JSON.stringify(v)
-        }`,
+    if (!Object.hasOwn(base, k)) {
+      throw new InputError(
+        `${source}: unknown field '${k}' (known: ${Object.keys(base).join(", ")})`,
       );
     }
-    out[k] = typeof want === "object" && !Array.isArray(want) ? { ...want, ...(v as object) } : v;
+    const want = base[k as keyof TrainConfig];
+    if (Array.isArray(want)) {
+      if (!Array.isArray(v)) throw new InputError(`${source}: field '${k}' must be an array`);
+      out[k] = v;
+    } else if (typeof want === "object") {
+      // A partial override of the backbone or heads: known keys only.
+      if (typeof v !== "object" || v === null || Array.isArray(v)) {
+        throw new InputError(`${source}: field '${k}' must be an object, got ${show(v)}`);
+      }
+      for (const sub of Object.keys(v)) {
+        if (!Object.hasOwn(want, sub)) {
+          throw new InputError(
+            `${source}: unknown field '${k}.${sub}' (known: ${Object.keys(want).join(", ")})`,
+          );
+        }
+      }
+      out[k] = { ...want, ...v };
+    } else if (typeof v !== typeof want) {
+      throw new InputError(`${source}: field '${k}' must be a ${typeof want}, got ${show(v)}`);
+    } else out[k] = v;
   }
   return validateConfig(out as unknown as TrainConfig, source);
 }
 
-/** Range checks with messages that name the field. */
+/**
+ * Checks every field against `CONFIG_LIMITS` and the fields that depend on
+ * each other; each error names the field, the allowed values and what it got.
+ */
 export function validateConfig(c: TrainConfig, source = "config"): TrainConfig {
-  const bad = (f: string, why: string) => {
-    throw new Error(`${source}: ${f} ${why}`);
+  const bad = (f: string, why: string): never => {
+    throw new InputError(`${source}: ${f} ${why}`);
   };
-  if (!Number.isInteger(c.batch) || c.batch < 2) {
-    bad("batch", "must be an integer ≥ 2 (KoLeo needs pairs)");
+  const cfg = c as unknown as Record<string, unknown>;
+  for (const k of Object.keys(CONFIG_LIMITS) as (keyof TrainConfig)[]) {
+    const rule: Rule = CONFIG_LIMITS[k];
+    const v = cfg[k];
+    if ("choices" in rule) {
+      if (typeof v !== "string" || !rule.choices.includes(v)) {
+        bad(k, `must be one of ${rule.choices.join(", ")}, got ${show(v)}`);
+      }
+    } else if ("pair" in rule) {
+      const { min, max } = rule.pair;
+      if (
+        !Array.isArray(v) || v.length !== 2 ||
+        !v.every((x) => inRange(x, { int: false, min, max })) || v[0] > v[1]
+      ) {
+        bad(k, `must be [lo, hi] with ${min} ≤ lo ≤ hi ≤ ${max}, got ${show(v)}`);
+      }
+    } else if ("nested" in rule) {
+      if (typeof v !== "object" || v === null || Array.isArray(v)) {
+        bad(k, `must be an object, got ${show(v)}`);
+      }
+    } else if (!inRange(v, rule)) {
+      bad(k, `must be ${describeRange(rule)}, got ${show(v)}`);
+    }
   }
-  if (!Number.isInteger(c.microBatch) || c.microBatch < 2 || c.batch % c.microBatch !== 0) {
-    bad("microBatch", `must be an integer ≥ 2 that divides batch (${c.batch})`);
+  const vit = c.vit as unknown as Record<string, unknown>;
+  for (const [f, choices] of Object.entries(VIT_CHOICES)) {
+    if (!(choices as readonly unknown[]).includes(vit[f])) {
+      bad(`vit.${f}`, `must be one of ${choices.join(", ")}, got ${show(vit[f])}`);
+    }
   }
-  if (c.imageSize % c.vit.patch !== 0) {
-    bad("imageSize", `must be a multiple of the patch (${c.vit.patch})`);
+  if (!inRange(vit.eps, { int: false, min: 0, max: 0.1, minOpen: true })) {
+    bad("vit.eps", `must be a number in (0, 0.1], got ${show(vit.eps)}`);
   }
-  if (!(c.epochs > 0) || !(c.epochLength > 0)) bad("epochs/epochLength", "must be positive");
-  if (c.warmupEpochs + 0 > c.epochs) bad("warmupEpochs", "must not exceed epochs");
-  if (!(c.studentTemp > 0) || !(c.teacherTemp > 0) || !(c.warmupTeacherTemp > 0)) {
-    bad("temperatures", "must be positive");
+  const problems = vitConfigProblems(c.vit);
+  if (problems.length > 0) bad("vit", `shapes: ${problems.join("; ")}`);
+  const head = c.head as unknown as Record<string, unknown>;
+  if (head.inDim !== c.vit.dim) {
+    bad(
+      "head.inDim",
+      `must equal the backbone width vit.dim ${c.vit.dim}, got ${show(head.inDim)}`,
+    );
   }
-  if (!(c.maskRatio[0] >= 0 && c.maskRatio[1] <= 1 && c.maskRatio[0] <= c.maskRatio[1])) {
-    bad("maskRatio", "must be [lo, hi] with 0 ≤ lo ≤ hi ≤ 1");
+  for (const [f, max] of Object.entries(HEAD_LIMITS)) {
+    const r = { int: true, min: 1, max };
+    if (!inRange(head[f], r)) bad(`head.${f}`, `must be ${describeRange(r)}, got ${show(head[f])}`);
+  }
+  if (c.batch % c.microBatch !== 0 || c.microBatch > c.batch) {
+    bad(
+      "microBatch",
+      `must be an integer ≥ 2 that divides batch (${c.batch}), got ${c.microBatch}`,
+    );
+  }
+  if (c.imageSize % c.vit.patch !== 0 || c.imageSize < c.vit.patch) {
+    bad(
+      "imageSize",
+      `must be a positive multiple of the patch (${c.vit.patch}), got ${c.imageSize}`,
+    );
+  }
+  for (const f of ["warmupEpochs", "freezeLastLayerEpochs", "warmupTeacherTempEpochs"] as const) {
+    if (c[f] > c.epochs) bad(f, `must not exceed epochs (${c.epochs}), got ${c[f]}`);
   }
   return c;
 }

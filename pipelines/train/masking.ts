@@ -5,9 +5,7 @@
  * blocks of area ≥ 4 and log-uniform aspect ratio in [0.3, 1/0.3], ten tries
  * per block.
  */
-
-/** A seeded uniform source: `() => [0, 1)`. */
-export type Random = () => number;
+import type { Random } from "../../graph/random.ts";
 
 /** Block-mask generator for a grid of patches. */
 export class MaskingGenerator {

@@ -4,26 +4,55 @@
  * checkpoints that DinoBloom's PyTorch loader reads, a resume file, Ctrl-C
  * handling and a stop on a non-finite loss.
  *
+ * Robustness: images and shards the loaders skip go to errors.jsonl (once
+ * each); a data pass that yields no batch stops the run (it would loop
+ * forever); a directory left by a crash is resumed or restarted, never
+ * stuck (`RunStart`).
+ *
  * Determinism (what makes --resume continue the same trajectory): the data
  * order is fixed by (seed, pass), every crop's augmentation by (seed, sample
  * id), every step's iBOT masks by (seed, step); the resume file records the
  * trainer state and the data position, nothing else is random.
+ *
+ * Data-parallel (`comm` with several ranks, pipelines/mpi): `config.batch` is
+ * the global batch; each rank reads its share of the stream, steps on it, and
+ * only rank 0 writes checkpoints, metrics and progress. Sample ids, masks and
+ * the data order are those of the one-rank run, so any number of ranks (and
+ * `--resume` with another number) follows the same trajectory.
  */
 import { join } from "node:path";
+import { InputError } from "../../data/errors.ts";
+import { exists, writeTextAtomic } from "../../data/file.ts";
 import { writeSafetensors } from "../../data/safetensors.ts";
 import { KNeighborsClassifier } from "../../eval/knn.ts";
 import { matrix } from "../../eval/matrix.ts";
 import { accuracy, balancedAccuracy } from "../../eval/metrics.ts";
-import { tuneForVit } from "../../graph/tune.ts";
+import { mulberry32 } from "../../graph/random.ts";
+import { expectedMaskedTokens, tuneForVit } from "../../graph/tune.ts";
 import type { Gpu } from "../../kernels/runtime.ts";
 import { augmentGlobalCrops, DINOBLOOM_AUGMENT } from "../augment.ts";
 import { embedBatch } from "../embed.ts";
-import { openLoader } from "../loader.ts";
+import { checkSource, openLoader } from "../loader.ts";
 import { Progress } from "../progress.ts";
 import { trainTestSplit } from "../../eval/split.ts";
+import {
+  carriedSplit,
+  shortHash,
+  type SplitRecord,
+  splitRecord,
+  trainTestRecord,
+} from "../../eval/split_record.ts";
+import { SPLIT_ORIGIN_KEY, splitOriginOf } from "../dataset/split_origin.ts";
 import type { TrainConfig } from "./config.ts";
 import { batchMasks, MaskingGenerator } from "./masking.ts";
-import { seeded, type StepMetrics, Trainer } from "./trainer.ts";
+import { NonFiniteLossError, type StepMetrics, Trainer } from "./trainer.ts";
+import { type Comm, onEveryRank, shareFromRoot, SoloComm } from "../mpi/comm.ts";
+import { agree, dataFingerprint, tensorsDigest } from "../mpi/agree.ts";
+import { localMasks, rankBatch } from "../mpi/shard.ts";
+import { abortOnSignals, injectedFault, removeStalePartials, RunGuard } from "../mpi/stop.ts";
+import { collective } from "../mpi/world.ts";
+import { lockOutput } from "../output_lock.ts";
+import { Interrupted } from "../interrupt.ts";
 
 /** Options of a run. */
 export interface RunOptions {
@@ -56,6 +85,12 @@ export interface RunOptions {
   log?: (line: string) => void;
   /** Measure the kernel variants for this model first (once per adapter; cached). Default true. */
   autotune?: boolean;
+  /** The ranks of a data-parallel run (pipelines/mpi); default: this process alone. */
+  comm?: Comm;
+  /** Folder sources: follow symbolic links out of the folder (default: refused, in errors.jsonl). */
+  followLinks?: boolean;
+  /** Another run writes `out`: wait for it (default: stop, naming it; pipelines/output_lock.ts). */
+  wait?: boolean;
 }
 
 /** kNN evaluation of the teacher on a labelled set. */
@@ -65,6 +100,8 @@ export interface KnnScore {
   accuracy: number;
   balancedAccuracy: number;
   images: number;
+  /** The split scored: its origin and membership hash (eval/split_record.ts). */
+  split?: SplitRecord;
 }
 
 /** What a finished (or interrupted) run reports. */
@@ -76,19 +113,24 @@ export interface RunSummary {
   last?: StepMetrics;
 }
 
-/** The run was stopped by the user; a checkpoint and the resume file were written. */
-export class InterruptedError extends Error {
-  override name = "InterruptedError";
-}
-
 const RESUME = "resume.safetensors";
 
-/** Embeds a labelled set with the teacher and scores kNN (k = 20 or fewer) on a 50/50 split. */
+/**
+ * Embeds a labelled set with the teacher and scores kNN (k = 20 or fewer):
+ * train rows → test rows of the split the set carries (ingested with
+ * `--split`), else of a stratified 50/50 split with `seed`, which the
+ * score's `split` then says.
+ */
 export async function knnScore(
   gpu: Gpu,
   trainer: Trainer,
   data: string,
-  opts: { workers?: number; seed?: number } = {},
+  opts: {
+    workers?: number;
+    seed?: number;
+    onError?: (where: string, reason: string) => void;
+    followLinks?: boolean;
+  } = {},
 ): Promise<Omit<KnnScore, "step">> {
   const cfg = trainer.cfg;
   // The evaluation protocol: bilinear resize straight to the model's input side.
@@ -97,9 +139,13 @@ export async function knnScore(
     size: cfg.imageSize,
     resample: "bilinear",
     workers: opts.workers,
+    onError: opts.onError,
+    followLinks: opts.followLinks,
   });
   const feats: Float32Array[] = [];
   const labels: number[] = [];
+  const keys: string[] = [];
+  const splits: string[] = [];
   let dim = 0;
   for await (const b of loader.batches()) {
     const e = await embedBatch(gpu, { arena: trainer.teacher, config: cfg.vit }, b, {
@@ -107,10 +153,15 @@ export async function knnScore(
     });
     feats.push(e.features);
     dim = e.dim;
-    for (let i = 0; i < b.count; i++) labels.push(b.labels[i]);
+    for (let i = 0; i < b.count; i++) {
+      labels.push(b.labels[i]);
+      keys.push(b.keys[i]);
+      const s = b.meta[i]?.split;
+      if (typeof s === "string" && s !== "") splits.push(s);
+    }
   }
   if (labels.some((l) => l < 0)) {
-    throw new Error(
+    throw new InputError(
       `${data}: the evaluation set needs labels (a folder per class, or labelled shards)`,
     );
   }
@@ -121,7 +172,20 @@ export async function knnScore(
     all.set(f, at);
     at += f.length;
   }
-  const split = trainTestSplit(labels, { trainSize: 0.5, seed: opts.seed ?? 42 });
+  const carried = splits.length === n ? carriedSplit(splits) : null;
+  const seed = opts.seed ?? 42;
+  const split = carried ?? trainTestSplit(labels, { trainSize: 0.5, seed });
+  const record = carried
+    ? await splitRecord(
+      (await splitOriginOf(data))[SPLIT_ORIGIN_KEY] ?? `the per-sample split of ${data}`,
+      keys,
+      splits,
+    )
+    : await trainTestRecord(
+      `train --eval: stratified 50/50, seed ${seed} (${data} carries no train/test split)`,
+      keys,
+      split,
+    );
   const pick = (idx: number[]) => {
     const m = new Float32Array(idx.length * dim);
     idx.forEach((r, i) => m.set(all.subarray(r * dim, (r + 1) * dim), i * dim));
@@ -136,27 +200,95 @@ export async function knnScore(
     accuracy: accuracy(truth, pred),
     balancedAccuracy: balancedAccuracy(truth, pred),
     images: n,
+    split: record,
   };
+}
+
+/**
+ * What a run does with its `out` directory:
+ * - "new": nothing of a run there; it starts.
+ * - "resume": a resume file there and `resume` asked: it continues.
+ * - "restart": a run that stopped before its first resume file (metrics or
+ *   checkpoints, nothing to resume from): it starts over from step 0, with
+ *   or without `resume`, dropping that run's metrics and errors.
+ * A resume file without `resume` is refused (continue it or choose another
+ * --out), and `resume` with no run there at all, so every crash leaves a
+ * directory one of the two commands takes, and the message says which.
+ */
+export type RunStart = "new" | "resume" | "restart";
+
+/**
+ * Checks what a run can check without the GPU: the state of `out` (see
+ * `RunStart`) and that `data` and `evalData`, when given, can be opened.
+ * `runTraining` calls it first; commands call it before they start the GPU,
+ * so a bad path costs nothing and creates nothing. Changes nothing.
+ */
+export async function checkRunInputs(
+  opts: Pick<RunOptions, "out" | "resume" | "evalData"> & { data?: RunOptions["data"] },
+): Promise<RunStart> {
+  const start = await runStart(opts.out, Boolean(opts.resume));
+  if (opts.data !== undefined) await checkSource(opts.data, "--data");
+  if (opts.evalData !== undefined) await checkSource(opts.evalData, "--eval");
+  return start;
+}
+
+async function runStart(out: string, resume: boolean): Promise<RunStart> {
+  if (await exists(join(out, RESUME))) {
+    if (resume) return "resume";
+    throw new InputError(
+      `${out} holds a run that can be resumed (${RESUME}): pass --resume to continue it, ` +
+        `or choose another --out for a new run`,
+    );
+  }
+  const traces = await exists(join(out, "metrics.jsonl")) ||
+    await exists(join(out, "checkpoints"));
+  if (traces) return "restart";
+  if (resume) {
+    throw new InputError(
+      `nothing to resume in ${out}: no run there (no ${RESUME}, no metrics.jsonl); ` +
+        `start a new run without --resume, or check --out`,
+    );
+  }
+  return "new";
 }
 
 /** Runs (or resumes) training. */
 export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummary> {
-  const log = opts.log ?? ((s: string) => console.error(s));
+  const comm = opts.comm ?? new SoloComm();
+  const root = comm.rank === 0;
+  // Rank 0 speaks and writes for the run; the other ranks only train.
+  const log = root ? opts.log ?? ((s: string) => console.error(s)) : () => {};
   const cfg = opts.config;
   const out = opts.out;
   const format = opts.format ?? "pth";
-  await Deno.mkdir(join(out, "checkpoints"), { recursive: true });
+  const rb = rankBatch(cfg, comm);
+  // Inputs first (creates nothing), then rank 0 locks --out and reads its state under the lock.
+  if (root) await checkRunInputs(opts);
+  await using _lock = root ? await lockOutput(out, "directory", { wait: opts.wait, log }) : null;
+  const start = root ? await checkRunInputs(opts) : "new";
+  if (!root) await checkSource(opts.data, "--data");
+  // Ranks that would train on different things stop here, before any state moves.
+  await agree(comm, {
+    config: JSON.stringify(cfg),
+    // Only rank 0 reads --init: the others need only agree that there is one.
+    options: JSON.stringify({ steps: opts.steps, resume: opts.resume, init: !!opts.init, format }),
+    data: await dataFingerprint(opts.data),
+    deno: Deno.version.deno,
+  }, "training run");
   const metricsPath = join(out, "metrics.jsonl");
   const resumePath = join(out, RESUME);
+  const bad = new ErrorLog(join(out, "errors.jsonl"), log);
   let trainer: Trainer;
   let position = { pass: 0, batch: 0 };
   const knn: KnnScore[] = [];
-  if (opts.resume) {
-    if (!(await exists(resumePath))) {
-      throw new Error(
-        `nothing to resume in ${out}: no ${RESUME} (start a new run without --resume)`,
-      );
-    }
+  const guard = new RunGuard();
+  if (!root) {
+    // Rank 0 reads the weights and the resume file; the others receive them (joinRanks).
+    trainer = Trainer.blank(gpu, cfg);
+  } else if (start === "resume") {
+    await bad.resume();
+    const stale = await removeStalePartials(out);
+    if (stale.length) log(`removed partial files of an interrupted write: ${stale.join(", ")}`);
     const r = await Trainer.restore(gpu, resumePath, cfg);
     trainer = r.trainer;
     position = (r.extra.position as typeof position) ?? position;
@@ -166,35 +298,58 @@ export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummar
       `resuming ${out} at step ${trainer.iteration} (data pass ${position.pass}, batch ${position.batch})`,
     );
   } else {
-    if (await exists(metricsPath)) {
-      throw new Error(
-        `${out} already holds a run (metrics.jsonl); pass --resume to continue it or choose another --out`,
+    if (start === "restart") {
+      log(
+        `${out} holds a run that stopped before its first checkpoint: nothing to resume, ` +
+          `starting it over from step 0`,
       );
+      await removeStalePartials(out);
+      for (const f of [metricsPath, bad.path]) await Deno.remove(f).catch(() => {});
     }
     trainer = await Trainer.create(gpu, cfg, opts.init);
+  }
+  await trainer.joinRanks(comm);
+  position = await shareFromRoot(comm, position);
+  if (comm.size > 1) {
+    const weights = [...trainer.student.chunks, ...trainer.teacher.chunks].map((c) => c.value);
+    await agree(comm, { weights: await tensorsDigest(gpu, weights) }, "training run");
+    log(
+      `${comm.size} ranks, ${rb.local} images each per step (global batch ${rb.global}) over ${comm.transport}`,
+    );
   }
   const total = opts.steps ?? cfg.epochs * cfg.epochLength;
   if (opts.autotune ?? true) {
     const grid = cfg.imageSize / cfg.vit.patch;
+    const masking = { probability: cfg.maskProbability, ratio: cfg.maskRatio };
     await tuneForVit(gpu, cfg.vit, {
-      tokens: grid * grid + 1 + cfg.vit.registers,
-      batch: 2 * cfg.microBatch,
+      images: 2 * rb.micro,
+      image: cfg.imageSize,
       training: true,
+      head: cfg.head,
+      masked: [expectedMaskedTokens(2 * rb.micro, grid * grid, masking)],
       log,
     });
   }
   const loader = await openLoader(opts.data, {
-    batchSize: cfg.batch,
+    batchSize: rb.local,
     seed: cfg.seed,
     dropLast: true,
     workers: opts.workers,
+    shard: comm.size > 1 ? { index: comm.rank, count: comm.size } : undefined,
+    onError: bad.add,
+    followLinks: opts.followLinks,
   });
-  const perPass = loader.length === null ? null : Math.floor(loader.length / cfg.batch);
+  const perPass = loader.length === null ? null : Math.floor(loader.length / rb.local);
   if (perPass === 0) {
-    throw new Error(
+    throw new InputError(
       `${opts.data}: ${loader.length} images are fewer than one batch of ${cfg.batch}; ` +
         "lower --batch or add data",
     );
+  }
+  // Only now, with every input checked, does the run write into `out`.
+  if (root) {
+    await Deno.mkdir(join(out, "checkpoints"), { recursive: true });
+    await bad.open();
   }
   const grid = cfg.imageSize / cfg.vit.patch;
   const masker = new MaskingGenerator(grid);
@@ -202,16 +357,18 @@ export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummar
   const evalEvery = opts.evalEvery ?? 0;
   const saveEvery = opts.saveEvery ?? Math.max(1, Math.min(1000, total));
   const evaluate = async () => {
-    if (!opts.evalData) return;
+    if (!opts.evalData || !root) return;
     const s = await knnScore(gpu, trainer, opts.evalData, {
       workers: opts.workers,
       seed: cfg.seed,
+      onError: bad.add,
+      followLinks: opts.followLinks,
     });
     const score = { step: trainer.iteration, ...s };
     knn.push(score);
     log(
       `kNN (k=${s.k}) on ${opts.evalData} at step ${score.step}: accuracy ${pct(s.accuracy)}, ` +
-        `balanced ${pct(s.balancedAccuracy)}`,
+        `balanced ${pct(s.balancedAccuracy)} (split sha256 ${shortHash(s.split!.sha256)})`,
     );
     await appendLine(metricsPath, { kind: "knn", ...score });
   };
@@ -221,19 +378,29 @@ export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummar
       ? `teacher_final.${format}`
       : `checkpoints/teacher_${String(step).padStart(7, "0")}.${format}`;
     const path = join(out, name);
-    if (format === "pth") await trainer.saveTeacher(path);
-    else {await writeSafetensors(path, await trainer.teacherStateDict(), {
-        "bloom.config": JSON.stringify(cfg),
-      });}
-    await trainer.saveState(resumePath, { position, knn });
+    if (!root) return path;
+    await guard.writing([path], async () => {
+      if (format === "pth") await trainer.saveTeacher(path);
+      else {await writeSafetensors(path, await trainer.teacherStateDict(), {
+          "bloom.config": JSON.stringify(cfg),
+        });}
+    }, () => guard.lastCheckpoint = { path, step });
+    await guard.writing(
+      [resumePath],
+      () => trainer.saveState(resumePath, { position, knn }),
+      () => guard.resumeStep = step,
+    );
     return path;
   };
+  // A signal on any rank stops every rank at once (see pipelines/mpi/stop.ts).
+  const unwatch = comm.size > 1 ? abortOnSignals(comm, guard) : null;
+  const fault = comm.size > 1 ? injectedFault() : null;
 
   if (!opts.resume || knn.length === 0) await evaluate();
   const progress = new Progress(total - trainer.iteration, {
     unit: "steps",
     label: "train",
-    silent: opts.quiet,
+    silent: opts.quiet || !root,
   });
   let last: StepMetrics | undefined;
   let interrupted = false;
@@ -241,16 +408,23 @@ export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummar
   try {
     outer: while (trainer.iteration < total) {
       let skip = position.batch;
+      let passEnded = false;
+      const stepsBefore = trainer.iteration;
       for await (const batch of loader.batches(position.pass)) {
         if (skip > 0) {
           skip--;
           continue;
         }
+        // Ranks' shares can end a batch apart (failed images): all step only while all have one.
+        if (!(await onEveryRank(comm, true))) {
+          passEnded = true;
+          break;
+        }
         const t0 = performance.now();
         const images = gpu.uploadBytes(batch.pixels);
         const ids = Array.from(
           { length: batch.count },
-          (_, i) => position.pass * 1_000_003 + position.batch * cfg.batch + i,
+          (_, i) => position.pass * 1_000_003 + position.batch * cfg.batch + rb.first + i,
         );
         const { crops } = augmentGlobalCrops(gpu, images, {
           count: batch.count,
@@ -260,40 +434,62 @@ export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummar
           config: augment,
         });
         gpu.release(images);
-        const masks = batchMasks(
+        if (fault && fault.rank === comm.rank && fault.step === trainer.iteration) {
+          if (fault.kind === "crash") {
+            throw new Error(`crash injected by BLOOM_INJECT_FAULT at step ${trainer.iteration}`);
+          }
+          gpu.write(crops, new Float32Array(crops.numel).fill(NaN));
+        }
+        // The global batch's masks (as one rank would draw them), cut to this rank's images.
+        const allMasks = batchMasks(
           masker,
-          2 * batch.count,
-          seeded(cfg.seed * 1_000_003 + trainer.iteration),
+          2 * rb.global,
+          mulberry32(cfg.seed * 1_000_003 + trainer.iteration),
           {
             probability: cfg.maskProbability,
             ratio: cfg.maskRatio,
           },
         );
+        const masks = comm.size > 1
+          ? localMasks(allMasks, rb.global, rb.first, batch.count)
+          : allMasks;
         let m: StepMetrics;
         try {
           m = await trainer.step(crops, masks);
+        } catch (e) {
+          // Every rank computed the same summed loss: every rank stops here, none aborts.
+          throw e instanceof NonFiniteLossError && comm.size > 1 ? collective(e) : e;
         } finally {
           gpu.release(crops);
         }
         position = { pass: position.pass, batch: position.batch + 1 };
-        const imagesPerSecond = batch.count / ((performance.now() - t0) / 1000);
+        const imagesPerSecond = rb.global / ((performance.now() - t0) / 1000);
         last = m;
-        await appendLine(metricsPath, {
-          kind: "step",
-          step: m.step,
-          dino: m.dino,
-          ibot: m.ibot,
-          koleo: m.koleo,
-          total: m.total,
-          lr: m.lr,
-          wd: m.wd,
-          momentum: m.momentum,
-          teacher_temp: m.teacherTemp,
-          last_layer_lr: m.lastLayerLr,
-          grad_norm: m.gradNorm,
-          masked_patches: m.maskedPatches,
-          images_per_s: imagesPerSecond,
-        });
+        if (root) {
+          await appendLine(metricsPath, {
+            kind: "step",
+            step: m.step,
+            dino: m.dino,
+            ibot: m.ibot,
+            koleo: m.koleo,
+            total: m.total,
+            lr: m.lr,
+            wd: m.wd,
+            momentum: m.momentum,
+            teacher_temp: m.teacherTemp,
+            last_layer_lr: m.lastLayerLr,
+            grad_norm: m.gradNorm,
+            masked_patches: m.maskedPatches,
+            images_per_s: imagesPerSecond,
+            ...(m.sync
+              ? {
+                ranks: comm.size,
+                grad_sync_ms: m.sync.commMs,
+                grad_sync_exposed_ms: m.sync.exposedMs,
+              }
+              : {}),
+          });
+        }
         opts.onStep?.({ ...m, imagesPerSecond });
         progress.tick(1, `loss ${m.total.toFixed(4)} · ${imagesPerSecond.toFixed(1)} img/s`);
         const it = trainer.iteration;
@@ -304,6 +500,20 @@ export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummar
           break outer;
         }
         if (it >= total) break outer;
+      }
+      if (!passEnded) await onEveryRank(comm, false);
+      // A pass that neither stepped nor skipped a batch will not do better next time:
+      // decoding failures left fewer good images than one batch (the same on every rank).
+      if (trainer.iteration === stepsBefore && skip === position.batch) {
+        const st = loader.stats;
+        const e = new InputError(
+          `${[opts.data].flat().join(", ")}: data pass ${position.pass} gave no full batch ` +
+            `of ${rb.local} images (${st.decoded} decoded, ${st.failed} failed` +
+            `${st.failedShards ? `, ${st.failedShards} shards unreadable` : ""}; see ` +
+            `${bad.path}), so training cannot go on; fix or remove the bad images, add ` +
+            `data, or lower --batch`,
+        );
+        throw comm.size > 1 ? collective(e) : e;
       }
       position = { pass: position.pass + 1, batch: 0 };
     }
@@ -316,10 +526,11 @@ export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummar
       `interrupted at step ${trainer.iteration}: wrote ${path} and ${resumePath}; continue with --resume`,
     );
     trainer.destroy();
-    throw new InterruptedError(`stopped at step ${trainer.iteration}`);
+    throw new Interrupted(`a checkpoint at step ${trainer.iteration}: ${path} and ${resumePath}`);
   }
   await evaluate();
   finalPath = await save(true);
+  unwatch?.();
   log(`wrote ${finalPath}`);
   const steps = trainer.iteration;
   trainer.destroy();
@@ -330,13 +541,49 @@ function pct(x: number): string {
   return `${(100 * x).toFixed(1)}%`;
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await Deno.stat(p);
-    return true;
-  } catch {
-    return false;
+/**
+ * The run's `errors.jsonl`: every image or shard the loaders skipped, once
+ * (a pass or an evaluation that meets it again adds nothing), logged once.
+ * Lines wait in memory until the run directory exists (`open`).
+ */
+class ErrorLog {
+  readonly path: string;
+  #seen = new Set<string>();
+  #pending: string[] = [];
+  #open = false;
+  #log: (line: string) => void;
+
+  constructor(path: string, log: (line: string) => void) {
+    this.path = path;
+    this.#log = log;
   }
+
+  /** Remembers what a resumed run already recorded. */
+  async resume(): Promise<void> {
+    try {
+      const text = await Deno.readTextFile(this.path);
+      for (const l of text.split("\n")) if (l.trim()) this.#seen.add(l);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  }
+
+  /** Starts writing (the directory exists now). */
+  async open(): Promise<void> {
+    this.#open = true;
+    const lines = this.#pending.splice(0);
+    if (lines.length) await Deno.writeTextFile(this.path, lines.join(""), { append: true });
+  }
+
+  /** Records one skipped item (a loader's onError). */
+  add = (where: string, reason: string): void => {
+    const line = JSON.stringify({ path: where, reason });
+    if (this.#seen.has(line)) return;
+    this.#seen.add(line);
+    this.#log(`skipped ${where}: ${reason}`);
+    if (this.#open) Deno.writeTextFileSync(this.path, line + "\n", { append: true });
+    else this.#pending.push(line + "\n");
+  };
 }
 
 async function appendLine(path: string, obj: unknown): Promise<void> {
@@ -355,7 +602,5 @@ async function truncateMetrics(path: string, iteration: number): Promise<void> {
       return false;
     }
   });
-  const tmp = `${path}.tmp`;
-  await Deno.writeTextFile(tmp, keep.map((l) => l + "\n").join(""));
-  await Deno.rename(tmp, path);
+  await writeTextAtomic(path, keep.map((l) => l + "\n").join(""));
 }

@@ -3,6 +3,7 @@
  * frozen stretch and a linear warm-up (CosineScheduler), evaluated per
  * iteration; past the end it stays at the final value.
  */
+import type { TrainConfig } from "./config.ts";
 
 /** One schedule's parameters, in iterations. */
 export interface CosineSpec {
@@ -63,23 +64,27 @@ export interface Schedules {
   teacherTemp: CosineSchedule;
 }
 
-/** Schedule settings (epochs are `epochLength` iterations). */
-export interface ScheduleConfig {
-  /** Peak learning rate after sqrt batch scaling. */
-  lr: number;
-  minLr: number;
-  epochs: number;
-  warmupEpochs: number;
-  freezeLastLayerEpochs: number;
-  weightDecay: number;
-  weightDecayEnd: number;
-  momentumTeacher: number;
-  finalMomentumTeacher: number;
-  teacherTemp: number;
-  warmupTeacherTemp: number;
-  warmupTeacherTempEpochs: number;
-  epochLength: number;
-}
+/** Schedule settings: the training config's (epochs are `epochLength` iterations), and the lr. */
+export type ScheduleConfig =
+  & Pick<
+    TrainConfig,
+    | "minLr"
+    | "epochs"
+    | "warmupEpochs"
+    | "freezeLastLayerEpochs"
+    | "weightDecay"
+    | "weightDecayEnd"
+    | "momentumTeacher"
+    | "finalMomentumTeacher"
+    | "teacherTemp"
+    | "warmupTeacherTemp"
+    | "warmupTeacherTempEpochs"
+    | "epochLength"
+  >
+  & {
+    /** Peak learning rate after sqrt batch scaling. */
+    lr: number;
+  };
 
 /** DINOv2's sqrt scaling rule: lr = base_lr · sqrt(global batch / 1024). */
 export function scaledLr(baseLr: number, globalBatch: number): number {

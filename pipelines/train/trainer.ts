@@ -1,5 +1,5 @@
 /**
- * The DinoBloom training step on the GPU (RECIPE.md §2): student and EMA
+ * The DinoBloom training step on the GPU (docs/recipe.md): student and EMA
  * teacher ViTs with separate DINO and iBOT heads, two global crops, no local
  * crops; DINO loss on CLS with Sinkhorn-Knopp (or centred softmax) teacher
  * targets swapped between the crops, iBOT loss on masked patch tokens, KoLeo
@@ -13,12 +13,14 @@
  * KoLeo's nearest neighbours are found within each micro-batch (documented
  * difference: the reference searches each GPU's share of the batch).
  */
+import { InputError } from "../../data/errors.ts";
 import { writePth } from "../../data/pth_writer.ts";
 import { openSafetensors, writeSafetensors } from "../../data/safetensors.ts";
 import type { TensorData } from "../../data/record.ts";
 import { openCheckpoint, resamplePosEmbed } from "../../graph/checkpoint.ts";
 import { ParamArena, type ParamSpec } from "../../graph/arena.ts";
 import { Graph } from "../../graph/graph.ts";
+import { initialValue } from "../../graph/init.ts";
 import { headForward, headParamSpecs } from "../../graph/heads.ts";
 import {
   add,
@@ -33,6 +35,7 @@ import {
   sum,
 } from "../../graph/ops.ts";
 import { Params } from "../../graph/params.ts";
+import { mulberry32 } from "../../graph/random.ts";
 import type { Tensor } from "../../graph/tensor.ts";
 import { vitForward, vitParamSpecs } from "../../graph/vit.ts";
 import {
@@ -44,9 +47,18 @@ import {
 import { clipFactors, gradSqNorms } from "../../kernels/clip.ts";
 import { emaUpdate, writeMomentum } from "../../kernels/ema.ts";
 import type { Gpu } from "../../kernels/runtime.ts";
-import { centeredSoftmax, sinkhornKnopp, updateCenter } from "../../kernels/sinkhorn.ts";
+import {
+  centeredSoftmax,
+  sinkhornKnopp,
+  sinkhornKnoppAcross,
+  updateCenter,
+  updateCenterAcross,
+} from "../../kernels/sinkhorn.ts";
 import type { GpuTensor } from "../../kernels/tensor.ts";
 import { addInPlace } from "../../kernels/elementwise.ts";
+import type { Comm } from "../mpi/comm.ts";
+import type { GradientSync, GradientSyncStats } from "../mpi/gradients.ts";
+import { TrainingRanks } from "../mpi/ranks.ts";
 import type { TrainConfig } from "./config.ts";
 import type { BatchMasks } from "./masking.ts";
 import { groupKey, type ParamGroup, paramGroup } from "./param_groups.ts";
@@ -71,54 +83,13 @@ export interface StepMetrics {
   /** Gradient norm per student module before clipping. */
   gradNorm: Record<Module, number>;
   maskedPatches: number;
+  /** The gradient reduction across ranks (data-parallel runs only). */
+  sync?: GradientSyncStats;
 }
 
 /** A non-finite loss: the run stops; the last good checkpoint stays. */
 export class NonFiniteLossError extends Error {
   override name = "NonFiniteLossError";
-}
-
-/** Deterministic initial values for fresh parameters (DINOv2's inits, seeded). */
-export function initialValue(
-  spec: ParamSpec,
-  rand: () => number,
-  layerScale = 1e-5,
-): Float32Array {
-  const n = spec.shape.reduce((a, b) => a * b, 1);
-  const out = new Float32Array(n);
-  const name = spec.name;
-  const normal = () => {
-    const u = Math.max(rand(), 1e-12);
-    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rand());
-  };
-  // trunc_normal(std): resample outside ±2 std.
-  const trunc = (std: number) => {
-    let v = normal();
-    while (Math.abs(v) > 2) v = normal();
-    return v * std;
-  };
-  if (/norm\d?\.weight$/.test(name) || name.endsWith("weight_g")) out.fill(1);
-  else if (name.endsWith("gamma")) out.fill(layerScale);
-  else if (name.endsWith(".bias") || name === "mask_token") out.fill(0);
-  else if (name === "cls_token" || name === "register_tokens") {
-    for (let i = 0; i < n; i++) out[i] = normal() * 1e-6;
-  } else if (name.endsWith("last_layer.weight_v")) {
-    // nn.Linear's default init (the head's last layer is made after DINOv2's init pass).
-    const bound = 1 / Math.sqrt(spec.shape[1]);
-    for (let i = 0; i < n; i++) out[i] = (2 * rand() - 1) * bound;
-  } else for (let i = 0; i < n; i++) out[i] = trunc(0.02);
-  return out;
-}
-
-/** mulberry32: a small seeded generator for host-side randomness. */
-export function seeded(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    let t = (s += 0x6d2b79f5);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** One micro-batch's tensors (see Trainer.#microBatch). */
@@ -152,6 +123,8 @@ export class Trainer {
   readonly #centers: { dino: GpuTensor; ibot: GpuTensor };
   /** Optimiser steps done. */
   iteration = 0;
+  /** The other ranks of a data-parallel run (null alone). */
+  #ranks: TrainingRanks | null = null;
 
   private constructor(gpu: Gpu, cfg: TrainConfig, student: ParamArena, teacher: ParamArena) {
     this.gpu = gpu;
@@ -218,7 +191,7 @@ export class Trainer {
   static async create(gpu: Gpu, cfg: TrainConfig, init?: string): Promise<Trainer> {
     const specs = Trainer.specs(cfg);
     const values = new Map<string, Float32Array>();
-    const rand = seeded(cfg.seed * 7919 + 1);
+    const rand = mulberry32(cfg.seed * 7919 + 1);
     if (init) {
       const ck = await openCheckpoint(init, {
         heads: cfg.vit.arch === "custom" ? cfg.vit.heads : undefined,
@@ -227,7 +200,7 @@ export class Trainer {
         const c = ck.config;
         for (const k of ["dim", "depth", "mlpHidden", "ffn", "patch", "registers"] as const) {
           if (c[k] !== cfg.vit[k]) {
-            throw new Error(
+            throw new InputError(
               `${init}: the checkpoint's ${k} is ${c[k]} but the training config has ${
                 cfg.vit[k]
               }; ` +
@@ -249,7 +222,7 @@ export class Trainer {
             const t = m.get(s.name.slice(h.length + 1));
             const n = s.shape.reduce((a, b) => a * b, 1);
             if (!t || t.numel !== n) {
-              throw new Error(
+              throw new InputError(
                 `${init}: ${s.name} is ${
                   t ? `[${t.shape}]` : "missing"
                 }, the config's head needs ` +
@@ -275,6 +248,51 @@ export class Trainer {
     return new Trainer(gpu, cfg, student, teacher);
   }
 
+  /**
+   * A trainer whose state is about to arrive from rank 0 (`joinRanks`):
+   * zeroed, with none of `create`'s reading or initialisation.
+   */
+  static blank(gpu: Gpu, cfg: TrainConfig): Trainer {
+    const specs = Trainer.specs(cfg);
+    const student = ParamArena.create(gpu, specs, { grads: true });
+    return new Trainer(gpu, cfg, student, ParamArena.create(gpu, specs));
+  }
+
+  /**
+   * Makes this trainer one rank of a data-parallel run: every rank takes rank
+   * 0's student, teacher, AdamW moments, centres and iteration, and from then
+   * on each step's batch is this rank's share of the global batch (the
+   * Sinkhorn-Knopp and centring sums, the gradients and the reported losses
+   * are summed over the ranks). Every rank calls it at the same point.
+   */
+  async joinRanks(comm: Comm): Promise<void> {
+    if (comm.size === 1) return;
+    const ranks = new TrainingRanks(this.gpu, comm, this.student);
+    const it = await comm.bcast(Float64Array.of(this.iteration));
+    this.iteration = it[0];
+    const student = this.student.chunks.map((c) => c.value);
+    if (this.iteration === 0) {
+      // A fresh run: the teacher is the student and the moments and centres are zero everywhere.
+      await ranks.broadcast(student);
+      this.teacher.chunks.forEach((c, i) => this.gpu.copy(student[i], c.value));
+    } else {
+      await ranks.broadcast([
+        ...student,
+        ...this.teacher.chunks.map((c) => c.value),
+        ...this.#m,
+        ...this.#v,
+        this.#centers.dino,
+        this.#centers.ibot,
+      ]);
+    }
+    this.#ranks = ranks;
+  }
+
+  /** Ranks training together (1 alone). */
+  get ranks(): number {
+    return this.#ranks?.size ?? 1;
+  }
+
   /** Schedule values at iteration `it`. */
   scheduleAt(it: number) {
     const s = this.schedules;
@@ -289,7 +307,8 @@ export class Trainer {
 
   /**
    * One optimiser step on `crops` (f32 [2·B, 3, S, S], crop-major: crop 1 of
-   * every image, then crop 2) with iBOT masks for those 2·B crops.
+   * every image, then crop 2) with iBOT masks for those 2·B crops. In a
+   * data-parallel run these are this rank's B images of the global batch.
    */
   async step(crops: GpuTensor, masks: BatchMasks): Promise<StepMetrics> {
     const { gpu, cfg } = this;
@@ -324,12 +343,24 @@ export class Trainer {
     this.student.zeroGrads();
 
     const parts = B / micro;
+    const ranks = this.#ranks;
+    const maskedAll = ranks ? await ranks.sumCount(masks.count) : masks.count;
     // Per micro-batch: its crops, masks and masked-token indices in micro-batch order.
     const views = [];
     for (let p = 0; p < parts; p++) views.push(this.#microBatch(crops, masks, p, micro, B, np));
-    const { dinoTargets, ibotTargets } = this.#teacherTargets(views, B2, masks.count);
+    const { dinoTargets, ibotTargets } = await this.#teacherTargets(
+      views,
+      B2,
+      masks.count,
+      maskedAll,
+    );
     const losses = { dino: gpu.zeros([1]), ibot: gpu.zeros([1]), koleo: gpu.zeros([1]) };
-    for (const v of views) this.#studentPass(v, dinoTargets, ibotTargets, B2, losses);
+    // Across ranks, the last micro-batch's backward starts the gradient reduction bucket by bucket.
+    const sync = ranks?.gradients();
+    views.forEach((v, i) =>
+      this.#studentPass(v, dinoTargets, ibotTargets, B2, losses, i === parts - 1 ? sync : undefined)
+    );
+    const syncStats = sync ? await sync.finish() : undefined;
     gpu.release(dinoTargets, ibotTargets);
     for (const v of views) gpu.release(v.crops, v.masks, v.indices, v.weights);
 
@@ -359,13 +390,18 @@ export class Trainer {
       this.#sq,
     ]);
     gpu.release(losses.dino, losses.ibot, losses.koleo);
-    const total = cfg.dinoWeight * dino[0] + cfg.ibotWeight * ibot[0] + cfg.koleoWeight * ko[0];
+    // Across ranks each rank's terms are its share of the global means: the loss is their sum.
+    const local = [dino[0], ibot[0], ko[0]];
+    const { sums: [dinoAll, ibotAll, koAll], nonFinite } = ranks
+      ? await ranks.sumLosses(local, 2) // KoLeo: from the rank's own images only
+      : { sums: local, nonFinite: [] };
+    const total = cfg.dinoWeight * dinoAll + cfg.ibotWeight * ibotAll + cfg.koleoWeight * koAll;
     this.iteration++;
     const metrics: StepMetrics = {
       step: it,
-      dino: dino[0],
-      ibot: ibot[0],
-      koleo: ko[0],
+      dino: dinoAll,
+      ibot: ibotAll,
+      koleo: koAll,
       total,
       ...s,
       gradNorm: {
@@ -373,13 +409,14 @@ export class Trainer {
         dino_head: Math.sqrt(sq[1]),
         ibot_head: Math.sqrt(sq[2]),
       },
-      maskedPatches: masks.count,
+      maskedPatches: maskedAll,
+      ...(syncStats ? { sync: syncStats } : {}),
     };
     if (!Number.isFinite(total)) {
+      const where = nonFinite.length ? ` on rank ${nonFinite.join(", ")}` : "";
       throw new NonFiniteLossError(
-        `the loss became ${total} at step ${it} (DINO ${dino[0]}, iBOT ${ibot[0]}, KoLeo ${
-          ko[0]
-        }); ` +
+        `the loss became ${total} at step ${it}${where} (DINO ${dinoAll}, iBOT ${ibotAll}, ` +
+          `KoLeo ${koAll}); ` +
           "the run stops here and the last checkpoint is the last good one. Lower the learning " +
           "rate (baseLr) or check the input data for broken images",
       );
@@ -444,11 +481,12 @@ export class Trainer {
    * Sinkhorn-Knopp (or centred softmax) over the full batch's CLS logits
    * (crop halves swapped so crop 1 learns from crop 2) and masked-patch logits.
    */
-  #teacherTargets(
+  async #teacherTargets(
     views: MicroBatch[],
     B2: number,
     nMasked: number,
-  ): { dinoTargets: GpuTensor; ibotTargets: GpuTensor } {
+    maskedAll: number,
+  ): Promise<{ dinoTargets: GpuTensor; ibotTargets: GpuTensor }> {
     const { gpu, cfg } = this;
     const K = cfg.head.prototypes;
     const B = B2 / 2;
@@ -485,7 +523,31 @@ export class Trainer {
     g.dispose();
     let dinoTargets: GpuTensor;
     let ibotTargets: GpuTensor;
-    if (cfg.centering === "sinkhorn_knopp") {
+    const ranks = this.#ranks;
+    if (ranks) {
+      // Where DINOv2's distributed code all-reduces: Sinkhorn-Knopp's sums, the centres' means.
+      const masked = patchLogits.view(0, [nMasked, K]);
+      if (cfg.centering === "sinkhorn_knopp") {
+        dinoTargets = await sinkhornKnoppAcross(gpu, clsLogits, this.#temp, ranks.reduce, {
+          count: B2 * ranks.size,
+        });
+        ibotTargets = await sinkhornKnoppAcross(gpu, masked, this.#temp, ranks.reduce, {
+          count: maskedAll,
+        });
+      } else {
+        dinoTargets = centeredSoftmax(gpu, clsLogits, this.#centers.dino, this.#temp);
+        ibotTargets = centeredSoftmax(gpu, patchLogits, this.#centers.ibot, this.#temp);
+        await updateCenterAcross(
+          gpu,
+          this.#centers.dino,
+          clsLogits,
+          0.9,
+          ranks.reduce,
+          B2 * ranks.size,
+        );
+        await updateCenterAcross(gpu, this.#centers.ibot, masked, 0.9, ranks.reduce, maskedAll);
+      }
+    } else if (cfg.centering === "sinkhorn_knopp") {
       dinoTargets = sinkhornKnopp(gpu, clsLogits, this.#temp);
       ibotTargets = sinkhornKnopp(gpu, patchLogits, this.#temp, { count: nMasked });
     } else {
@@ -500,17 +562,23 @@ export class Trainer {
     return { dinoTargets, ibotTargets };
   }
 
-  /** Student forward + backward of one micro-batch; adds its loss terms into `losses`. */
+  /**
+   * Student forward + backward of one micro-batch; adds its loss terms into `losses`. With
+   * `sync`, backward starts the cross-rank gradient reduction as gradients become final.
+   */
   #studentPass(
     v: MicroBatch,
     dinoTargets: GpuTensor,
     ibotTargets: GpuTensor,
     B2: number,
     losses: { dino: GpuTensor; ibot: GpuTensor; koleo: GpuTensor },
+    sync?: GradientSync,
   ): void {
     const { gpu, cfg } = this;
     const K = cfg.head.prototypes;
     const B = B2 / 2;
+    // The terms are means over the global batch: every rank's B images.
+    const world = this.ranks;
     const m = v.images;
     const D = cfg.vit.dim;
     const g = new Graph(gpu, { training: true });
@@ -526,7 +594,7 @@ export class Trainer {
       g.input(dinoTargets.view((B + v.first) * K, [m, K])),
     ], 0);
     const dinoRows = crossEntropySoft(g, headForward(ps, "dino_head", cls), tDino, cfg.studentTemp);
-    const dino = affine(g, sum(g, dinoRows, "all"), 1 / B2);
+    const dino = affine(g, sum(g, dinoRows, "all"), 1 / (B2 * world));
     // iBOT: per masked token, weighted by 1 / (masked tokens in its image), summed, / images.
     let ibot: Tensor | null = null;
     if (v.count > 0) {
@@ -542,7 +610,11 @@ export class Trainer {
         );
       }
       const rows = crossEntropySoft(g, logits, tIbot, cfg.studentTemp);
-      ibot = affine(g, sum(g, mul(g, rows, g.input(v.weights.view(0, [v.count]))), "all"), 1 / B2);
+      ibot = affine(
+        g,
+        sum(g, mul(g, rows, g.input(v.weights.view(0, [v.count]))), "all"),
+        1 / (B2 * world),
+      );
     }
     // KoLeo per crop set, on the backbone's CLS (after the final norm).
     const ko = add(
@@ -551,13 +623,19 @@ export class Trainer {
       koleo(g, slice(g, cls, 0, m, m), cfg.koleoEps),
     );
     // Each micro-batch's KoLeo is a mean over its crops; average them over micro-batches.
-    const koScaled = affine(g, ko, m / B);
+    const koScaled = affine(g, ko, m / (B * world));
     let total = add(g, affine(g, dino, cfg.dinoWeight), affine(g, koScaled, cfg.koleoWeight));
     if (ibot) total = add(g, total, affine(g, ibot, cfg.ibotWeight));
     addInPlace(gpu, losses.dino, dino.value.reshape([1]));
     if (ibot) addInPlace(gpu, losses.ibot, ibot.value.reshape([1]));
     addInPlace(gpu, losses.koleo, koScaled.value.reshape([1]));
-    g.backward(total);
+    if (sync && !ibot) {
+      // No masked token here: the iBOT head's gradient is already final.
+      for (const p of this.student.order) {
+        if (moduleOf(p.name) === "ibot_head") sync.onParamReady(p);
+      }
+    }
+    g.backward(total, undefined, { onParamReady: sync?.onParamReady });
     g.dispose();
   }
 
@@ -625,7 +703,7 @@ export class Trainer {
     try {
       const raw = f.metadata["bloom.resume"];
       if (!raw) {
-        throw new Error(`${path} is not a bloom resume file (no bloom.resume metadata)`);
+        throw new InputError(`${path} is not a bloom resume file (no bloom.resume metadata)`);
       }
       const meta = JSON.parse(raw) as
         & { iteration: number; config: TrainConfig }
@@ -635,7 +713,7 @@ export class Trainer {
         const k of ["dim", "depth", "heads", "mlpHidden", "ffn", "posGrid", "registers"] as const
       ) {
         if (config.vit[k] !== meta.config.vit[k]) {
-          throw new Error(
+          throw new InputError(
             `${path}: the run was started with vit.${k} = ${
               meta.config.vit[k]
             }, the config now says ` +
@@ -644,7 +722,7 @@ export class Trainer {
         }
       }
       if (JSON.stringify(config.head) !== JSON.stringify(meta.config.head)) {
-        throw new Error(
+        throw new InputError(
           `${path}: the heads differ from the run's (${JSON.stringify(meta.config.head)})`,
         );
       }
@@ -659,7 +737,7 @@ export class Trainer {
       const put = async (name: string, dst: GpuTensor) => {
         const rec = f.tensor(name);
         if (rec.numel !== dst.numel) {
-          throw new Error(
+          throw new InputError(
             `${path}: ${name} has ${rec.numel} values, the trainer expects ${dst.numel}`,
           );
         }
