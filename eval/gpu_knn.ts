@@ -1,12 +1,12 @@
 /**
  * kNN neighbour search on the GPU: a `NeighborSearch` (eval/knn.ts) for
  * large sets. Per block of queries X and block of training rows Y, the dot
- * products G = Y·Xᵀ come from the matmul kernel; a selection kernel (one
- * thread per query) turns each column into keys ‖y‖² − 2x·y and pushes them,
- * in training-index order, into a per-query max-heap of size k that stays in
- * a storage buffer between training blocks. The heap push is
- * scikit-learn's `heap_push` step for step (as `NeighborHeaps.push`): a row
- * enters only when strictly nearer than the current worst, so exact ties
+ * products G = Y·Xᵀ come from the matmul kernel; the selection kernel
+ * (kernels/knn_select.ts, one thread per query) turns each column into keys
+ * ‖y‖² − 2x·y and pushes them, in training-index order, into a per-query
+ * max-heap of size k that stays on the GPU between training blocks. The heap
+ * push is scikit-learn's `heap_push` step for step (as `NeighborHeaps.push`):
+ * a row enters only when strictly nearer than the current worst, so exact ties
  * resolve as scikit-learn's do: for k = 1 to the lowest training index among
  * the nearest, and for any k to the same neighbour set as its heap.
  *
@@ -21,18 +21,22 @@
  * query block] fits one binding. Cost: queries × train × dim multiply-adds
  * on the GPU, plus queries × train heap tests.
  */
-import { grid, type Kernel, kernel, Params } from "../kernels/kernel.ts";
-import { matmul } from "../kernels/matmul.ts";
+import { knnSelect, MAX_SELECT_K } from "../kernels/knn_select.ts";
+import { matmul } from "../kernels/matmul/mod.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
 import { rowNormsSq } from "./blas.ts";
 import { checkKs, type Neighbors, type NeighborSearch, sortHeaps } from "./knn.ts";
 import { type Matrix, sameCols, toFloat64 } from "./matrix.ts";
 
-/** The largest k the selection kernel keeps in registers. */
-export const MAX_GPU_K = 20;
+/** The largest k the GPU search supports (what the selection kernel keeps in registers). */
+export const MAX_GPU_K = MAX_SELECT_K;
 
-const WORKGROUP = 64;
+/**
+ * Above this many multiply-adds (queries × reference rows × dim) `device:
+ * auto` (eval, predict) runs kNN on a hardware GPU.
+ */
+export const GPU_KNN_WORK = 2e9;
 
 /** Options of `gpuNeighborSearch` (block sizes; the defaults fit the binding limit). */
 export interface GpuKnnOptions {
@@ -40,71 +44,6 @@ export interface GpuKnnOptions {
   queryBlock?: number;
   /** Training rows per block (default: as many as fit a binding). */
   trainBlock?: number;
-}
-
-const selectKernels = new Map<number, Kernel>();
-
-/** The heap-selection kernel for heaps of size k (k is baked into the private arrays). */
-function selectKernel(k: number): Kernel {
-  let kern = selectKernels.get(k);
-  if (kern) return kern;
-  kern = kernel({
-    name: "knn_select",
-    key: `k${k}`,
-    bindings: ["read", "read", "read_write", "read_write"],
-    uniformBytes: 20,
-    source: () => `
-struct P { nq: u32, tn: u32, t0: u32, first: u32, inf_bits: u32 }
-@group(0) @binding(0) var<storage, read> dots: array<f32>;      // [tn, nq]: y_t · x_q
-@group(0) @binding(1) var<storage, read> ynorm: array<f32>;     // [nTrain]: ‖y‖²
-@group(0) @binding(2) var<storage, read_write> hkeys: array<f32>; // [nq, K] heap keys
-@group(0) @binding(3) var<storage, read_write> hidx: array<i32>;  // [nq, K] heap rows
-@group(0) @binding(4) var<uniform> p: P;
-const K: u32 = ${k}u;
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_id) lid: vec3u) {
-  let q = (wid.x + wid.y * nwg.x) * ${WORKGROUP}u + lid.x;
-  if (q >= p.nq) { return; }
-  var keys: array<f32, ${k}>;
-  var idx: array<i32, ${k}>;
-  let o = q * K;
-  if (p.first == 1u) {
-    // Infinity from the uniform: WGSL has no infinite literal.
-    let inf = bitcast<f32>(p.inf_bits);
-    for (var i = 0u; i < K; i++) { keys[i] = inf; idx[i] = -1; }
-  } else {
-    for (var i = 0u; i < K; i++) { keys[i] = hkeys[o + i]; idx[i] = hidx[o + i]; }
-  }
-  for (var t = 0u; t < p.tn; t++) {
-    let key = ynorm[p.t0 + t] - 2.0 * dots[t * p.nq + q];
-    if (!(key < keys[0])) { continue; }
-    // scikit-learn's heap_push: sift the new key down from the root.
-    var cur = 0u;
-    loop {
-      let left = 2u * cur + 1u;
-      let right = left + 1u;
-      var swap = 0u;
-      if (left >= K) { break; }
-      if (right >= K) {
-        if (keys[left] > key) { swap = left; } else { break; }
-      } else if (keys[left] >= keys[right]) {
-        if (key < keys[left]) { swap = left; } else { break; }
-      } else {
-        if (key < keys[right]) { swap = right; } else { break; }
-      }
-      keys[cur] = keys[swap];
-      idx[cur] = idx[swap];
-      cur = swap;
-    }
-    keys[cur] = key;
-    idx[cur] = i32(p.t0 + t);
-  }
-  for (var i = 0u; i < K; i++) { hkeys[o + i] = keys[i]; hidx[o + i] = idx[i]; }
-}`,
-  });
-  selectKernels.set(k, kern);
-  return kern;
 }
 
 /**
@@ -161,7 +100,6 @@ export function gpuNeighborSearch(gpu: Gpu, opts: GpuKnnOptions = {}): NeighborS
       }
       const ynorm = gpu.tensor(yNorm, [nTrain], "knn-norms");
       owned.push(ynorm);
-      const inf = new Uint32Array(Float32Array.of(Infinity).buffer)[0];
       for (let q0 = 0; q0 < nq; q0 += qb) {
         const rows = Math.min(qb, nq - q0);
         const x = gpu.tensor(xf.subarray(q0 * d, (q0 + rows) * d), [rows, d], "knn-queries");
@@ -172,16 +110,8 @@ export function gpuNeighborSearch(gpu: Gpu, opts: GpuKnnOptions = {}): NeighborS
         try {
           for (const [b, blk] of yBlocks.entries()) {
             const dots = matmul(gpu, blk.y, x, { transB: true }); // [rows of y, queries]
-            ks.forEach((k, j) => {
-              const p = new Params(20).u32(rows).u32(blk.rows).u32(blk.t0).u32(b === 0 ? 1 : 0)
-                .u32(inf);
-              gpu.dispatch(
-                selectKernel(k),
-                [dots, ynorm, heaps[j].keys, heaps[j].idx],
-                grid(Math.ceil(rows / WORKGROUP)),
-                p.bytes,
-              );
-            });
+            const block = { queries: rows, rows: blk.rows, first: blk.t0, fresh: b === 0 };
+            for (const h of heaps) knnSelect(gpu, dots, ynorm, h, block);
             gpu.release(dots);
           }
           const got = await gpu.readMany(heaps.flatMap((h) => [h.keys, h.idx]));

@@ -24,15 +24,23 @@
  * which turns the Armijo test into Hager and Zhang's gradient-only
  * "approximate Wolfe" condition. The reported loss is that path estimate.
  */
+import { spans } from "../kernels/common/split.ts";
 import { addInPlace, binary, unary } from "../kernels/elementwise.ts";
-import { matmul } from "../kernels/matmul.ts";
+import { matmul } from "../kernels/matmul/mod.ts";
 import { sum } from "../kernels/reduce.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { crossEntropySoft } from "../kernels/softmax.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
-import { encodeLabels, type Label } from "./labels.ts";
+import type { Label } from "./labels.ts";
 import { lbfgsAsync, type LbfgsOptions } from "./lbfgs.ts";
-import { addPenalty, LogisticRegression, type LogRegOptions, probeC } from "./logreg.ts";
+import {
+  addPenalty,
+  fitSetup,
+  fittedState,
+  LogisticRegression,
+  type LogRegOptions,
+  solverOptions,
+} from "./logreg.ts";
 import type { Matrix } from "./matrix.ts";
 
 /** Options of `GpuLinearProbe.fit`: the CPU probe's, plus the row block size. */
@@ -95,8 +103,7 @@ export class GpuProbeObjective {
     const xf = x.data instanceof Float32Array ? x.data : Float32Array.from(x.data);
     const blocks: { r0: number; x: GpuTensor; y: GpuTensor }[] = [];
     try {
-      for (let r0 = 0; r0 < rows; r0 += block) {
-        const n = Math.min(block, rows - r0);
+      for (const { start: r0, count: n } of spans(rows, block)) {
         const y = new Float32Array(n * classes);
         for (let i = 0; i < n; i++) y[i * classes + codes[r0 + i]] = 1;
         blocks.push({
@@ -223,23 +230,8 @@ export class GpuLinearProbe {
     labels: readonly Label[],
     opts: GpuProbeOptions = {},
   ): Promise<LogisticRegression> {
-    if (labels.length !== train.rows) {
-      throw new RangeError(
-        `GpuLinearProbe: ${labels.length} labels for ${train.rows} training rows`,
-      );
-    }
-    const { classes, codes } = encodeLabels(labels, undefined, "GpuLinearProbe: labels");
-    const c = classes.length;
-    if (c < 2) {
-      throw new RangeError(
-        `GpuLinearProbe: needs at least 2 classes, the labels hold only ${JSON.stringify(classes)}`,
-      );
-    }
-    const m = train.cols;
-    const C = opts.C ?? probeC(m, c);
-    if (!(C > 0) || !Number.isFinite(C)) {
-      throw new RangeError(`GpuLinearProbe: C=${C} must be a positive finite number`);
-    }
+    const p = fitSetup(train, labels, opts, "GpuLinearProbe");
+    const { codes, c, m, C } = p;
     const obj = GpuProbeObjective.create(gpu, train, codes, c, opts.rowBlock);
     // f32 rounding of Σ log-loss: ~1e-7 relative per term, 1e-5 relative is a safe bound.
     const consistent = new GradientConsistentObjective(async (w, g) => {
@@ -247,10 +239,7 @@ export class GpuLinearProbe {
       return f + addPenalty(w, g, c * m, C);
     }, (f) => 1e-5 * Math.max(1, Math.abs(f)));
     const solver: LbfgsOptions = {
-      maxIter: opts.maxIter ?? 1000,
-      gtol: opts.tol ?? 1e-4,
-      ftol: opts.ftol,
-      memory: opts.memory,
+      ...solverOptions(opts),
       onIteration: (info) => {
         consistent.accept();
         opts.onIteration?.(info);
@@ -262,21 +251,7 @@ export class GpuLinearProbe {
         new Float64Array(c * m + c),
         solver,
       );
-      let gradMax = 0;
-      for (const v of res.grad) gradMax = Math.max(gradMax, Math.abs(v));
-      return LogisticRegression.fromState({
-        classes,
-        nFeatures: m,
-        coef: res.x.slice(0, c * m),
-        intercept: res.x.slice(c * m),
-        C,
-        iterations: res.iterations,
-        evaluations: res.evaluations,
-        converged: res.converged,
-        reason: res.reason,
-        loss: res.f,
-        gradMax,
-      });
+      return LogisticRegression.fromState(fittedState(p, res));
     } finally {
       obj.destroy();
     }

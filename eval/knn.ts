@@ -23,6 +23,7 @@
 import { encodeLabels, type Label } from "./labels.ts";
 import { dotBlock, rowNormsSq } from "./blas.ts";
 import { type Matrix, sameCols, toFloat64 } from "./matrix.ts";
+import { heapPush } from "../kernels/knn_select.ts";
 
 /** The k nearest training rows of each query, nearest first. */
 export interface Neighbors {
@@ -73,33 +74,7 @@ export class NeighborHeaps {
    * sifted down exactly as scikit-learn's `heap_push`.
    */
   push(q: number, key: number, index: number): void {
-    const k = this.k;
-    const keys = this.keys;
-    const idx = this.indices;
-    const o = q * k;
-    if (!(key < keys[o])) return;
-    let cur = 0;
-    for (;;) {
-      const left = 2 * cur + 1;
-      const right = left + 1;
-      let swap: number;
-      if (left >= k) break;
-      if (right >= k) {
-        if (keys[o + left] > key) swap = left;
-        else break;
-      } else if (keys[o + left] >= keys[o + right]) {
-        if (key < keys[o + left]) swap = left;
-        else break;
-      } else {
-        if (key < keys[o + right]) swap = right;
-        else break;
-      }
-      keys[o + cur] = keys[o + swap];
-      idx[o + cur] = idx[o + swap];
-      cur = swap;
-    }
-    keys[o + cur] = key;
-    idx[o + cur] = index;
+    heapPush(this.keys, this.indices, q * this.k, this.k, key, index);
   }
 
   /**
@@ -144,11 +119,14 @@ const TRAIN_BLOCK = 128;
  * Brute-force CPU search in float64: blocks of ‖y‖² − 2x·y fed, in training
  * index order, to one `NeighborHeaps` per k. Cost: queries × train × dim
  * multiply-adds (10k × 10k × 1024 is ~10^11, about a minute on one core).
+ * `scan` replaces the scan with one of the same contract and result (the
+ * screened scan, eval/knn_screened.ts).
  */
 export function bruteForceNeighbors(
   train: Matrix,
   queries: Matrix,
   ks: readonly number[],
+  scan: typeof scanQueries = scanQueries,
 ): Neighbors[] {
   sameCols(train, queries, "kNeighbors");
   checkKs(ks, train.rows, "kNeighbors");
@@ -157,7 +135,7 @@ export function bruteForceNeighbors(
   const y = toFloat64(train);
   const yNorm = rowNormsSq(y, train.rows, d);
   const heaps = ks.map((k) => new NeighborHeaps(queries.rows, k));
-  scanQueries(x, 0, queries.rows, y, train.rows, yNorm, d, heaps);
+  scan(x, 0, queries.rows, y, train.rows, yNorm, d, heaps);
   const xNorm = rowNormsSq(x, queries.rows, d);
   return heaps.map((h) => h.finish(xNorm));
 }

@@ -33,7 +33,7 @@ import { type Matrix, sameCols, toFloat64 } from "./matrix.ts";
 
 /**
  * The probe's inverse regularisation strength, `C = M·c / 100` (M feature
- * dimension, c classes), as in the reference evaluation code (RECIPE §3).
+ * dimension, c classes), as in the reference evaluation code (docs/evaluation.md).
  * The paper's text says n (training samples) instead of M; the code is what
  * produced the tables.
  */
@@ -147,9 +147,8 @@ export function addPenalty(
   return wsq / (2 * C);
 }
 
-/** Validated inputs of a fit. */
-interface Prepared {
-  x: Float64Array;
+/** The checked labels, classes and C of a fit. */
+export interface FitSetup {
   n: number;
   m: number;
   classes: Label[];
@@ -158,30 +157,46 @@ interface Prepared {
   C: number;
 }
 
-function prepare(train: Matrix, labels: readonly Label[], opts: LogRegOptions): Prepared {
+/**
+ * Checks a fit's inputs (a label per row, at least 2 classes, a positive
+ * finite C) and encodes the labels; `who` names the fitter in errors (the
+ * GPU probe checks the same way).
+ */
+export function fitSetup(
+  train: Matrix,
+  labels: readonly Label[],
+  opts: LogRegOptions,
+  who = "LogisticRegression",
+): FitSetup {
   if (labels.length !== train.rows) {
-    throw new RangeError(
-      `LogisticRegression: ${labels.length} labels for ${train.rows} training rows`,
-    );
+    throw new RangeError(`${who}: ${labels.length} labels for ${train.rows} training rows`);
   }
-  const { classes, codes } = encodeLabels(labels, undefined, "LogisticRegression: labels");
+  const { classes, codes } = encodeLabels(labels, undefined, `${who}: labels`);
   const c = classes.length;
   if (c < 2) {
     throw new RangeError(
-      `LogisticRegression: needs at least 2 classes, the labels hold only ${
-        JSON.stringify(classes)
-      }`,
+      `${who}: needs at least 2 classes, the labels hold only ${JSON.stringify(classes)}`,
     );
   }
   const m = train.cols;
   const C = opts.C ?? probeC(m, c);
   if (!(C > 0) || !Number.isFinite(C)) {
-    throw new RangeError(`LogisticRegression: C=${C} must be a positive finite number`);
+    throw new RangeError(`${who}: C=${C} must be a positive finite number`);
   }
-  return { x: toFloat64(train), n: train.rows, m, classes, codes, c, C };
+  return { n: train.rows, m, classes, codes, c, C };
 }
 
-function solverOptions(opts: LogRegOptions): LbfgsOptions {
+/** A fit's inputs, checked, with X in float64. */
+function prepare(
+  train: Matrix,
+  labels: readonly Label[],
+  opts: LogRegOptions,
+): FitSetup & { x: Float64Array } {
+  return { ...fitSetup(train, labels, opts), x: toFloat64(train) };
+}
+
+/** The L-BFGS settings of a fit (scikit-learn's defaults). */
+export function solverOptions(opts: LogRegOptions): LbfgsOptions {
   return {
     maxIter: opts.maxIter ?? 1000,
     gtol: opts.tol ?? 1e-4,
@@ -191,7 +206,8 @@ function solverOptions(opts: LogRegOptions): LbfgsOptions {
   };
 }
 
-function fitted(p: Prepared, res: LbfgsResult): LogRegState {
+/** The fitted state from the solver's result. */
+export function fittedState(p: FitSetup, res: LbfgsResult): LogRegState {
   let gradMax = 0;
   for (const v of res.grad) gradMax = Math.max(gradMax, Math.abs(v));
   return {
@@ -269,7 +285,7 @@ export class LogisticRegression {
       new Float64Array(c * m + c),
       solverOptions(opts),
     );
-    return new LogisticRegression(fitted(p, res));
+    return new LogisticRegression(fittedState(p, res));
   }
 
   /**
@@ -320,7 +336,7 @@ export class LogisticRegression {
         new Float64Array(size),
         solverOptions(opts),
       );
-      return new LogisticRegression(fitted(p, res));
+      return new LogisticRegression(fittedState(p, res));
     } finally {
       await threads.free(x, codes, params, grads);
     }

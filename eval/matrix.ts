@@ -48,6 +48,16 @@ export function toFloat64(m: Matrix): Float64Array {
   return m.data instanceof Float64Array ? m.data : Float64Array.from(m.data);
 }
 
+/** Rows `idx` of `m`, in that order, as a new matrix of the same element type. */
+export function takeRows(m: Matrix, idx: readonly number[]): Matrix {
+  const d = m.cols;
+  const out = m.data instanceof Float64Array
+    ? new Float64Array(idx.length * d)
+    : new Float32Array(idx.length * d);
+  idx.forEach((r, i) => out.set(m.data.subarray(r * d, (r + 1) * d), i * d));
+  return { data: out, rows: idx.length, cols: d };
+}
+
 /** Throws unless `a` and `b` have the same number of columns. */
 export function sameCols(a: Matrix, b: Matrix, op: string): void {
   if (a.cols !== b.cols) {

@@ -1,5 +1,5 @@
 /**
- * Multiple-instance learning for patient-level AML subtyping (RECIPE §3):
+ * Multiple-instance learning for patient-level AML subtyping (docs/evaluation.md):
  * a bag is every cell embedding of one patient, the patient's label is its
  * cells' label, and an attention head pools the bag into class logits.
  *
@@ -711,6 +711,10 @@ export interface MilEvalOptions extends MilTrainOptions {
   heads?: readonly MilHeadKind[];
   /** Progress lines ("ABMIL (gated), fold 2/5"). */
   onStage?: (stage: string) => void;
+  /** Called with each trained head before its weights are freed (`eval --save` keeps them). */
+  onTrained?: (
+    t: { head: MilHeadKind; fold: number; model: TrainedMil; classes: string[] },
+  ) => Promise<void> | void;
 }
 
 /** One head's outcome: one run per fold (one run without folds). */
@@ -847,6 +851,7 @@ async function runMil(
             epochs: model.history.length,
             bestEpoch: model.bestEpoch,
           });
+          await opts.onTrained?.({ head, fold: f, model, classes: classes as string[] });
         } finally {
           model.arena.destroy();
         }

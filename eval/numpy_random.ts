@@ -3,7 +3,7 @@
  * draw: MT19937 seeded from a 32-bit integer, the masked-rejection bounded
  * integers that `randint`, `shuffle` and `permutation` use, and
  * `choice(replace=False)`. scikit-learn's `check_random_state(seed)` returns
- * exactly this generator, so the splits in `pipelines/split.ts` can match
+ * exactly this generator, so the splits in `eval/split.ts` can match
  * scikit-learn index for index.
  *
  * Only what the splitters need is here; every method consumes the stream the

@@ -1,6 +1,7 @@
 /**
- * The paper's Fig. 3: PCA of the patch tokens of a set of images, the first
- * three components shown as RGB next to the input cells.
+ * The paper's Fig. 3 as a PNG: PCA of the patch tokens of a set of images,
+ * the first three components shown as RGB next to the input cells (the
+ * colours come from eval/patch_pca.ts).
  *
  * One PCA is fitted over the patch tokens of all images together ([N·T, D],
  * T = grid², 256 at 224 px), so a colour means the same thing in every
@@ -17,128 +18,20 @@
  * The 16×16 colour grid is upsampled to the cell size (nearest neighbour by
  * default, showing the patch grid as it is) and drawn under its input cell;
  * inputs are resized to the cell size without keeping aspect, as the model
- * sees them.
+ * sees them. A title (what the figure shows and from which weights) sits
+ * above, and each input cell's label (its class) above its tile, when given;
+ * the text is drawn from an SVG overlay with the fonts fontconfig finds
+ * (eval/plot_png.ts).
  */
-import type { Buffer } from "node:buffer";
-import sharp from "sharp";
-import { matrix } from "./matrix.ts";
-import { type Pca, pca, pcaTransform } from "./pca.ts";
-
-/** Patch tokens of N images: [images, tokens, dim] row-major, tokens = grid². */
-export interface PatchTokens {
-  data: Float32Array | Float64Array;
-  images: number;
-  tokens: number;
-  dim: number;
-}
-
-/** Options of `patchPcaColours`. */
-export interface PatchPcaOptions {
-  /** Foreground threshold in (0, 1) on the scaled first component; off by default. */
-  foregroundThreshold?: number;
-}
-
-/** Per-patch colours and what produced them. */
-export interface PatchColours {
-  grid: number;
-  /** [images, grid, grid, 3] RGB bytes. */
-  rgb: Uint8Array;
-  /** [images · tokens] 1 where the token was coloured (all 1 without a threshold). */
-  foreground: Uint8Array;
-  /** The three-component PCA behind the colours. */
-  pca: Pca;
-}
-
-function gridOf(t: PatchTokens): number {
-  const grid = Math.round(Math.sqrt(t.tokens));
-  if (grid * grid !== t.tokens) {
-    throw new RangeError(
-      `patch PCA: ${t.tokens} tokens per image is not a square grid; pass patch tokens only ` +
-        `(drop the CLS and register tokens)`,
-    );
-  }
-  if (t.data.length !== t.images * t.tokens * t.dim) {
-    throw new RangeError(
-      `patch PCA: ${t.data.length} values do not fill [${t.images}, ${t.tokens}, ${t.dim}]`,
-    );
-  }
-  if (t.dim < 3) throw new RangeError(`patch PCA: token dim ${t.dim} < 3 components`);
-  return grid;
-}
-
-/** Rows of `data` ([rows, dim]) whose flag is set, as a new matrix. */
-function selectRows(data: Float32Array | Float64Array, dim: number, keep: Uint8Array) {
-  let n = 0;
-  for (const k of keep) n += k;
-  const out = new Float64Array(n * dim);
-  let r = 0;
-  keep.forEach((k, i) => {
-    if (k) out.set(data.subarray(i * dim, (i + 1) * dim), dim * r++);
-  });
-  return matrix(out, n, dim, "patch tokens");
-}
-
-/** Min–max scales column j of [n, k] scores over flagged rows to [0, 1] (constant → 0.5). */
-function minMax(
-  scores: Float64Array,
-  k: number,
-  j: number,
-  keep: Uint8Array,
-): (v: number) => number {
-  let lo = Infinity, hi = -Infinity;
-  keep.forEach((f, i) => {
-    if (f) lo = Math.min(lo, scores[i * k + j]), hi = Math.max(hi, scores[i * k + j]);
-  });
-  return hi > lo ? (v) => (v - lo) / (hi - lo) : () => 0.5;
-}
-
-/** Computes the per-patch RGB colours (see the module comment). */
-export function patchPcaColours(t: PatchTokens, opts: PatchPcaOptions = {}): PatchColours {
-  const grid = gridOf(t);
-  const all = matrix(t.data, t.images * t.tokens, t.dim, "patch tokens");
-  const n = all.rows;
-  const foreground = new Uint8Array(n).fill(1);
-  const thr = opts.foregroundThreshold;
-  if (thr !== undefined) {
-    if (!(thr > 0 && thr < 1)) {
-      throw new RangeError(`patch PCA: foregroundThreshold ${thr} must be in (0, 1)`);
-    }
-    const first = pcaTransform(pca(all, 1), all);
-    const scale = minMax(first, 1, 0, foreground);
-    // Orientation: the centred cell should score high.
-    const q = grid / 4;
-    let cSum = 0, cN = 0, bSum = 0, bN = 0;
-    for (let i = 0; i < n; i++) {
-      const p = i % t.tokens, r = Math.floor(p / grid), c = p % grid;
-      if (r >= q && r < grid - q && c >= q && c < grid - q) cSum += scale(first[i]), cN++;
-      else bSum += scale(first[i]), bN++;
-    }
-    const flip = cN > 0 && bN > 0 && cSum / cN < bSum / bN;
-    for (let i = 0; i < n; i++) {
-      const s = scale(first[i]);
-      foreground[i] = (flip ? 1 - s : s) > thr ? 1 : 0;
-    }
-  }
-  let nFg = 0;
-  for (const f of foreground) nFg += f;
-  if (nFg < 4) {
-    throw new RangeError(
-      `patch PCA: only ${nFg} foreground tokens at threshold ${thr}; lower foregroundThreshold`,
-    );
-  }
-  const fitted = pca(selectRows(t.data, t.dim, foreground), 3);
-  const scores = pcaTransform(fitted, all);
-  const scales = [0, 1, 2].map((j) => minMax(scores, 3, j, foreground));
-  const rgb = new Uint8Array(n * 3);
-  for (let i = 0; i < n; i++) {
-    if (!foreground[i]) continue; // background stays black
-    for (let j = 0; j < 3; j++) {
-      const v = scales[j](scores[i * 3 + j]);
-      rgb[i * 3 + j] = Math.round(255 * Math.min(1, Math.max(0, v)));
-    }
-  }
-  return { grid, rgb, foreground, pca: fitted };
-}
+import { Buffer } from "node:buffer";
+import sharp from "npm:sharp@0.34.5";
+import { escapeXml, FONT } from "./plot.ts";
+import {
+  type PatchColours,
+  patchPcaColours,
+  type PatchPcaOptions,
+  type PatchTokens,
+} from "./patch_pca.ts";
 
 /** An input image: a file path, encoded bytes (JPEG, PNG, TIFF…), or raw pixels. */
 export type ImageInput =
@@ -156,7 +49,15 @@ export interface PatchFigureOptions extends PatchPcaOptions {
   gap?: number;
   /** Upsampling of the patch grid: "nearest" (default) or "bilinear". */
   upsample?: "nearest" | "bilinear";
+  /** A title line above the tiles, e.g. what is shown and the weights' name. */
+  title?: string;
+  /** One label per image (its class; null or "" for none), above its input tile. */
+  labels?: readonly (string | null | undefined)[];
 }
+
+/** Heights of the title band and of each input row's label band, px. */
+const TITLE_BAND = 26;
+const LABEL_BAND = 16;
 
 async function inputTile(img: ImageInput, size: number, i: number): Promise<Buffer> {
   const src = typeof img === "string" || img instanceof Uint8Array
@@ -192,14 +93,37 @@ export async function patchPcaFigure(
   if (!Number.isInteger(cell) || cell < 1 || !Number.isInteger(cols) || cols < 1) {
     throw new RangeError(`patchPcaFigure: cellSize ${cell} and columns ${cols} must be ≥ 1`);
   }
+  if (opts.labels && opts.labels.length !== tokens.images) {
+    throw new RangeError(
+      `patchPcaFigure: ${opts.labels.length} labels for ${tokens.images} images`,
+    );
+  }
+  const titleH = opts.title ? TITLE_BAND : 0;
+  const labelH = opts.labels?.some((l) => l) ? LABEL_BAND : 0;
   const bands = Math.ceil(tokens.images / cols);
   const width = cols * cell + (cols + 1) * gap;
-  const height = bands * 2 * cell + (2 * bands + 1) * gap;
+  const height = titleH + bands * (2 * cell + labelH) + (2 * bands + 1) * gap;
   const g = colours.grid;
   const layers: sharp.OverlayOptions[] = [];
+  const text: string[] = [];
+  if (opts.title) {
+    text.push(
+      `<text x="${gap}" y="${titleH - 8}" font-size="14" font-weight="bold">${
+        escapeXml(opts.title)
+      }</text>`,
+    );
+  }
   for (let i = 0; i < tokens.images; i++) {
     const left = gap + (i % cols) * (cell + gap);
-    const top = gap + Math.floor(i / cols) * 2 * (cell + gap);
+    const bandTop = titleH + gap + Math.floor(i / cols) * (2 * (cell + gap) + labelH);
+    const top = bandTop + labelH;
+    const label = opts.labels?.[i];
+    if (label) {
+      text.push(
+        `<text x="${left + cell / 2}" y="${bandTop + labelH - 4}" font-size="11" ` +
+          `text-anchor="middle">${escapeXml(label)}</text>`,
+      );
+    }
     const raw = { width: cell, height: cell, channels: 3 as const };
     layers.push({ input: await inputTile(images[i], cell, i), raw, left, top });
     const map = await sharp(colours.rgb.subarray(i * g * g * 3, (i + 1) * g * g * 3), {
@@ -208,6 +132,11 @@ export async function patchPcaFigure(
       kernel: (opts.upsample ?? "nearest") === "nearest" ? "nearest" : "linear",
     }).raw().toBuffer();
     layers.push({ input: map, raw, left, top: top + cell + gap });
+  }
+  if (text.length) {
+    const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" ` +
+      `font-family="${FONT}" fill="#222">${text.join("")}</svg>`;
+    layers.unshift({ input: Buffer.from(svg), left: 0, top: 0 });
   }
   const png = await sharp({
     create: { width, height, channels: 3, background: { r: 255, g: 255, b: 255 } },

@@ -1,11 +1,8 @@
 /**
  * Small plotting helpers shared by the figures: a categorical palette, XML
- * escaping, number formatting for axes, and SVG → PNG rasterisation with
- * sharp (librsvg; text is drawn with the fonts fontconfig finds, DejaVu Sans
- * on our machines — without any font, labels would be missing from the PNG
- * while the SVG still carries them).
+ * escaping and number formatting for axes. Pure string work, so the browser
+ * page draws with them too; rasterising is plot_png.ts.
  */
-import sharp from "sharp";
 
 /** Font stack for every text element (DejaVu Sans ships with most Linux systems). */
 export const FONT = "DejaVu Sans, Verdana, Arial, sans-serif";
@@ -53,26 +50,4 @@ export function escapeXml(s: string): string {
 /** A coordinate for SVG output: two decimals, no trailing zeros. */
 export function fmt(v: number): string {
   return String(Math.round(v * 100) / 100);
-}
-
-/**
- * Renders an SVG document to PNG with sharp. `scale` multiplies the SVG's
- * own pixel size (density 72·scale dpi).
- */
-export async function svgToPng(svg: string, scale = 1): Promise<Uint8Array> {
-  if (!(scale > 0)) throw new RangeError(`svgToPng: scale ${scale} must be > 0`);
-  const png = await sharp(new TextEncoder().encode(svg), { density: 72 * scale }).png().toBuffer();
-  return new Uint8Array(png.buffer, png.byteOffset, png.byteLength);
-}
-
-/** Writes `svg` to `<base>.svg` and its PNG rendering to `<base>.png`; returns both paths. */
-export async function writeSvgAndPng(
-  base: string,
-  svg: string,
-  scale = 1,
-): Promise<{ svg: string; png: string }> {
-  const paths = { svg: `${base}.svg`, png: `${base}.png` };
-  await Deno.writeTextFile(paths.svg, svg);
-  await Deno.writeFile(paths.png, await svgToPng(svg, scale));
-  return paths;
 }

@@ -1,5 +1,5 @@
 /**
- * The paper's image-level protocols on precomputed embeddings (RECIPE §3):
+ * The paper's image-level protocols on precomputed embeddings (docs/evaluation.md):
  * k-NN for k ∈ {1, 20} and the linear probe, each scored with accuracy,
  * balanced accuracy and weighted F1, as report rows ready for
  * `markdownTable` / `reportJson`. The CLI builds on this; it does no I/O.
@@ -36,6 +36,8 @@ export interface ProtocolResult {
   /** Probe only: solver iterations and whether it converged. */
   iterations?: number;
   converged?: boolean;
+  /** Probe only: the fitted model (`eval --save` keeps it). */
+  model?: LogisticRegression;
 }
 
 /**
@@ -82,6 +84,7 @@ export async function evaluateEmbeddings(
       metrics: classificationMetrics(testLabels, pred),
       iterations: lr.iterations,
       converged: lr.converged,
+      model: lr,
     });
   }
   return {

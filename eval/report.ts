@@ -2,11 +2,14 @@
  * Evaluation reports: one row per (method, protocol) with accuracy, balanced
  * accuracy and weighted F1, as a JSON document and as a Markdown table laid
  * out like the paper's Tables 2–3 (percent, one decimal; "mean ± std" when a
- * row summarises folds).
+ * row summarises folds). Every report names the split its numbers come
+ * from (origin and membership hash, eval/split_record.ts), and per-class
+ * tables list every class of the data, those absent from a test set too.
  */
 import type { ClassificationMetrics, MeanStd } from "./metrics.ts";
 import { meanStd } from "./metrics.ts";
-import type { Label } from "./labels.ts";
+import { type Label, uniqueSorted } from "./labels.ts";
+import { describeSplit, type SplitRecord } from "./split_record.ts";
 
 /** The three headline numbers of a row: a single run, or mean ± std over folds. */
 export interface RowScores {
@@ -48,9 +51,35 @@ export interface EvalReport {
   rows: ReportRow[];
   /** Free-form provenance: checkpoint, split seed, feature dimension… */
   meta?: Record<string, string | number | boolean>;
+  /** The split the rows were measured on: where it came from and its membership hash. */
+  split?: SplitRecord;
 }
 
-function detail(m: ClassificationMetrics): RunDetail {
+/**
+ * The per-class part of a run, over `classes` when given: a class that is in
+ * neither the test labels nor the predictions (absent from the test split)
+ * gets a row with support 0 (precision, recall and F1 0, scikit-learn's
+ * `zero_division=0`) and an empty confusion row and column, instead of
+ * vanishing. The run's summary scores stay those of the classes present.
+ */
+function detail(m: ClassificationMetrics, classes?: readonly Label[]): RunDetail {
+  const have = m.perClass.labels;
+  const all = classes ? uniqueSorted([...have, ...classes]) : have;
+  if (all.length === have.length) return plainDetail(m);
+  const at = all.map((l) => have.indexOf(l));
+  const pick = (v: number[]) => at.map((i) => (i < 0 ? 0 : v[i]));
+  return {
+    ...plainDetail(m),
+    labels: all,
+    precision: pick(m.perClass.precision),
+    recall: pick(m.perClass.recall),
+    f1: pick(m.perClass.f1),
+    support: pick(m.perClass.support),
+    confusion: at.map((i) => (i < 0 ? at.map(() => 0) : pick(m.confusion.matrix[i]))),
+  };
+}
+
+function plainDetail(m: ClassificationMetrics): RunDetail {
   return {
     n: m.n,
     accuracy: m.accuracy,
@@ -68,13 +97,15 @@ function detail(m: ClassificationMetrics): RunDetail {
 
 /**
  * A table row from one run or from several folds (mean ± std over folds,
- * `ddof` as in `meanStd`: population std by default).
+ * `ddof` as in `meanStd`: population std by default). `classes`: every class
+ * of the data, so the per-class details keep those a test set lacks.
  */
 export function reportRow(
   method: string,
   protocol: string,
   runs: ClassificationMetrics | readonly ClassificationMetrics[],
   ddof: 0 | 1 = 0,
+  classes?: readonly Label[],
 ): ReportRow {
   const list = Array.isArray(runs) ? runs : [runs as ClassificationMetrics];
   if (list.length === 0) throw new RangeError(`reportRow ${method}/${protocol}: no runs`);
@@ -86,7 +117,7 @@ export function reportRow(
     accuracy: stat((m) => m.accuracy),
     balancedAccuracy: stat((m) => m.balancedAccuracy),
     weightedF1: stat((m) => m.weightedF1),
-    runs: list.map(detail),
+    runs: list.map((m) => detail(m, classes)),
   };
 }
 
@@ -119,20 +150,26 @@ export function markdownTable(report: EvalReport, digits = 1): string {
         `${formatScore(r.balancedAccuracy, digits)} | ${formatScore(r.weightedF1, digits)} |`,
     );
   }
+  if (report.split) lines.push("", `Split: ${describeSplit(report.split)}`);
   return lines.join("\n") + "\n";
 }
 
 /**
  * Per-class Markdown table of one run (scikit-learn's classification_report
- * layout: precision, recall, F1 in percent, and support).
+ * layout: precision, recall, F1 in percent, and support). A class with no
+ * test cell (support 0) shows "–" for recall and F1: there is nothing to
+ * recall; its precision is that of its predictions, "–" when never predicted.
  */
 export function perClassTable(run: RunDetail, digits = 1): string {
   const pct = (v: number) => (100 * v).toFixed(digits);
   const lines = ["| Class | Precision | Recall | F1 | Support |", "|---|---:|---:|---:|---:|"];
   run.labels.forEach((l, k) => {
+    const absent = run.support[k] === 0;
+    const predicted = run.confusion.some((row) => row[k] > 0);
+    const p = absent && !predicted ? "–" : pct(run.precision[k]);
+    const [r, f] = absent ? ["–", "–"] : [pct(run.recall[k]), pct(run.f1[k])];
     lines.push(
-      `| ${String(l).replace(/\|/g, "\\|")} | ${pct(run.precision[k])} | ${pct(run.recall[k])} | ` +
-        `${pct(run.f1[k])} | ${run.support[k]} |`,
+      `| ${String(l).replace(/\|/g, "\\|")} | ${p} | ${r} | ${f} | ${run.support[k]} |`,
     );
   });
   return lines.join("\n") + "\n";

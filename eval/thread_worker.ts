@@ -5,7 +5,9 @@
  * buffers by id and runs one job per message on its slice of the rows, with
  * the same kernels the single-threaded code runs.
  */
+import { F32Dots, simdAvailable } from "./f32_dots.ts";
 import { NeighborHeaps, scanQueries } from "./knn.ts";
+import { screenedScan } from "./knn_screened.ts";
 import { dataLossGrad } from "./logreg.ts";
 import type { WorkerReply, WorkerRequest } from "./threads.ts";
 
@@ -44,7 +46,7 @@ function run(req: WorkerRequest): number {
           i32(req.indices[j]).subarray(req.q0 * k, req.q1 * k),
         )
       );
-      scanQueries(
+      const args = [
         f64(req.queries),
         req.q0,
         req.q1,
@@ -53,7 +55,10 @@ function run(req: WorkerRequest): number {
         f64(req.trainNormSq),
         req.d,
         heaps,
-      );
+      ] as const;
+      if (req.screened && simdAvailable()) {
+        screenedScan(...args, new F32Dots(f64(req.train), req.nTrain, req.d));
+      } else scanQueries(...args);
       return 0;
     }
     case "lossgrad": {
