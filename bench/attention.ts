@@ -35,7 +35,8 @@ export function attentionFlops(batch: number, heads: number, tokens: number, dh:
 
 function describe(v: AttentionVariant): string {
   const tile = v.kind === "tiled" ? ` tile ${v.tile}` : "";
-  return `${v.kind} wg ${v.wg} rows ${v.rows} block ${v.block}${tile} ${v.dot ?? "vec"}`;
+  return `${v.kind} wg ${v.wg} rows ${v.rows} block ${v.block}${tile} ${v.dot ?? "vec"}` +
+    (v.tex ? " from a texture" : "");
 }
 
 /** Deterministic qkv in [-0.5, 0.5] (scores of order 1, like a trained model's). */

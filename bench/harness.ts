@@ -26,6 +26,28 @@ export interface BenchRow {
   ratio: number;
   /** Free text: variant chosen, shapes, caveats. */
   note?: string;
+  /** Rows against a peer (PyTorch, Pillow): both sides, measured interleaved. */
+  compare?: Comparison;
+}
+
+/** One side of a comparison: its rate (from the median) and its spread of per-run times. */
+export interface SideStats {
+  /** Items per second at the median time. */
+  rate: number;
+  msMedian: number;
+  msMin: number;
+  msMax: number;
+}
+
+/** Both sides of a row measured against a peer in alternating rounds (A B A B …). */
+export interface Comparison {
+  rounds: number;
+  /** Threads each side used. */
+  threads: { ours: number; peer: number };
+  ours: SideStats;
+  peer: SideStats & { name: string };
+  /** Ratio ours/peer of each round: min, median, max. */
+  ratioPerRound: [number, number, number];
 }
 
 /** What a suite gets: the GPU, the peaks of this run and a quick flag. */
@@ -154,6 +176,55 @@ export function formatRows(rows: BenchRow[]): string {
     `${r.peak.toPrecision(4)} (${r.peakName})`,
     r.ratio.toFixed(3),
     r.note ?? "",
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
+  return [line(head), line(widths.map((w) => "-".repeat(w))), ...body.map(line)].join("\n");
+}
+
+/** How one row's ratio moved over consecutive full runs (`deno task bench --repeat N`). */
+export interface Stability {
+  name: string;
+  /** The row's ratio in each run (NaN where it was missing or skipped). */
+  ratios: number[];
+  /** Largest |r_i / r_(i-1) − 1| between consecutive runs with ratios. */
+  maxChange: number;
+  /** maxChange ≤ the tolerance. */
+  holds: boolean;
+}
+
+/**
+ * Per row against a peer (rows with `compare`), its ratio in each run and the largest relative
+ * change between consecutive runs, against `tolerance` (0.15: ±15 %). Rows are matched by
+ * name; rows without a finite ratio in at least two runs are left out.
+ */
+export function stability(runs: readonly (readonly BenchRow[])[], tolerance = 0.15): Stability[] {
+  const names: string[] = [];
+  for (const rows of runs) {
+    for (const r of rows) if (r.compare && !names.includes(r.name)) names.push(r.name);
+  }
+  const out: Stability[] = [];
+  for (const name of names) {
+    const ratios = runs.map((rows) => rows.find((r) => r.name === name)?.ratio ?? NaN);
+    const finite = ratios.filter((r) => Number.isFinite(r) && r > 0);
+    if (finite.length < 2) continue;
+    let maxChange = 0;
+    for (let i = 1; i < finite.length; i++) {
+      maxChange = Math.max(maxChange, Math.abs(finite[i] / finite[i - 1] - 1));
+    }
+    out.push({ name, ratios, maxChange, holds: maxChange <= tolerance });
+  }
+  return out;
+}
+
+/** The stability table as text. */
+export function formatStability(rows: Stability[], tolerance = 0.15): string {
+  const head = ["name", "ratio per run", "max change", `within ±${(tolerance * 100).toFixed(0)} %`];
+  const body = rows.map((s) => [
+    s.name,
+    s.ratios.map((r) => (Number.isFinite(r) ? r.toFixed(3) : "–")).join("  "),
+    `${(s.maxChange * 100).toFixed(1)} %`,
+    s.holds ? "yes" : "NO",
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();

@@ -1,14 +1,16 @@
 /**
  * Ingest throughput (images/s: read → decode → Lanczos resize to 224 → PNG
- * → tar shard), next to Pillow doing the same in one process
- * (`scripts/bench/pillow_ingest.py`) in the same run. Two inputs: generated
- * 360×363 JPEGs (Acevedo's size: a reduction) and the BCCD crops when
- * ../shared/data is present (about 60% of them are enlarged to 224).
- * Target: ≥ 1.5× Pillow.
+ * → tar shard), next to Pillow doing the same (`scripts/bench/pillow_ingest.py`)
+ * in alternating rounds at the same thread count: one worker against one Pillow
+ * process, and all cores against as many Pillow processes. Inputs: generated
+ * 360×363 JPEGs (Acevedo's size: a reduction) and, when `BLOOM_BENCH_CELLS` names a folder
+ * of real cell crops (the BCCD crops: about 60% of them are enlarged to 224), those too.
+ * Target: ≥ 1.5× Pillow at one thread each.
  */
-import sharp from "sharp";
+import sharp from "npm:sharp@0.34.5";
 import { join } from "node:path";
-import { type BenchRow, type BenchSuite, median } from "./harness.ts";
+import type { BenchRow, BenchSuite } from "./harness.ts";
+import { comparisonRow, interleave, PeerSession } from "./peers.ts";
 import { runIngest } from "../pipelines/ingest/run.ts";
 
 const PILLOW = new URL("../scripts/bench/pillow_ingest.py", import.meta.url).pathname;
@@ -43,71 +45,55 @@ async function makeAcevedoLike(root: string, n: number): Promise<void> {
   }
 }
 
-/** Pillow's images/s on `input`, or null where python3 with PIL is missing. */
-async function pillowRate(input: string, out: string): Promise<number | null> {
-  try {
-    const r = await new Deno.Command("/usr/bin/python3", {
-      args: [PILLOW, "--input", input, "--out", out, "--size", "224"],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    if (!r.success) {
-      console.warn(`pillow_ingest.py failed: ${new TextDecoder().decode(r.stderr).trim()}`);
-      return null;
-    }
-    return JSON.parse(new TextDecoder().decode(r.stdout)).rate;
-  } catch {
-    return null;
-  }
-}
-
-/** Median images/s of ours and Pillow's on one input, alternating runs (the machine drifts). */
-async function measure(name: string, input: string, iters: number): Promise<BenchRow> {
+/**
+ * Ours against Pillow on one input at one thread count, in alternating rounds: each round is
+ * a full ingest by us (`runIngest` with `workers` workers, one libvips thread each) and then
+ * by Pillow (`scripts/bench/pillow_ingest.py` with as many processes), its process kept alive
+ * across rounds so start-up never counts.
+ */
+async function measure(
+  name: string,
+  input: string,
+  rounds: number,
+  workers: number,
+): Promise<BenchRow> {
   const tmp = await Deno.makeTempDir({ prefix: "bloom-bench-ingest-" });
+  const peer = await PeerSession.open(PILLOW, [
+    ...["--input", input, "--out", join(tmp, "pillow.tar"), "--size", "224"],
+    ...["--procs", String(workers), "--warmup", "1"],
+  ]);
   try {
-    const workers = navigator.hardwareConcurrency ?? 1;
-    const ours: number[] = [];
-    const theirs: number[] = [];
     let images = 0;
     let ourBytes = 0;
-    let pillowBytes = 0;
-    // One untimed run loads libvips and warms the file cache for both.
-    await runIngest({ input, layout: "imagefolder", out: join(tmp, "warm"), workers }, {
-      progress: false,
-    });
-    for (let i = 0; i < iters; i++) {
+    let round = 0;
+    const ours = async () => {
+      const out = join(tmp, `run${round++}`);
       const t0 = performance.now();
-      const s = await runIngest(
-        { input, layout: "imagefolder", out: join(tmp, `run${i}`), workers },
-        { progress: false },
-      );
-      ours.push(s.samples / ((performance.now() - t0) / 1000));
+      const s = await runIngest({ input, layout: "imagefolder", out, workers }, {
+        progress: false,
+      });
+      const ms = performance.now() - t0;
       images = s.samples;
       ourBytes = s.manifest.shards.reduce((n, x) => n + x.bytes, 0);
-      await Deno.remove(join(tmp, `run${i}`), { recursive: true });
-      const p = await pillowRate(input, join(tmp, "pillow.tar"));
-      if (p !== null) {
-        theirs.push(p);
-        pillowBytes = (await Deno.stat(join(tmp, "pillow.tar"))).size;
-      }
-    }
-    const rate = median(ours);
-    const peak = theirs.length ? median(theirs) : NaN;
-    return {
-      name: `ingest ${name} → png 224`,
-      ms: 1000 / rate,
-      rate,
-      peak,
-      peakName: "pillow 1 process",
-      ratio: rate / peak,
-      note: `${images} images, ${workers} workers, median of ${iters}; ` +
-        `tar KiB/image ours ${(ourBytes / images / 1024).toFixed(1)}` +
-        (theirs.length
-          ? ` vs Pillow ${(pillowBytes / images / 1024).toFixed(1)}`
-          : "; Pillow unavailable") +
-        "; target ratio ≥ 1.5",
+      await Deno.remove(out, { recursive: true });
+      return ms;
     };
+    await ours(); // loads libvips and warms the file cache, as the peer's warm-up does
+    const r = await interleave(rounds, ours, peer);
+    const pillowBytes = await Deno.stat(join(tmp, "pillow.tar")).then((s) => s.size, () => 0);
+    const kib = (b: number) => (b / images / 1024).toFixed(1);
+    return comparisonRow(
+      `ingest ${name} → png 224, ${workers} thread${workers > 1 ? "s" : ""}`,
+      { ours: images, peer: peer instanceof PeerSession ? peer.items : images },
+      r,
+      `pillow ${workers} process${workers > 1 ? "es" : ""}`,
+      { ours: workers, peer: workers },
+      `${images} images; tar KiB/image ours ${kib(ourBytes)}` +
+        (pillowBytes ? ` vs Pillow ${kib(pillowBytes)}` : "") +
+        (workers === 1 ? "; target ratio ≥ 1.5" : ""),
+    );
   } finally {
+    if (peer instanceof PeerSession) await peer.close();
     await Deno.remove(tmp, { recursive: true });
   }
 }
@@ -117,21 +103,28 @@ export const ingestSuite: BenchSuite = {
   name: "ingest",
   async run(ctx) {
     const rows: BenchRow[] = [];
-    const iters = ctx.quick ? 1 : 3;
+    // Rounds are short (~0.3 s quick): medians over many keep a shared machine's bursts out.
+    const rounds = ctx.quick ? 7 : 9;
+    const threads = navigator.hardwareConcurrency || 1;
     const gen = await Deno.makeTempDir({ prefix: "bloom-bench-acevedo-" });
     try {
       const n = ctx.quick ? 48 : 240;
       await makeAcevedoLike(gen, n);
-      rows.push(await measure(`${n} generated 360x363 jpg`, gen, iters));
+      rows.push(await measure(`${n} generated 360x363 jpg`, gen, rounds, 1));
+      if (threads > 1) rows.push(await measure(`${n} generated 360x363 jpg`, gen, rounds, threads));
     } finally {
       await Deno.remove(gen, { recursive: true });
     }
-    const crops = new URL("../../shared/data/bccd-cropped/BCCD_cropped", import.meta.url).pathname;
+    // Real crops, when given; the developers' checkout has BCCD's beside the project.
+    const crops = Deno.env.get("BLOOM_BENCH_CELLS") ??
+      new URL("../../shared/data/bccd-cropped/BCCD_cropped", import.meta.url).pathname;
     try {
       await Deno.stat(crops);
-      rows.push(await measure("bccd-cropped 351 jpg", crops, iters));
+      rows.push(await measure(`${crops.split("/").at(-1)} cells jpg`, crops, rounds, 1));
     } catch {
-      console.warn("ingest bench: ../shared/data/bccd-cropped absent, BCCD row skipped");
+      console.warn(
+        `ingest bench: ${crops} absent, real-cell row skipped (BLOOM_BENCH_CELLS=DIR adds one)`,
+      );
     }
     return rows;
   },

@@ -6,6 +6,7 @@
  * recorded (see `kernels/autotune.ts`), so the "tuned" row is what later processes run.
  */
 import {
+  candidateTag,
   matmul,
   MATMUL_CANDIDATES,
   matmulStrided,
@@ -14,7 +15,7 @@ import {
   selectMatmulVariant,
   shapeClass,
   variantId,
-} from "../kernels/matmul.ts";
+} from "../kernels/matmul/mod.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
 import { type BenchRow, type BenchSuite, computeRow, timeGpu } from "./harness.ts";
@@ -99,7 +100,7 @@ export const matmulSuite: BenchSuite = {
         key,
         MATMUL_CANDIDATES,
         (v) => Promise.resolve(measured.get(variantId(v)) ?? null),
-        { iters: 1 },
+        { iters: 1, tag: candidateTag(gpu) },
       );
       const chosen = variantId(
         selectMatmulVariant(gpu, { M: s.M, N: s.N, K: s.K, transB: s.transB }),

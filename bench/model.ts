@@ -13,104 +13,32 @@
 import { ParamArena } from "../graph/arena.ts";
 import { Graph } from "../graph/graph.ts";
 import { Params } from "../graph/params.ts";
-import { type BindingLimits, rowBlocks } from "../graph/rules.ts";
-import { tuneForVit } from "../graph/tune.ts";
+import {
+  type LinearUse,
+  type ModelPass,
+  tokenCounts,
+  tuneForVit,
+  vitLinears,
+} from "../graph/tune.ts";
 import { type VitConfig, vitConfig, vitForward, vitParamSpecs } from "../graph/vit.ts";
-import type { HeadConfig } from "../graph/heads.ts";
-import { type MatmulShape, tuneMatmul } from "../kernels/matmul.ts";
 import { fmtBytes } from "../kernels/pool.ts";
 import { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
-import { initialValue, seeded } from "../pipelines/train/trainer.ts";
-import { type BenchRow, type BenchSuite, computeRow, type Peaks, timeGpu } from "./harness.ts";
-import { type PeerOutcome, peerRow, peerScript, runPeer } from "./peers.ts";
+import { initialValue } from "../graph/init.ts";
+import { mulberry32 } from "../graph/random.ts";
+import { type BenchRow, type BenchSuite, computeRow, median, type Peaks } from "./harness.ts";
+import { fmaPeak } from "./peaks.ts";
+import {
+  comparisonRow,
+  interleave,
+  ourThreads,
+  peerScript,
+  PeerSession,
+  type PeerSkipped,
+  type Rounds,
+} from "./peers.ts";
 
-// ------------------------------------------------------------------ shapes and FLOPs
-
-/** One linear layer as the graph runs it: `rows` input rows of `inDim` → `outDim`. */
-export interface LinearUse {
-  rows: number;
-  inDim: number;
-  outDim: number;
-  /** Whether backward needs the input's gradient (false for the patch embedding: pixels). */
-  inputGrad: boolean;
-}
-
-/** Patch grid and tokens per image of a ViT at `image` px. */
-export function tokenCounts(cfg: VitConfig, image: number): { patches: number; tokens: number } {
-  const g = Math.floor(image / cfg.patch);
-  if (g < 1) throw new RangeError(`image ${image} px is smaller than one ${cfg.patch} px patch`);
-  return { patches: g * g, tokens: 1 + cfg.registers + g * g };
-}
-
-/** Every linear layer of a ViT forward over `images` images (one entry per distinct shape). */
-export function vitLinears(cfg: VitConfig, images: number, image: number): LinearUse[] {
-  const { patches, tokens } = tokenCounts(cfg, image);
-  const D = cfg.dim;
-  const H = cfg.mlpHidden;
-  const rows = images * tokens;
-  const out: LinearUse[] = [
-    { rows: images * patches, inDim: 3 * cfg.patch * cfg.patch, outDim: D, inputGrad: false },
-    { rows, inDim: D, outDim: 3 * D, inputGrad: true },
-    { rows, inDim: D, outDim: D, inputGrad: true },
-  ];
-  if (cfg.ffn === "mlp") {
-    out.push({ rows, inDim: D, outDim: H, inputGrad: true });
-    out.push({ rows, inDim: H, outDim: D, inputGrad: true });
-  } else {
-    out.push({ rows, inDim: D, outDim: 2 * H, inputGrad: true });
-    out.push({ rows, inDim: H, outDim: D, inputGrad: true });
-  }
-  return out;
-}
-
-/** The four linear layers of a DINO/iBOT head applied to `rows` rows. */
-export function headLinears(head: HeadConfig, rows: number): LinearUse[] {
-  return [
-    { rows, inDim: head.inDim, outDim: head.hidden, inputGrad: true },
-    { rows, inDim: head.hidden, outDim: head.hidden, inputGrad: true },
-    { rows, inDim: head.hidden, outDim: head.bottleneck, inputGrad: true },
-    { rows, inDim: head.bottleneck, outDim: head.prototypes, inputGrad: true },
-  ];
-}
-
-export type { BindingLimits };
-
-/**
- * Row counts of the blocks the weight gradient dyᵀ·x is summed over (graph/rules.ts
- * `rowBlocks`, what the linear rule runs), so that tuning sees the K the kernels run.
- */
-export function weightGradBlocks(
-  rows: number,
-  inDim: number,
-  outDim: number,
-  limits: BindingLimits,
-): number[] {
-  return rowBlocks(limits, rows, [outDim, inDim]).map(([r0, r1]) => r1 - r0);
-}
-
-/**
- * The matmul shapes these linears run (graph/rules.ts `linear`): forward x·Wᵀ; with
- * `training`, also dx = dy·W (where the input needs a gradient) and dW = dyᵀ·x, the latter
- * over row blocks where `limits` force a split. Sorted by work, so that tuning measures each
- * shape class on its cheapest member.
- */
-export function linearMatmulShapes(
-  uses: readonly LinearUse[],
-  training: boolean,
-  limits?: BindingLimits,
-): MatmulShape[] {
-  const out: MatmulShape[] = [];
-  for (const u of uses) {
-    if (u.rows === 0) continue;
-    out.push({ M: u.rows, N: u.outDim, K: u.inDim, transB: true });
-    if (!training) continue;
-    if (u.inputGrad) out.push({ M: u.rows, N: u.inDim, K: u.outDim });
-    const blocks = limits ? weightGradBlocks(u.rows, u.inDim, u.outDim, limits) : [u.rows];
-    for (const k of new Set(blocks)) out.push({ M: u.outDim, N: u.inDim, K: k, transA: true });
-  }
-  return out.sort((a, b) => a.M * a.N * a.K - b.M * b.N * b.K);
-}
+// ------------------------------------------------------------------ FLOPs
 
 /** FLOPs of one ViT forward over `batch` images (what is counted: see the top of this file). */
 export function vitForwardFlops(cfg: VitConfig, batch: number, image: number): number {
@@ -127,7 +55,7 @@ export function vitForwardFlops(cfg: VitConfig, batch: number, image: number): n
 export function randomVit(gpu: Gpu, cfg: VitConfig, seed = 0): ParamArena {
   const specs = vitParamSpecs(cfg);
   const arena = ParamArena.create(gpu, specs);
-  const rand = seeded(seed);
+  const rand = mulberry32(seed);
   for (const s of specs) arena.set(s.name, initialValue(s, rand));
   return arena;
 }
@@ -135,7 +63,7 @@ export function randomVit(gpu: Gpu, cfg: VitConfig, seed = 0): ParamArena {
 /** Uploads `n` standard-normal floats (stand-ins for normalised images). */
 export function randomTensor(gpu: Gpu, shape: readonly number[], seed = 1): GpuTensor {
   const n = shape.reduce((a, b) => a * b, 1);
-  const rand = seeded(seed);
+  const rand = mulberry32(seed);
   const x = new Float32Array(n);
   for (let i = 0; i < n; i += 2) {
     // Box–Muller pairs: two normals per two uniforms.
@@ -148,27 +76,19 @@ export function randomTensor(gpu: Gpu, shape: readonly number[], seed = 1): GpuT
 }
 
 /**
- * The warm-up's tuning, as the train and embed commands do it (graph/tune.ts: attention, row
- * kernels, the blocks' linears), plus the exact matmul `shapes` the timed work runs (patch
- * embedding, heads, the real row counts). Cached choices cost nothing. Says what it did, for
- * the row's note.
+ * The warm-up's tuning, what the train and embed commands run (graph/tune.ts `tuneForVit`:
+ * the pass's matmul shapes, attention, row kernels), without their time budget: benchmarks
+ * measure the tuned steady state a machine reaches after its first few runs. Cached choices
+ * cost nothing. Says what it did, for the row's note.
  */
-export async function tuneFor(
-  gpu: Gpu,
-  vit: VitConfig,
-  pass: { tokens: number; batch: number; training: boolean },
-  shapes: readonly MatmulShape[],
-): Promise<string> {
-  const t0 = performance.now();
-  await tuneForVit(gpu, vit, pass);
-  const r = await tuneMatmul(gpu, shapes);
-  const fresh = r.filter((x) => !x.cached).length;
-  const s = ((performance.now() - t0) / 1000).toFixed(0);
-  return `tuned (tuneForVit + ${r.length} matmul classes, ${fresh} measured now) in ${s} s`;
+export async function tuneFor(gpu: Gpu, vit: VitConfig, pass: ModelPass): Promise<string> {
+  const r = await tuneForVit(gpu, vit, { ...pass, budgetMs: Infinity });
+  return `tuned (tuneForVit: ${r.matmulClasses} matmul classes, ${r.measured} kernel shapes ` +
+    `measured now) in ${r.seconds.toFixed(0)} s`;
 }
 
 /** One forward of `cfg` over `images`, CLS after the final norm copied into `sink` [B, D]. */
-function forwardOnce(
+export function forwardOnce(
   gpu: Gpu,
   arena: ParamArena,
   cfg: VitConfig,
@@ -239,13 +159,17 @@ function forwardCase(arch: "vit_small" | "vit_base", batch: number): ForwardCase
   };
 }
 
-/** The benchmark's shapes: ViT-S b32 and ViT-B b64 (quick: b4 and b8), 224 px. */
+/**
+ * The benchmark's shapes: ViT-S b32 and ViT-B b64 (quick: b4 and b8), 224 px; rounds of ours
+ * and PyTorch alternating (quick 5, full 7: medians over fewer moved by 20 % between runs on a
+ * shared 2-core machine).
+ */
 export function modelPlan(quick: boolean): ModelPlan {
   return {
     forward: [forwardCase("vit_small", quick ? 4 : 32)],
     memory: forwardCase("vit_base", quick ? 8 : 64),
     warmup: 1,
-    iters: quick ? 2 : 3,
+    iters: quick ? 5 : 7,
   };
 }
 
@@ -260,41 +184,59 @@ async function forwardRows(
 ): Promise<BenchRow[]> {
   const { vit, batch: B, image: S } = c;
   const notes = [`${S} px, random weights`];
+  const threads = ourThreads();
+  // The peer warms up in its own process first (it shares the cores: never beside our runs).
+  const peer: PeerSession | PeerSkipped = opts.peers ?? true
+    ? await PeerSession.open(peerScript("torch_vit.py"), [
+      ...c.peerArgs,
+      ...["--warmup", String(plan.warmup), "--threads", String(threads)],
+    ])
+    : { ok: false, reason: "peers disabled" };
   const arena = randomVit(gpu, vit);
   const images = randomTensor(gpu, [B, 3, S, S]);
   const sink = gpu.empty([B, vit.dim]);
-  let ms: number;
+  let rounds: Rounds;
+  const roundPeaks: number[] = [];
   try {
     if (opts.tune ?? true) {
-      const pass = { tokens: tokenCounts(vit, S).tokens, batch: B, training: false };
-      notes.push(await tuneFor(gpu, vit, pass, linearMatmulShapes(vitLinears(vit, B, S), false)));
+      notes.push(await tuneFor(gpu, vit, { images: B, image: S, training: false }));
     }
-    ms = await timeGpu(gpu, () => forwardOnce(gpu, arena, vit, images, sink), {
-      warmup: plan.warmup,
-      iters: plan.iters,
-    });
+    for (let i = 0; i < plan.warmup; i++) forwardOnce(gpu, arena, vit, images, sink);
+    await gpu.sync();
+    // Wall time of ours (graph building and encoding included), as the peer's is; each round
+    // also measures the FMA peak, so the compute row's ratio is interleaved too.
+    rounds = await interleave(plan.iters, async () => {
+      const t = await gpu.time(() => forwardOnce(gpu, arena, vit, images, sink));
+      roundPeaks.push(await fmaPeak(gpu, [1024], 2));
+      return t.wallMs;
+    }, peer);
     await checkOutput(gpu, sink, c.name);
-    notes.push(`median of ${plan.iters} after ${plan.warmup} warm-up`);
   } finally {
     gpu.release(images, sink);
     arena.destroy();
+    if (peer instanceof PeerSession) await peer.close();
   }
-  // PyTorch runs after ours, never beside it: llvmpipe is CPU work too.
-  const peer: PeerOutcome = opts.peers ?? true
-    ? await runPeer(peerScript("torch_vit.py"), [
-      ...c.peerArgs,
-      ...["--warmup", String(plan.warmup), "--iters", String(plan.iters)],
-    ])
-    : { ok: false, reason: "peers disabled" };
+  const ms = median(rounds.ours);
   const flops = vitForwardFlops(vit, B, S);
+  const rss = peer instanceof PeerSession && typeof peer.info.max_rss_mib === "number"
+    ? `; pytorch max RSS ${peer.info.max_rss_mib} MiB`
+    : "";
   return [
-    peerRow(c.name, ms, B, peer, "pytorch cpu", notes.join("; ")),
+    comparisonRow(
+      c.name,
+      { ours: B, peer: B },
+      rounds,
+      "pytorch cpu",
+      { ours: threads, peer: peer instanceof PeerSession ? Number(peer.info.threads) : threads },
+      notes.join("; ") + rss,
+    ),
     computeRow(
       `${c.name} compute`,
       flops,
       ms,
-      peaks,
-      `${(flops / 1e9).toFixed(1)} GFLOP: 2·rows·in·out per linear + 4·T²·D attention per block`,
+      { ...peaks, fmaGflops: roundPeaks.length ? median(roundPeaks) : peaks.fmaGflops },
+      `${(flops / 1e9).toFixed(1)} GFLOP: 2·rows·in·out per linear + 4·T²·D attention per ` +
+        `block; wall time against the FMA peak measured in each round`,
     ),
   ];
 }
@@ -335,11 +277,14 @@ async function memoryRow(shared: Gpu, peaks: Peaks, c: ForwardCase): Promise<Ben
     const peak = own || after.peakLiveBytes > before.peakLiveBytes
       ? `pool peak ${fmtBytes(after.peakLiveBytes - (own ? 0 : before.liveBytes))}`
       : `pool peak not above the earlier ${fmtBytes(before.peakLiveBytes)}`;
+    // The FMA peak right after, on this device: the row's ratio does not lean on a start-of-run
+    // figure the shared machine's load has since moved.
+    const fma = await fmaPeak(gpu, [256], 3);
     return computeRow(
       c.name,
       vitForwardFlops(vit, B, S),
       t.gpuMs ?? t.wallMs,
-      peaks,
+      { ...peaks, fmaGflops: fma },
       `one forward (matmuls as tuned so far, not tuned here), output finite; ${peak} ` +
         `(params ${fmtBytes(paramBytes)}); widest activation ` +
         `${fmtBytes(widest)} vs binding limit ${fmtBytes(limit)}` +

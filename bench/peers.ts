@@ -1,16 +1,19 @@
 /**
- * Python peers of the model benchmarks: a peer is a script under scripts/bench/ that runs the
- * same work in PyTorch (Debian's /usr/bin/python3), times it itself after its own warm-up (so
- * interpreter start-up, imports and model construction never count), and prints one JSON line:
+ * Python peers of the benchmarks: a peer is a script under scripts/bench/ that runs the same
+ * work in PyTorch or Pillow (Debian's /usr/bin/python3), times it itself after its own warm-up
+ * (so interpreter start-up, imports and model construction never count), and speaks the
+ * protocol of scripts/bench/serve.py: either one JSON line after `--iters` iterations,
  *
  *   {"peer": "torch_vit", "ms": [per-iteration ms…], "items": 32, "torch": "1.13.1",
  *    "threads": 2, "max_rss_mib": 900}
  *
- * or, where it cannot run (no torch), `{"peer": …, "unavailable": "why"}`. A peer that is
- * missing, fails or times out never throws here: the outcome says why, and the row built from it
- * carries a NaN ratio and that reason in its note.
+ * or, with `--serve` (`PeerSession`), one timed iteration per request, so that bloom's runs and
+ * the peer's alternate A B A B (`interleave`) with the same thread count, and the row carries
+ * both sides' medians and spread (`comparisonRow`). Where a peer cannot run (no torch) it says
+ * `{"peer": …, "unavailable": "why"}`. A peer that is missing, fails or times out never throws
+ * here: the outcome says why, and the row built from it carries a NaN ratio and the reason.
  */
-import { type BenchRow, median } from "./harness.ts";
+import { type BenchRow, type Comparison, median } from "./harness.ts";
 
 /** Debian's interpreter, the one with torch 1.13 on these machines. */
 export const PYTHON = "/usr/bin/python3";
@@ -100,6 +103,8 @@ export interface RunPeerOptions {
   python?: string;
   /** Kill the peer after this long (default 1 h; a ViT-S b32 step on 2 loaded cores is ~20 min). */
   timeoutMs?: number;
+  /** Extra environment variables (e.g. the thread count of a BLAS peer). */
+  env?: Record<string, string>;
 }
 
 /**
@@ -119,6 +124,7 @@ export async function runPeer(
   try {
     child = new Deno.Command(python, {
       args: [script, ...args],
+      env: opts.env,
       stdout: "piped",
       stderr: "piped",
       stdin: "null",
@@ -169,4 +175,276 @@ export function peerRow(
     ? `; ${peerName} ${peer.medianMs.toFixed(0)} ms median of ${peer.ms.length}${rss}`
     : `; ${peerName} skipped: ${peer.reason}`;
   return { name, ms, rate, peak, peakName: peerName, ratio: rate / peak, note: note + theirs };
+}
+
+// ------------------------------------------------------------------ interleaved peers
+
+/** The threads bloom's side uses here: llvmpipe's (LP_NUM_THREADS) or one per CPU. */
+export function ourThreads(): number {
+  try {
+    const lp = Number(Deno.env.get("LP_NUM_THREADS"));
+    if (Number.isInteger(lp) && lp > 0) return lp;
+  } catch { /* no env permission */ }
+  return navigator.hardwareConcurrency || 1;
+}
+
+/** Reads a child's stdout as lines. */
+class LineReader {
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #dec = new TextDecoder();
+  #buf = "";
+  constructor(stream: ReadableStream<Uint8Array>) {
+    this.#reader = stream.getReader();
+  }
+  /** The next non-empty line, or null at the end of the stream. */
+  async next(): Promise<string | null> {
+    for (;;) {
+      const nl = this.#buf.indexOf("\n");
+      if (nl >= 0) {
+        const line = this.#buf.slice(0, nl).trim();
+        this.#buf = this.#buf.slice(nl + 1);
+        if (line) return line;
+        continue;
+      }
+      const { value, done } = await this.#reader.read();
+      if (done) {
+        const rest = this.#buf.trim();
+        this.#buf = "";
+        return rest || null;
+      }
+      this.#buf += this.#dec.decode(value, { stream: true });
+    }
+  }
+}
+
+/**
+ * A peer kept alive across rounds (`--serve`): started once — imports, model, inputs and its
+ * warm-up never count — then asked for one timed iteration at a time.
+ */
+export class PeerSession {
+  readonly name: string;
+  /** Items per iteration. */
+  readonly items: number;
+  /** Facts the peer reported (torch version, threads, …). */
+  readonly info: Record<string, string | number>;
+  readonly #child: Deno.ChildProcess;
+  readonly #lines: LineReader;
+  readonly #stdin: WritableStreamDefaultWriter<Uint8Array>;
+  readonly #stderr: Promise<string>;
+  readonly #timeoutMs: number;
+
+  private constructor(
+    name: string,
+    items: number,
+    info: Record<string, string | number>,
+    child: Deno.ChildProcess,
+    lines: LineReader,
+    stderr: Promise<string>,
+    timeoutMs: number,
+  ) {
+    this.name = name;
+    this.items = items;
+    this.info = info;
+    this.#child = child;
+    this.#lines = lines;
+    this.#stdin = child.stdin.getWriter();
+    this.#stderr = stderr;
+    this.#timeoutMs = timeoutMs;
+  }
+
+  /**
+   * Starts `python script --serve args…` and waits until it is ready. Never throws for
+   * environment conditions: a missing interpreter, a peer that exits, reports itself
+   * unavailable or is not ready in time gives `{ok: false, reason}`.
+   */
+  static async open(
+    script: string,
+    args: readonly string[],
+    opts: RunPeerOptions = {},
+  ): Promise<PeerSession | PeerSkipped> {
+    const python = opts.python ?? PYTHON;
+    const name = script.split("/").pop() ?? script;
+    const timeoutMs = opts.timeoutMs ?? 60 * 60_000;
+    let child: Deno.ChildProcess;
+    try {
+      child = new Deno.Command(python, {
+        args: [script, "--serve", ...args],
+        env: opts.env,
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+    } catch (e) {
+      return { ok: false, reason: `${python} cannot be started (${(e as Error).message})` };
+    }
+    const stderr = new Response(child.stderr).text().catch(() => "");
+    const lines = new LineReader(child.stdout);
+    const fail = async (why: string): Promise<PeerSkipped> => {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* already gone */ }
+      await child.status;
+      const err = (await stderr).trim().split("\n").slice(-3).join(" | ");
+      return { ok: false, reason: `${name} ${why}${err ? `: ${err.slice(-300)}` : ""}` };
+    };
+    const first = await withTimeout(lines.next(), timeoutMs);
+    if (first === undefined) return await fail(`was not ready after ${timeoutMs / 1000} s`);
+    if (first === null) return await fail("exited before it was ready");
+    let doc: Record<string, unknown>;
+    try {
+      doc = JSON.parse(first);
+    } catch {
+      return await fail(`printed ${JSON.stringify(first.slice(0, 200))}, not JSON`);
+    }
+    if (typeof doc.unavailable === "string") {
+      await fail("unavailable");
+      return { ok: false, reason: doc.unavailable };
+    }
+    const items = doc.items;
+    if (doc.ready !== true || typeof items !== "number" || !(items >= 1)) {
+      return await fail(`answered ${first.slice(0, 200)} instead of a ready line with items`);
+    }
+    const info: Record<string, string | number> = {};
+    for (const [k, v] of Object.entries(doc)) {
+      if (k !== "items" && k !== "ready" && (typeof v === "string" || typeof v === "number")) {
+        info[k] = v;
+      }
+    }
+    const peer = typeof doc.peer === "string" ? doc.peer : name;
+    return new PeerSession(peer, items, info, child, lines, stderr, timeoutMs);
+  }
+
+  /** Runs one iteration; its milliseconds as the peer timed them. Throws if the peer fails. */
+  async run(): Promise<number> {
+    await this.#stdin.write(new TextEncoder().encode("run\n"));
+    const line = await withTimeout(this.#lines.next(), this.#timeoutMs);
+    if (line === undefined) {
+      throw new Error(`${this.name} did not answer in ${this.#timeoutMs / 1000} s`);
+    }
+    if (line === null) {
+      const err = (await this.#stderr).trim().split("\n").slice(-3).join(" | ");
+      throw new Error(`${this.name} exited mid-run: ${err.slice(-300)}`);
+    }
+    const doc = JSON.parse(line) as { ms?: unknown };
+    if (typeof doc.ms !== "number" || !(doc.ms > 0)) {
+      throw new Error(`${this.name} answered ${line.slice(0, 200)} instead of {"ms": …}`);
+    }
+    return doc.ms;
+  }
+
+  /** Ends the peer; its last report (max RSS) joins `info`. */
+  async close(): Promise<void> {
+    try {
+      await this.#stdin.write(new TextEncoder().encode("quit\n"));
+      await this.#stdin.close();
+      const last = await withTimeout(this.#lines.next(), 30_000);
+      if (last) {
+        const doc = JSON.parse(last) as Record<string, unknown>;
+        if (typeof doc.max_rss_mib === "number") this.info.max_rss_mib = doc.max_rss_mib;
+      }
+    } catch { /* a peer that already died has nothing more to say */ }
+    try {
+      this.#child.kill("SIGKILL");
+    } catch { /* exited */ }
+    await this.#child.status;
+  }
+}
+
+async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), ms)));
+  try {
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The per-round milliseconds of both sides of an interleaved comparison. */
+export interface Rounds {
+  ours: number[];
+  theirs: number[];
+  /** Why the peer's side is empty or short (it failed, or was skipped). */
+  peerError?: string;
+}
+
+/**
+ * Alternates `rounds` runs of ours and the peer's — A B A B … — so that drift on a shared
+ * machine (other processes, thermal state) hits both alike. Each side's own milliseconds per
+ * run; a peer that fails mid-way leaves its side short and says why.
+ */
+export async function interleave(
+  rounds: number,
+  ours: () => Promise<number>,
+  peer: PeerSession | PeerSkipped,
+): Promise<Rounds> {
+  const r: Rounds = { ours: [], theirs: [] };
+  if (!(peer instanceof PeerSession)) r.peerError = peer.reason;
+  for (let i = 0; i < rounds; i++) {
+    r.ours.push(await ours());
+    if (peer instanceof PeerSession && r.peerError === undefined) {
+      try {
+        r.theirs.push(await peer.run());
+      } catch (e) {
+        r.peerError = (e as Error).message;
+      }
+    }
+  }
+  return r;
+}
+
+/** min, median, max of a list (NaN for an empty one). */
+function spread(xs: number[]): [number, number, number] {
+  return xs.length ? [Math.min(...xs), median(xs), Math.max(...xs)] : [NaN, NaN, NaN];
+}
+
+/**
+ * A row comparing ours with a peer from interleaved rounds: each side's rate from its median
+ * time, and the ratio ours/peer as the median of the rounds' own ratios — each compares two
+ * runs made side by side, so load that comes and goes between rounds cancels (a ratio of the
+ * two medians moved by 19 % between runs on a loaded machine where this moved by 6 %). Each
+ * side's spread and the per-round ratios travel in `compare`. Where the peer did not run, the
+ * ratio is NaN and the note says why.
+ */
+export function comparisonRow(
+  name: string,
+  items: { ours: number; peer: number },
+  rounds: Rounds,
+  peerName: string,
+  threads: { ours: number; peer: number },
+  note: string,
+): BenchRow {
+  const [oMin, oMed, oMax] = spread(rounds.ours);
+  const [pMin, pMed, pMax] = spread(rounds.theirs);
+  const rate = items.ours / (oMed / 1000);
+  const peak = items.peer / (pMed / 1000);
+  const n = Math.min(rounds.ours.length, rounds.theirs.length);
+  const perRound = Array.from(
+    { length: n },
+    (_, i) => (items.ours / rounds.ours[i]) / (items.peer / rounds.theirs[i]),
+  );
+  const compare: Comparison = {
+    rounds: rounds.ours.length,
+    threads,
+    ours: { rate, msMedian: oMed, msMin: oMin, msMax: oMax },
+    peer: { name: peerName, rate: peak, msMedian: pMed, msMin: pMin, msMax: pMax },
+    ratioPerRound: spread(perRound),
+  };
+  const fmt = (a: number, b: number) => `${a.toFixed(0)}–${b.toFixed(0)} ms`;
+  const theirs = rounds.theirs.length
+    ? `; ${rounds.ours.length} rounds A B interleaved, ${threads.ours} vs ${threads.peer} ` +
+      `threads: ours ${fmt(oMin, oMax)}, ${peerName} ${fmt(pMin, pMax)}, per-round ratio ` +
+      `${compare.ratioPerRound[0].toFixed(2)}–${compare.ratioPerRound[2].toFixed(2)} (ratio: ` +
+      `their median)`
+    : `; ${peerName} skipped: ${rounds.peerError ?? "no rounds"}`;
+  return {
+    name,
+    ms: oMed,
+    rate,
+    peak,
+    peakName: peerName,
+    ratio: n ? compare.ratioPerRound[1] : NaN,
+    note: note + theirs,
+    compare,
+  };
 }

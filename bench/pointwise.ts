@@ -5,7 +5,7 @@
  * written per call against the copy bandwidth measured in the same run (target ≥ 0.5).
  */
 import { add, gelu, swiglu } from "../kernels/elementwise.ts";
-import { gatherRows, permute, transpose } from "../kernels/layout.ts";
+import { gatherRows, permute, transpose } from "../kernels/layout/mod.ts";
 import { sum } from "../kernels/reduce.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";

@@ -2,7 +2,7 @@
  * Training-step benchmarks: bloom's whole DinoBloom step (pipelines/train/trainer.ts: teacher
  * forward and targets, student forward and backward with DINO, iBOT and KoLeo, per-module
  * clipping, AdamW, EMA, one read-back) in images/s, next to PyTorch CPU running the same step
- * in the same run (scripts/bench/torch_train_step.py). An image is one source image with its
+ * (scripts/bench/torch_train_step.py), the two alternating steps with the same thread count. An image is one source image with its
  * two 224 px global crops; both sides use the same iBOT masks (batchMasks, written to .npy for
  * the peer) and DinoBloom's real heads (2048 hidden, 256 bottleneck, 65,536 prototypes).
  */
@@ -10,55 +10,44 @@ import { join } from "node:path";
 import { writeNpy } from "../data/npy.ts";
 import { dinobloomConfig, PRESETS, type TrainConfig } from "../pipelines/train/config.ts";
 import { type BatchMasks, batchMasks, MaskingGenerator } from "../pipelines/train/masking.ts";
-import { seeded, Trainer } from "../pipelines/train/trainer.ts";
+import { mulberry32 } from "../graph/random.ts";
+import { Trainer } from "../pipelines/train/trainer.ts";
 import { vitConfig } from "../graph/vit.ts";
-import type { MatmulShape } from "../kernels/matmul.ts";
+import type { ModelPass } from "../graph/tune.ts";
 import { fmtBytes } from "../kernels/pool.ts";
 import type { Gpu } from "../kernels/runtime.ts";
-import { type BenchRow, type BenchSuite, timeHost } from "./harness.ts";
-import {
-  type BindingLimits,
-  headLinears,
-  linearMatmulShapes,
-  randomTensor,
-  tokenCounts,
-  tuneFor,
-  vitLinears,
-} from "./model.ts";
+import type { BenchRow, BenchSuite } from "./harness.ts";
+import { randomTensor, tuneFor } from "./model.ts";
 import { loaderRow } from "./loader.ts";
-import { type PeerOutcome, peerRow, peerScript, runPeer } from "./peers.ts";
+import {
+  comparisonRow,
+  interleave,
+  ourThreads,
+  peerScript,
+  PeerSession,
+  type PeerSkipped,
+  type Rounds,
+} from "./peers.ts";
 
 /** iBOT masks for `batch` images (2·batch crops, crop-major) as the trainer's data would give. */
 export function stepMasks(cfg: TrainConfig, batch: number, seed = 5): BatchMasks {
   const grid = cfg.imageSize / cfg.vit.patch;
-  return batchMasks(new MaskingGenerator(grid), 2 * batch, seeded(seed), {
+  return batchMasks(new MaskingGenerator(grid), 2 * batch, mulberry32(seed), {
     probability: cfg.maskProbability,
     ratio: cfg.maskRatio,
   });
 }
 
-/**
- * Every matmul shape one Trainer.step runs for `batch` images with `masks`: per micro-batch of
- * m images, the teacher's forward (2m crops, its heads on 2m CLS rows and the masked tokens)
- * and the student's forward and backward of the same.
- */
-export function trainStepMatmulShapes(
-  cfg: TrainConfig,
-  batch: number,
-  masks: BatchMasks,
-  limits?: BindingLimits,
-): MatmulShape[] {
+/** One pass of Trainer.step for `batch` images with `masks` (graph/tune.ts `ModelPass`). */
+export function trainPass(cfg: TrainConfig, batch: number, masks: BatchMasks): ModelPass {
   const m = Math.min(cfg.microBatch, batch);
-  const shapes: MatmulShape[] = [];
-  for (const count of maskedPerMicroBatch(masks, batch, m)) {
-    const uses = [
-      ...vitLinears(cfg.vit, 2 * m, cfg.imageSize),
-      ...headLinears(cfg.head, 2 * m),
-      ...headLinears(cfg.head, count),
-    ];
-    shapes.push(...linearMatmulShapes(uses, false), ...linearMatmulShapes(uses, true, limits));
-  }
-  return shapes.sort((a, b) => a.M * a.N * a.K - b.M * b.N * b.K);
+  return {
+    images: 2 * m,
+    image: cfg.imageSize,
+    training: true,
+    head: cfg.head,
+    masked: maskedPerMicroBatch(masks, batch, m),
+  };
 }
 
 /** Masked tokens in each micro-batch of `m` images (both crops of images p·m … p·m+m−1). */
@@ -145,64 +134,10 @@ export function trainPeerArgs(cfg: TrainConfig, batch: number): string[] {
   ].map(String);
 }
 
-/** Times bloom's step; frees the trainer before returning, so the peer has the memory. */
-async function timeBloomStep(
-  gpu: Gpu,
-  cfg: TrainConfig,
-  masks: BatchMasks,
-  warmup: number,
-  iters: number,
-  tune: boolean,
-  notes: string[],
-): Promise<number> {
-  const B = cfg.batch;
-  const S = cfg.imageSize;
-  const before = gpu.pool.stats().peakLiveBytes;
-  const trainer = await Trainer.create(gpu, cfg);
-  const crops = randomTensor(gpu, [2 * B, 3, S, S]);
-  try {
-    if (tune) {
-      const { tokens } = tokenCounts(cfg.vit, S);
-      const pass = { tokens, batch: 2 * cfg.microBatch, training: true };
-      const shapes = trainStepMatmulShapes(cfg, B, masks, gpu.limits);
-      notes.push(await tuneFor(gpu, cfg.vit, pass, shapes));
-    }
-    const ms = await timeHost(() => trainer.step(crops, masks), { warmup, iters });
-    notes.push(`median of ${iters} after ${warmup} warm-up`);
-    const peak = gpu.pool.stats().peakLiveBytes;
-    if (peak > before) notes.push(`pool peak ${fmtBytes(peak)}`);
-    return ms;
-  } finally {
-    gpu.release(crops);
-    trainer.destroy();
-    // Free pooled buffers too (llvmpipe's live in this process's memory) before PyTorch runs.
-    await gpu.sync();
-    gpu.pool.trim(0);
-  }
-}
-
-/** Runs torch_train_step.py on the same masks. */
-async function timePeerStep(
-  cfg: TrainConfig,
-  masks: BatchMasks,
-  warmup: number,
-  iters: number,
-): Promise<PeerOutcome> {
-  const B = cfg.batch;
-  const dir = await Deno.makeTempDir({ prefix: "bloom-bench-train-" });
-  try {
-    const file = join(dir, "masks.npy");
-    const shape = [2 * B, masks.masks.length / (2 * B)];
-    await writeNpy(file, { dtype: "u8", shape, data: masks.masks });
-    return await runPeer(peerScript("torch_train_step.py"), [
-      ...trainPeerArgs(cfg, B),
-      ...["--masks", file, "--warmup", String(warmup), "--iters", String(iters)],
-    ], { timeoutMs: 4 * 3600_000 });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
+/**
+ * Bloom's step and PyTorch's (`torch_train_step.py` on the same masks, kept alive across
+ * rounds) in alternating rounds with the same thread count; the trainer is freed afterwards.
+ */
 async function trainRow(
   gpu: Gpu,
   c: TrainCase,
@@ -214,17 +149,56 @@ async function trainRow(
   trainPeerArgs(c.cfg, B); // refuse configs the peer cannot mirror before spending minutes
   const masks = stepMasks(c.cfg, B);
   const cfg = { ...c.cfg, batch: B };
+  const S = cfg.imageSize;
   const notes = [
-    `${2 * B} crops ${cfg.imageSize} px, ${cfg.head.prototypes} prototypes, ` +
-    `${masks.count} masked patches`,
+    `${2 * B} crops ${S} px, ${cfg.head.prototypes} prototypes, ${masks.count} masked patches`,
   ];
   const micro = Math.min(cfg.microBatch, B);
   if (micro < B) notes.push(`micro-batch ${micro}`);
-  const ms = await timeBloomStep(gpu, cfg, masks, plan.warmup, iters, opts.tune ?? true, notes);
-  const peer: PeerOutcome = opts.peers ?? true
-    ? await timePeerStep(cfg, masks, plan.warmup, iters)
+  const threads = ourThreads();
+  const dir = await Deno.makeTempDir({ prefix: "bloom-bench-train-" });
+  const file = join(dir, "masks.npy");
+  await writeNpy(file, {
+    dtype: "u8",
+    shape: [2 * B, masks.masks.length / (2 * B)],
+    data: masks.masks,
+  });
+  const peer: PeerSession | PeerSkipped = opts.peers ?? true
+    ? await PeerSession.open(peerScript("torch_train_step.py"), [
+      ...trainPeerArgs(cfg, B),
+      ...["--masks", file, "--warmup", String(plan.warmup), "--threads", String(threads)],
+    ], { timeoutMs: 4 * 3600_000 })
     : { ok: false, reason: "peers disabled" };
-  return peerRow(c.name, ms, B, peer, "pytorch cpu", notes.join("; "));
+  const before = gpu.pool.stats().peakLiveBytes;
+  const trainer = await Trainer.create(gpu, cfg);
+  const crops = randomTensor(gpu, [2 * B, 3, S, S]);
+  let rounds: Rounds;
+  try {
+    if (opts.tune ?? true) notes.push(await tuneFor(gpu, cfg.vit, trainPass(cfg, B, masks)));
+    for (let i = 0; i < plan.warmup; i++) await trainer.step(crops, masks);
+    rounds = await interleave(iters, async () => {
+      const t0 = performance.now();
+      await trainer.step(crops, masks);
+      return performance.now() - t0;
+    }, peer);
+    const peak = gpu.pool.stats().peakLiveBytes;
+    if (peak > before) notes.push(`pool peak ${fmtBytes(peak)}`);
+  } finally {
+    gpu.release(crops);
+    trainer.destroy();
+    await gpu.sync();
+    gpu.pool.trim(0);
+    if (peer instanceof PeerSession) await peer.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+  return comparisonRow(
+    c.name,
+    { ours: B, peer: B },
+    rounds,
+    "pytorch cpu",
+    { ours: threads, peer: peer instanceof PeerSession ? Number(peer.info.threads) : threads },
+    notes.join("; "),
+  );
 }
 
 /** Knobs of the training suite (the smoke test turns off peers and tuning, and shrinks shapes). */

@@ -1,111 +1,216 @@
 /**
  * `deno task embed`: cell images → embeddings with DINOv2 / DinoBloom
  * weights, as the paper's evaluation does (224×224 bilinear, ImageNet
- * normalisation, CLS after the final norm).
+ * normalisation, CLS after the final norm; docs/evaluation.md). Every flag,
+ * path and the checkpoint's header are checked before the weights load or
+ * the GPU starts.
  */
-import { join } from "node:path";
-import { parseFormat, POOLINGS, readEmbeddings } from "../data/embeddings_file.ts";
+import { basename, join } from "node:path";
+import {
+  EMBEDDINGS_FORMATS,
+  formatFromPath,
+  POOLINGS,
+  readEmbeddings,
+} from "../data/embeddings_file.ts";
 import { matrix } from "../eval/matrix.ts";
 import { writePatchPcaFigure } from "../eval/patch_pca_figure.ts";
-import { writeUmapFigure } from "../eval/umap_figure.ts";
+import { COLOR_BY, type ColorBy } from "../eval/cell_groups.ts";
+import { writeEmbeddingFigure } from "../eval/embedding_figure.ts";
+import { headKindOf } from "../eval/head_file.ts";
+import { KnnIndex } from "../eval/knn_index.ts";
+import { Probe } from "../eval/probe.ts";
 import { ParamArena } from "../graph/arena.ts";
-import { loadCheckpoint } from "../graph/checkpoint.ts";
+import { loadCheckpoint, openCheckpoint } from "../graph/checkpoint.ts";
+import { initialValue } from "../graph/init.ts";
+import { mulberry32 } from "../graph/random.ts";
 import { ARCHS, type VitArch, vitConfig, vitParamSpecs } from "../graph/vit.ts";
 import { getGpu } from "../kernels/runtime.ts";
-import { embedBatch, type EmbedModel, type Pool } from "../pipelines/embed.ts";
+import { embedBatch, type EmbedModel } from "../pipelines/embed.ts";
 import { mergeParts, parsePart, runEmbed } from "../pipelines/embed_run.ts";
-import { openLoader } from "../pipelines/loader.ts";
-import { initialValue, seeded } from "../pipelines/train/trainer.ts";
-import { type FlagSpec, numberFlag, parseFlags, runMain, usage, UsageError } from "./args.ts";
+import { Interrupted } from "../pipelines/interrupt.ts";
+import { checkSource, openLoader } from "../pipelines/loader.ts";
+import { resolveWeights } from "../pipelines/weights/download.ts";
+import {
+  command,
+  type FlagValues,
+  RUN_FLAGS,
+  runCommand,
+  UsageError,
+  VERIFY_FLAGS,
+  verifyHash,
+  WAIT_FLAGS,
+} from "./args.ts";
+import { verifySha256 } from "../data/hash.ts";
+import type { Comm } from "../pipelines/mpi/comm.ts";
+import { ranked } from "../pipelines/mpi/world.ts";
+import { reportStopped, stopOnSignals } from "./interrupt.ts";
 
-const SUMMARY = `Embeds cell images with DINOv2 or DinoBloom weights: resized to 224×224 (bilinear),
-ImageNet-normalised, CLS token after the final norm (DINOv2's x_norm_clstoken), in input order.`;
-
-const WEIGHTS_HELP = `bloom needs model weights: --weights FILE. It reads
+const WEIGHTS_HELP = `bloom needs model weights: --weights NAME or FILE. A name is downloaded,
+verified and cached on first use: dinobloom-s|b|l|g, dinov2-vit{s,b,l,g}14[-reg4] (./bloom weights
+list; docs/weights.md). As files it reads
   - DinoBloom checkpoints DinoBloom-S.pth, -B, -L, -G ({"teacher": …}; github.com/marrlab/DinoBloom,
     released on Zenodo and Hugging Face),
   - DINOv2 hub checkpoints dinov2_vits14_pretrain.pth, vitb14, vitl14, vitg14
     (github.com/facebookresearch/dinov2, dl.fbaipublicfiles.com/dinov2/…),
-  - timm-style model.safetensors exports of those, and bloom's own checkpoints (deno task train).
+  - timm-style model.safetensors exports of those, and bloom's own checkpoints (train).
+  docs/checkpoints.md describes each layout.
 To try the pipeline without weights, pass --random-weights [--arch vit_small]: the embeddings are
 then meaningless.`;
 
-const FLAGS: Record<string, FlagSpec> = {
-  weights: { type: "string", help: "checkpoint: DinoBloom/DINOv2 .pth, .safetensors, bloom's own" },
-  arch: {
-    type: "string",
-    help: `check the weights are this size: ${Object.keys(ARCHS).join(", ")}`,
+/** `deno task embed`: its flags and help. */
+export const EMBED = command({
+  name: "embed",
+  summary: `Embeds cell images with DINOv2 or DinoBloom weights: resized to 224×224 (bilinear),
+ImageNet-normalised, CLS token after the final norm (DINOv2's x_norm_clstoken), in input order.`,
+  epilog: WEIGHTS_HELP,
+  positionalHint: "pass the images with --input",
+  flags: {
+    weights: {
+      type: "string",
+      value: "NAME|FILE",
+      help: "a name (dinobloom-s, dinov2-vitb14, …) or a checkpoint: .pth, .safetensors",
+    },
+    offline: { type: "boolean", help: "named weights from the cache only (or BLOOM_OFFLINE=1)" },
+    arch: {
+      type: "choice",
+      choices: Object.keys(ARCHS) as VitArch[],
+      help: "check the weights are this size (with --random-weights: the size to build)",
+    },
+    heads: { type: "int", min: 1, help: "attention heads, for custom-size checkpoints only" },
+    input: {
+      type: "string",
+      value: "PATH",
+      help: "images: ingested shards (dir with manifest.json or .tar), a folder, a list file",
+    },
+    out: {
+      type: "string",
+      value: "FILE",
+      required: true,
+      help: "output file (.safetensors, .npy or .csv)",
+    },
+    format: {
+      type: "choice",
+      choices: EMBEDDINGS_FORMATS,
+      help: "output format (default: from --out's extension, else safetensors)",
+    },
+    batch: { type: "int", min: 1, default: 32, help: "images per forward pass" },
+    pool: {
+      type: "choice",
+      choices: POOLINGS,
+      default: "cls",
+      help: "CLS token, mean of the patch tokens, or both concatenated",
+    },
+    "patch-tokens": {
+      type: "boolean",
+      help: "also store patch tokens [N, Np, D] (safetensors; small sets)",
+    },
+    size: {
+      type: "int",
+      min: 14,
+      multipleOf: 14,
+      default: 224,
+      help: "input side in pixels (the patch is 14)",
+    },
+    part: {
+      type: "string",
+      value: "i/n",
+      help: "embed part i of n only (i from JOB_COMPLETION_INDEX when written /n)",
+    },
+    merge: { type: "boolean", help: "join the part files of --out in order" },
+    "random-weights": {
+      type: "boolean",
+      help: "random weights of --arch (to try the pipeline; meaningless embeddings)",
+    },
+    figures: {
+      type: "string",
+      value: "DIR",
+      help: "write a UMAP of the embeddings and the patch-PCA figure here",
+    },
+    "color-by": {
+      type: "choice",
+      choices: COLOR_BY,
+      default: "label",
+      help: "what the UMAP colours: label, predicted class (with --head) or source",
+    },
+    "source-by": {
+      type: "string",
+      value: "RULE",
+      help: "source of each cell for --color-by source: depth:N (N-th folder) or a regex",
+    },
+    head: {
+      type: "string",
+      value: "FILE",
+      help: "a saved probe or kNN head (eval --save), for --color-by predicted",
+    },
+    ...RUN_FLAGS,
+    ...VERIFY_FLAGS,
+    ...WAIT_FLAGS,
   },
-  heads: { type: "string", help: "attention heads, for custom-size checkpoints only" },
-  input: {
-    type: "string",
-    help: "images: ingested shards (dir with manifest.json), a folder, a list file",
-  },
-  out: { type: "string", help: "output file (.safetensors, .npy or .csv)" },
-  format: { type: "string", help: "safetensors, npy or csv (default: from --out's extension)" },
-  batch: { type: "string", help: "images per forward pass", default: "32" },
-  pool: { type: "string", help: "cls, mean (patch tokens) or cls+mean", default: "cls" },
-  "patch-tokens": {
-    type: "boolean",
-    help: "also store patch tokens [N, Np, D] (safetensors; small sets)",
-  },
-  size: { type: "string", help: "input side in pixels (multiple of 14)", default: "224" },
-  part: {
-    type: "string",
-    help: "embed part i/n only (i from JOB_COMPLETION_INDEX when written /n)",
-  },
-  merge: { type: "boolean", help: "join the part files of --out in order" },
-  "random-weights": { type: "boolean", help: "random weights of --arch (to try the pipeline)" },
-  figures: { type: "string", help: "write a UMAP of the embeddings and the patch-PCA figure here" },
-  workers: { type: "string", help: "image decoding threads (default: cores)" },
-  quiet: { type: "boolean", help: "no progress line" },
-  "no-autotune": {
-    type: "boolean",
-    help: "skip measuring kernel variants for this model (done once per adapter, then cached)",
-  },
-};
+});
 
-async function loadModel(
-  v: Record<string, unknown>,
-): Promise<{ model: EmbedModel; weights: string }> {
-  const arch = v.arch as string | undefined;
-  if (arch !== undefined && !(arch in ARCHS)) {
-    throw new UsageError(
-      `--arch ${arch} is unknown; choose one of ${Object.keys(ARCHS).join(", ")}`,
-    );
+type Flags = FlagValues<typeof EMBED.flags>;
+
+/**
+ * Checks the weights flags and the checkpoint's header (layout, shapes,
+ * --arch) without loading a tensor.
+ */
+async function checkWeights(f: Flags): Promise<void> {
+  if (f.weights !== undefined && f["random-weights"]) {
+    throw new UsageError("--weights and --random-weights: give one");
   }
+  const sha = verifyHash(f["verify-sha256"], f.weights, "--weights");
+  if (f.weights === undefined) {
+    if (!f["random-weights"]) throw new UsageError(WEIGHTS_HELP);
+    return;
+  }
+  f.weights = await resolveWeights(f.weights, {
+    offline: f.offline,
+    progress: { silent: f.quiet },
+  });
+  if (sha !== undefined) await verifySha256(f.weights, sha);
+  const ck = await openCheckpoint(f.weights, { arch: f.arch, heads: f.heads });
+  ck.file.close();
+}
+
+/** Loads the weights (or builds random ones) onto the GPU. */
+async function loadModel(f: Flags): Promise<{ model: EmbedModel; weights: string }> {
   const gpu = await getGpu();
-  if (typeof v.weights === "string") {
-    const m = await loadCheckpoint(gpu, v.weights, {
-      arch: arch as VitArch | undefined,
-      heads: numberFlag(v as never, "heads", { integer: true, min: 1 }),
-    });
-    return { model: { arena: m.arena, config: m.config }, weights: v.weights };
+  if (f.weights !== undefined) {
+    const m = await loadCheckpoint(gpu, f.weights, { arch: f.arch, heads: f.heads });
+    return { model: { arena: m.arena, config: m.config }, weights: f.weights };
   }
-  if (!v["random-weights"]) throw new UsageError(WEIGHTS_HELP);
-  const config = vitConfig((arch ?? "vit_small") as VitArch);
+  const config = vitConfig(f.arch ?? "vit_small");
   const specs = vitParamSpecs(config);
   const arena = ParamArena.create(gpu, specs);
-  const rand = seeded(0);
+  const rand = mulberry32(0);
   for (const s of specs) arena.set(s.name, initialValue(s, rand));
   console.error(`warning: random ${config.arch} weights; the embeddings carry no meaning`);
   return { model: { arena, config }, weights: `random:${config.arch}` };
 }
 
-async function figures(dir: string, out: string, input: string, model: EmbedModel, size: number) {
+async function figures(
+  dir: string,
+  out: string,
+  input: string,
+  model: EmbedModel,
+  size: number,
+  color: { by: ColorBy; sourceBy?: string; head?: string },
+) {
   await Deno.mkdir(dir, { recursive: true });
   const emb = await readEmbeddings(out);
   const gpu = await getGpu();
-  if (emb.labels) {
-    const f = await writeUmapFigure(
-      join(dir, "umap"),
-      matrix(emb.features, emb.rows, emb.dim),
-      emb.labels,
-      {
-        title: "UMAP of cell embeddings",
-        subtitle: `${emb.meta.weights ?? ""} · ${emb.rows} cells`,
-      },
-    );
+  if (emb.labels || color.by !== "label") {
+    const x = matrix(emb.features, emb.rows, emb.dim);
+    const predicted = color.by === "predicted" && color.head
+      ? (await headKindOf(color.head)) === "knn"
+        ? (await (await KnnIndex.load(color.head)).query(x)).labels
+        : (await Probe.load(color.head)).predict(x).labels
+      : undefined;
+    const f = await writeEmbeddingFigure(dir, [emb], color.by, {
+      sourceBy: color.sourceBy ?? "depth:0",
+      predictions: predicted && [{ file: emb.path, rows: [...predicted.keys()], predicted }],
+      name: color.by === "label" ? "umap" : undefined,
+    });
     console.error(`wrote ${f.svg} and ${f.png}`);
   } else {
     console.error("no labels in the input: skipping the UMAP figure (it is coloured by label)");
@@ -141,87 +246,117 @@ async function figures(dir: string, out: string, input: string, model: EmbedMode
   const e = await embedBatch(gpu, model, batch, { patchTokens: true, inputSize: size });
   const images = pixels.map((data) => ({ data, width: size, height: size, channels: 3 as const }));
   const path = join(dir, "patch_pca.png");
+  const weights = emb.meta.weights ? basename(emb.meta.weights) : "unknown weights";
   await writePatchPcaFigure(path, images, {
     data: e.patchTokens!,
     images: pixels.length,
     tokens: e.patches,
     dim: model.config.dim,
+  }, {
+    title: `Patch-token PCA (components 1-3 as RGB): ${weights}, ${model.config.arch}`,
+    labels: picks.map((i) => emb.labels?.[i] ?? null),
   });
   console.error(`wrote ${path}`);
 }
 
-async function main(): Promise<number> {
-  const parsed = parseFlags("embed", SUMMARY, FLAGS, Deno.args);
-  if (parsed === "help") {
-    console.log(usage("embed", SUMMARY, FLAGS) + "\n\n" + WEIGHTS_HELP);
-    return 0;
-  }
-  const v = parsed.values;
-  if (parsed.positionals.length) {
-    throw new UsageError(`unexpected argument '${parsed.positionals[0]}' (flags start with --)`);
-  }
-  if (typeof v.out !== "string") {
-    throw new UsageError("--out FILE is required (.safetensors, .npy or .csv)");
-  }
-  let format;
-  try {
-    format = typeof v.format === "string" ? parseFormat(v.format, "--format") : undefined;
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-  if (v.merge) {
-    const r = await mergeParts(v.out, format);
-    console.error(`merged ${r.parts} parts (${r.rows} rows) into ${v.out}`);
-    return 0;
-  }
-  if (typeof v.input !== "string") {
-    throw new UsageError("--input is required: ingested shards, an image folder or a list file");
-  }
-  const pool = v.pool as string;
-  if (!(POOLINGS as readonly string[]).includes(pool)) {
-    throw new UsageError(`--pool must be one of ${POOLINGS.join(", ")}, got '${pool}'`);
-  }
-  const size = numberFlag(v, "size", { integer: true, min: 14 })!;
-  if (size % 14 !== 0) {
-    throw new UsageError(`--size must be a multiple of the patch size 14, got ${size}`);
-  }
-  let part;
-  if (typeof v.part === "string") {
-    try {
-      part = parsePart(v.part, (k) => Deno.env.get(k));
-    } catch (e) {
-      throw new UsageError((e as Error).message);
+if (import.meta.main) {
+  // Under a launcher every rank embeds one part (as --part i/n would) and rank 0 merges them.
+  const embed = ranked(async (f: Flags, comm: Comm) => {
+    const root = comm.rank === 0;
+    if (f.merge) {
+      if (!root) return 0;
+      const r = await mergeParts(f.out, f.format);
+      console.error(`merged ${r.parts} parts (${r.rows} rows) into ${f.out}`);
+      return 0;
     }
-  }
-  const { model, weights } = await loadModel(v);
-  const gpu = await getGpu();
-  console.error(
-    `bloom embed on ${gpu.describe()}: ${model.config.arch} (dim ${model.config.dim}) from ${weights}`,
-  );
-  const summary = await runEmbed(gpu, {
-    model,
-    weights,
-    input: v.input,
-    out: v.out,
-    format,
-    batch: numberFlag(v, "batch", { integer: true, min: 1 }),
-    pool: pool as Pool,
-    patchTokens: Boolean(v["patch-tokens"]),
-    size,
-    part,
-    workers: numberFlag(v, "workers", { integer: true, min: 1 }),
-    quiet: Boolean(v.quiet),
-    autotune: !v["no-autotune"],
+    if (f.input === undefined) {
+      throw new UsageError(
+        "--input is required: ingested shards, an image folder or a list file",
+      );
+    }
+    const format = f.format ?? formatFromPath(f.out) ?? "safetensors";
+    if (f.figures !== undefined && f["color-by"] === "predicted" && f.head === undefined) {
+      throw new UsageError(
+        "--color-by predicted needs --head: a probe or kNN head from eval --save",
+      );
+    }
+    if (f["patch-tokens"] && format !== "safetensors") {
+      throw new UsageError(
+        `--patch-tokens needs the safetensors format; --out ${f.out} is ${format}`,
+      );
+    }
+    if (comm.size > 1 && f.part !== undefined) {
+      throw new UsageError(
+        `--part ${f.part} and ${comm.size} MPI ranks both split the input; use one of them`,
+      );
+    }
+    const part = comm.size > 1
+      ? { index: comm.rank, count: comm.size }
+      : f.part === undefined
+      ? undefined
+      : parsePart(f.part, (k) => Deno.env.get(k));
+    await checkSource(f.input, "--input");
+    await checkWeights(f);
+    const { model, weights } = await loadModel(f);
+    const gpu = await getGpu();
+    console.error(
+      `bloom embed on ${gpu.describe()}: ${model.config.arch} (dim ${model.config.dim}) from ${weights}` +
+        (comm.size > 1 ? ` (${comm.where})` : ""),
+    );
+    // Ctrl-C, SIGTERM: keep the rows read back, say how to resume (one process; ranks under a
+    // launcher are stopped by it).
+    const stop = comm.size === 1 ? stopOnSignals("embed", Deno.args, "the rows read back") : null;
+    let summary;
+    try {
+      summary = await runEmbed(gpu, {
+        model,
+        weights,
+        input: f.input,
+        out: f.out,
+        format: f.format,
+        batch: f.batch,
+        pool: f.pool,
+        patchTokens: f["patch-tokens"],
+        size: f.size,
+        part,
+        workers: f.workers,
+        followLinks: f["follow-links"],
+        quiet: f.quiet,
+        autotune: !f["no-autotune"],
+        wait: f.wait,
+        signal: stop?.signal,
+      });
+    } catch (e) {
+      if (!(stop && e instanceof Interrupted)) throw e;
+      reportStopped("embed", Deno.args, e.kept);
+      return stop.exitCode();
+    } finally {
+      stop?.close();
+    }
+    console.error(
+      `wrote ${summary.out}: ${summary.rows} × ${summary.dim}` +
+        (summary.resumedRows ? ` (${summary.resumedRows} resumed)` : "") +
+        (summary.failed ? `, ${summary.failed} images skipped` : "") +
+        ` at ${summary.imagesPerSecond.toFixed(1)} images/s`,
+    );
+    let out = summary.out;
+    if (comm.size > 1) {
+      // Every part is on disk once every rank is past here; --out must be on a shared filesystem.
+      await comm.barrier();
+      if (!root) return 0;
+      const r = await mergeParts(f.out, f.format);
+      console.error(`merged ${r.parts} parts (${r.rows} rows) into ${f.out}`);
+      out = f.out;
+    }
+    if (f.figures !== undefined) {
+      await figures(f.figures, out, f.input, model, f.size, {
+        by: f["color-by"],
+        sourceBy: f["source-by"],
+        head: f.head,
+      });
+    }
+    model.arena.destroy();
+    return 0;
   });
-  console.error(
-    `wrote ${summary.out}: ${summary.rows} × ${summary.dim}` +
-      (summary.resumedRows ? ` (${summary.resumedRows} resumed)` : "") +
-      (summary.failed ? `, ${summary.failed} images skipped` : "") +
-      ` at ${summary.imagesPerSecond.toFixed(1)} images/s`,
-  );
-  if (typeof v.figures === "string") await figures(v.figures, summary.out, v.input, model, size);
-  model.arena.destroy();
-  return 0;
+  runCommand(EMBED, embed);
 }
-
-if (import.meta.main) runMain(main);

@@ -1,111 +1,133 @@
 /**
  * `deno task ingest --input SRC --layout imagefolder|csv|voc|mil|list --out DIR …`:
  * streams a cell-image dataset into WebDataset tar shards of square images
- * plus manifest.json and errors.jsonl. Rerunning the same command resumes.
+ * plus manifest.json and errors.jsonl (`runIngest` in pipelines/ingest/,
+ * which checks every option). Rerunning the same command resumes.
  * Exit codes: 0 done (some inputs may have failed: see errors.jsonl), 1 every
- * input failed or the run broke, 2 a bad flag.
+ * input failed or the run broke, 2 a bad flag or input.
  */
-import { numberFlag, parseFlags, runMain, usage, UsageError } from "./args.ts";
-import { IngestOptionError, type IngestOptions, runIngest } from "../pipelines/ingest/run.ts";
-import { isLayout, LAYOUTS } from "../pipelines/dataset/layouts.ts";
-import { LayoutError } from "../pipelines/dataset/sample.ts";
+import { command, type FlagValues, runCommand, WAIT_FLAGS } from "./args.ts";
+import { INGEST_LIMITS, type IngestOptions, runIngest } from "../pipelines/ingest/run.ts";
+import { LAYOUTS } from "../pipelines/dataset/layouts.ts";
+import { describeSplit } from "../eval/split_record.ts";
+import { Interrupted } from "../pipelines/interrupt.ts";
+import { reportStopped, stopOnSignals } from "./interrupt.ts";
 
-const SUMMARY = "Ingest a cell-image dataset into resized WebDataset shards.";
+/** `deno task ingest`: its flags and help. */
+export const INGEST = command({
+  name: "ingest",
+  summary: "Ingest a cell-image dataset into resized WebDataset shards.",
+  positionalHint: "pass the dataset with --input",
+  flags: {
+    input: {
+      type: "string",
+      value: "PATH",
+      required: true,
+      help: "dataset root (imagefolder, voc, mil) or file (csv, list)",
+    },
+    layout: { type: "choice", choices: LAYOUTS, required: true, help: "dataset layout" },
+    out: {
+      type: "string",
+      value: "DIR",
+      required: true,
+      help: "output directory for shards, manifest.json, errors.jsonl",
+    },
+    size: { type: "int", ...INGEST_LIMITS.size, help: "side of the square output images, px" },
+    format: {
+      type: "choice",
+      choices: ["png", "jpg"],
+      default: "png",
+      help: "image encoding in the shards",
+    },
+    quality: { type: "int", ...INGEST_LIMITS.quality, help: "JPEG quality (with --format jpg)" },
+    "shard-size": { type: "int", ...INGEST_LIMITS["shard-size"], help: "samples per shard" },
+    split: {
+      type: "number",
+      ...INGEST_LIMITS.split,
+      help: "train fraction for a stratified train/test split, e.g. 0.8 (kept in the shards; " +
+        "embed, eval and train --eval use it)",
+    },
+    seed: { type: "int", ...INGEST_LIMITS.seed, help: "seed of the split and of the sample order" },
+    workers: {
+      type: "int",
+      ...INGEST_LIMITS.workers,
+      help: "images decoded in parallel (default: number of cores)",
+    },
+    classes: {
+      type: "string",
+      value: "A,B,…",
+      help: "comma-separated classes, in class-index order (voc: WBC)",
+    },
+    "min-size": {
+      type: "int",
+      ...INGEST_LIMITS["min-size"],
+      help: "refuse images (or crops) smaller, px",
+    },
+    margin: { type: "number", ...INGEST_LIMITS.margin, help: "voc crop margin, fraction of box" },
+    "follow-links": {
+      type: "boolean",
+      help: "follow symbolic links that leave --input (default: refused, in errors.jsonl)",
+    },
+    quiet: { type: "boolean", help: "no progress display" },
+    ...WAIT_FLAGS,
+  },
+});
 
-/** The flags of `deno task ingest`. */
-export const FLAGS = {
-  input: { type: "string", help: "dataset root (imagefolder, voc, mil) or file (csv, list)" },
-  layout: { type: "string", help: `dataset layout: ${LAYOUTS.join("|")}` },
-  out: { type: "string", help: "output directory for shards, manifest.json, errors.jsonl" },
-  size: { type: "string", default: "224", help: "side of the square output images, px" },
-  format: { type: "string", default: "png", help: "image encoding in the shards: png|jpg" },
-  quality: { type: "string", default: "95", help: "JPEG quality 1-100 (with --format jpg)" },
-  "shard-size": { type: "string", default: "1000", help: "samples per shard" },
-  split: { type: "string", help: "train fraction for a stratified train/test split, e.g. 0.8" },
-  seed: { type: "string", default: "42", help: "seed of the split and of the sample order" },
-  workers: { type: "string", help: "images decoded in parallel (default: number of cores)" },
-  classes: { type: "string", help: "comma-separated classes, in class-index order (voc: WBC)" },
-  "min-size": { type: "string", default: "16", help: "refuse images (or crops) smaller, px" },
-  margin: { type: "string", default: "0.1", help: "voc crop margin, fraction of the box size" },
-  quiet: { type: "boolean", help: "no progress display" },
-} as const;
-
-/** Turns parsed flags into ingest options; every bad value names its flag. */
-export function optionsFromFlags(values: Record<string, unknown>): IngestOptions {
-  const v = values as Record<string, string | boolean | undefined>;
-  const str = (name: string) => (typeof v[name] === "string" ? (v[name] as string) : undefined);
-  const input = str("input");
-  const layout = str("layout");
-  const out = str("out");
-  if (!input) throw new UsageError("--input is required: the dataset root or CSV/list file");
-  if (!layout) throw new UsageError(`--layout is required: one of ${LAYOUTS.join("|")}`);
-  if (!isLayout(layout)) {
-    throw new UsageError(`--layout must be one of ${LAYOUTS.join("|")}, got '${layout}'`);
-  }
-  if (!out) throw new UsageError("--out is required: the directory to write shards to");
-  const format = str("format") ?? "png";
-  if (format !== "png" && format !== "jpg") {
-    throw new UsageError(`--format must be png or jpg, got '${format}'`);
-  }
-  const vals = values as Parameters<typeof numberFlag>[0];
+/** The pipeline's options from the parsed flags (`runIngest` checks them). */
+export function ingestOptions(f: FlagValues<typeof INGEST.flags>): IngestOptions {
   return {
-    input,
-    layout,
-    out,
-    size: numberFlag(vals, "size", { integer: true, min: 1, max: 4096 }),
-    format,
-    quality: numberFlag(vals, "quality", { integer: true, min: 1, max: 100 }),
-    shardSize: numberFlag(vals, "shard-size", { integer: true, min: 1 }),
-    split: splitFlag(str("split")),
-    seed: numberFlag(vals, "seed", { integer: true, min: 0, max: 0xffffffff }),
-    workers: numberFlag(vals, "workers", { integer: true, min: 1, max: 1024 }),
-    classes: str("classes")?.split(",").map((s) => s.trim()),
-    minSize: numberFlag(vals, "min-size", { integer: true, min: 1 }),
-    margin: numberFlag(vals, "margin", { min: 0, max: 2 }),
+    input: f.input,
+    layout: f.layout,
+    out: f.out,
+    size: f.size,
+    format: f.format,
+    quality: f.quality,
+    shardSize: f["shard-size"],
+    split: f.split,
+    seed: f.seed,
+    workers: f.workers,
+    classes: f.classes?.split(","),
+    minSize: f["min-size"],
+    margin: f.margin,
+    followLinks: f["follow-links"],
+    wait: f.wait,
   };
 }
 
-function splitFlag(raw: string | undefined): number | undefined {
-  if (raw === undefined) return undefined;
-  const n = Number(raw);
-  if (raw.trim() === "" || !(n > 0 && n < 1)) {
-    throw new UsageError(
-      `--split must be a train fraction between 0 and 1 such as 0.8, got '${raw}'`,
-    );
-  }
-  return n;
-}
-
 if (import.meta.main) {
-  runMain(async () => {
-    const parsed = parseFlags("ingest", SUMMARY, FLAGS, Deno.args);
-    if (parsed === "help") {
-      console.log(usage("ingest", SUMMARY, FLAGS));
-      return 0;
-    }
-    if (parsed.positionals.length > 0) {
-      throw new UsageError(
-        `unexpected argument '${parsed.positionals[0]}'; pass the dataset with --input`,
-      );
-    }
-    const opts = optionsFromFlags(parsed.values);
+  runCommand(INGEST, async (f) => {
+    // Ctrl-C, SIGTERM: keep the finished shards, say how to resume.
+    const stop = stopOnSignals("ingest", Deno.args, "the finished shards");
     let summary;
     try {
-      summary = await runIngest(opts, { progress: parsed.values.quiet ? false : {} });
+      summary = await runIngest(ingestOptions(f), {
+        progress: f.quiet ? false : {},
+        signal: stop.signal,
+      });
     } catch (e) {
-      if (e instanceof IngestOptionError) throw new UsageError(e.message);
-      if (e instanceof LayoutError || e instanceof Deno.errors.NotFound) {
-        throw new UsageError(`${e.message} (check --input and --layout)`);
-      }
-      throw e;
+      if (!(e instanceof Interrupted)) throw e;
+      reportStopped("ingest", Deno.args, e.kept);
+      return stop.exitCode();
+    } finally {
+      stop.close();
     }
     const m = summary.manifest;
     const splits = Object.entries(m.counts).map(([s, c]) => `${s} ${c.samples}`).join(", ");
-    console.log(
-      `ingest: ${summary.samples} samples (${splits || "none"}) in ${m.shards.length} shards ` +
-        `(${summary.shardsWritten} written, ${summary.shardsSkipped} resumed), ` +
-        `${summary.errors} errors, ${summary.rate.toFixed(1)} images/s → ${summary.outDir}`,
-    );
+    const done = `${summary.samples} samples (${splits || "none"}) in ${m.shards.length} shards`;
+    if (summary.shardsWritten === 0 && summary.shardsSkipped > 0) {
+      // A rerun of a finished ingest: no rate to speak of.
+      console.log(
+        `ingest: nothing left to do: ${summary.samples} images already ingested (${
+          splits || "none"
+        }) in ${m.shards.length} shards, ${summary.errors} errors → ${summary.outDir}`,
+      );
+    } else {
+      console.log(
+        `ingest: ${done} (${summary.shardsWritten} written, ${summary.shardsSkipped} resumed), ` +
+          `${summary.errors} errors, ${summary.rate.toFixed(1)} images/s → ${summary.outDir}`,
+      );
+    }
+    if (m.split) console.log(`ingest: split ${describeSplit(m.split)}`);
     if (summary.errors > 0) console.log(`ingest: see ${summary.outDir}/errors.jsonl`);
     if (summary.samples === 0) {
       console.error(

@@ -1,7 +1,8 @@
 /**
- * `deno task train`: DinoBloom finetuning. With no arguments it finetunes a
- * small ViT on built-in synthetic blood cells and prints kNN accuracy before
- * and after.
+ * `deno task train`: DinoBloom finetuning (docs/recipe.md). With no arguments
+ * it finetunes a small ViT on built-in synthetic blood cells and prints kNN
+ * accuracy before and after. Every flag, path and the output directory's
+ * state are checked before the GPU starts or anything is written.
  */
 import { join } from "node:path";
 import { openCheckpoint } from "../graph/checkpoint.ts";
@@ -14,189 +15,246 @@ import {
   type TrainConfig,
   validateConfig,
 } from "../pipelines/train/config.ts";
-import { InterruptedError, runTraining } from "../pipelines/train/run.ts";
-import { NonFiniteLossError } from "../pipelines/train/trainer.ts";
-import { type FlagSpec, numberFlag, parseFlags, runMain, usage, UsageError } from "./args.ts";
+import { checkRunInputs, runTraining } from "../pipelines/train/run.ts";
+import { Interrupted } from "../pipelines/interrupt.ts";
+import { resumeHint, stopOnSignals } from "./interrupt.ts";
+import { resolveWeights } from "../pipelines/weights/download.ts";
+import type { Comm } from "../pipelines/mpi/comm.ts";
+import { ranked } from "../pipelines/mpi/world.ts";
+import {
+  command,
+  type FlagValues,
+  RUN_FLAGS,
+  runCommand,
+  UsageError,
+  VERIFY_FLAGS,
+  verifyHash,
+  WAIT_FLAGS,
+} from "./args.ts";
+import { exists } from "../data/file.ts";
+import { verifySha256 } from "../data/hash.ts";
 
-const SUMMARY =
-  `Finetunes DINOv2 the DinoBloom way (two global crops; DINO + iBOT + KoLeo; EMA teacher).
+/** `deno task train`: its flags and help. */
+export const TRAIN = command({
+  name: "train",
+  summary: `Finetunes DINOv2 the DinoBloom way (two global crops; DINO + iBOT + KoLeo; EMA teacher).
 Without --data it trains a small ViT on built-in synthetic blood cells and reports kNN accuracy
-before and after. Checkpoints are {"teacher": state_dict} files DinoBloom's PyTorch code loads.`;
+before and after. Checkpoints are {"teacher": state_dict} files DinoBloom's PyTorch code loads.`,
+  epilog: `Without --init a ViT preset starts from random weights; DinoBloom finetunes DINOv2's
+pretrained weights (--init dinov2-vits14 for dinobloom-s: a name is downloaded, verified and cached
+on first use, docs/weights.md; or a checkpoint file). See docs/recipe.md.`,
+  flags: {
+    config: {
+      type: "string",
+      value: "FILE",
+      help: 'JSON config: {"preset": NAME, …overrides} (docs/recipe.md)',
+    },
+    preset: {
+      type: "choice",
+      choices: Object.keys(PRESETS),
+      help: "model and recipe (default: from --init's architecture, else demo)",
+    },
+    data: {
+      type: "string",
+      value: "PATH",
+      help: "training images: ingested shards, a folder (per class or flat) or a list file",
+    },
+    init: {
+      type: "string",
+      value: "NAME|FILE",
+      help: "initial weights: a name (dinov2-vits14, dinobloom-s, …) or a checkpoint file",
+    },
+    offline: { type: "boolean", help: "named weights from the cache only (or BLOOM_OFFLINE=1)" },
+    out: { type: "string", value: "DIR", help: "output directory (default runs/train-<date>)" },
+    steps: {
+      type: "int",
+      min: 1,
+      help: "optimiser steps (default: epochs × epoch length of the config)",
+    },
+    resume: { type: "boolean", help: "continue the run in --out from its resume file" },
+    batch: { type: "int", min: 2, help: "images per step (both crops of each are used)" },
+    "micro-batch": {
+      type: "int",
+      min: 2,
+      help: "images per forward/backward pass (gradient accumulation)",
+    },
+    eval: { type: "string", value: "PATH", help: "labelled images for periodic kNN evaluation" },
+    "eval-every": {
+      type: "int",
+      min: 0,
+      help: "evaluate every N steps (default: start and end only)",
+    },
+    "save-every": { type: "int", min: 1, help: "checkpoint every N steps (default 1000)" },
+    format: {
+      type: "choice",
+      choices: ["pth", "safetensors"],
+      default: "pth",
+      help: "checkpoint format",
+    },
+    seed: {
+      type: "int",
+      min: 0,
+      max: 0xffffffff,
+      help: "random seed (data order, augmentation, masks)",
+    },
+    ...RUN_FLAGS,
+    ...VERIFY_FLAGS,
+    ...WAIT_FLAGS,
+  },
+});
 
-const FLAGS: Record<string, FlagSpec> = {
-  config: { type: "string", help: 'JSON config: {"preset": NAME, …overrides} (see README)' },
-  preset: {
-    type: "string",
-    help: `one of ${
-      Object.keys(PRESETS).join(", ")
-    } (default: from --init's architecture, else demo)`,
-  },
-  data: {
-    type: "string",
-    help: "training images: ingested shards, a folder (per class or flat) or a list file",
-  },
-  init: { type: "string", help: "initial weights: DINOv2 hub or DinoBloom checkpoint" },
-  out: { type: "string", help: "output directory (default runs/train-<date>)" },
-  steps: { type: "string", help: "optimiser steps (default: epochs × epoch length of the config)" },
-  resume: { type: "boolean", help: "continue the run in --out from its resume file" },
-  batch: { type: "string", help: "images per step (both crops of each are used)" },
-  "micro-batch": {
-    type: "string",
-    help: "images per forward/backward pass (gradient accumulation)",
-  },
-  eval: { type: "string", help: "labelled images for periodic kNN evaluation" },
-  "eval-every": { type: "string", help: "evaluate every N steps (default: start and end only)" },
-  "save-every": { type: "string", help: "checkpoint every N steps (default 1000)" },
-  format: { type: "string", help: "checkpoint format: pth or safetensors", default: "pth" },
-  seed: { type: "string", help: "random seed (data order, augmentation, masks)" },
-  workers: { type: "string", help: "image decoding threads (default: cores)" },
-  quiet: { type: "boolean", help: "no progress line" },
-  "no-autotune": {
-    type: "boolean",
-    help: "skip measuring kernel variants for this model (done once per adapter, then cached)",
-  },
+type Flags = FlagValues<typeof TRAIN.flags>;
+
+/** The preset DinoBloom trains for each architecture. */
+const PRESET_OF_ARCH: Partial<Record<VitArch | "custom", string>> = {
+  vit_small: "dinobloom-s",
+  vit_base: "dinobloom-b",
+  vit_large: "dinobloom-l",
+  vit_giant2: "dinobloom-g",
 };
 
-async function pickConfig(v: Record<string, unknown>): Promise<TrainConfig> {
+/** The training config the flags ask for; checks the --init checkpoint's header. */
+async function pickConfig(f: Flags): Promise<TrainConfig> {
+  if (f.config !== undefined && f.preset !== undefined) {
+    throw new UsageError("--config and --preset: give one (a config names its preset)");
+  }
   let cfg: TrainConfig;
-  if (typeof v.config === "string") {
+  if (f.config !== undefined) {
     let text: string;
     try {
-      text = await Deno.readTextFile(v.config);
+      text = await Deno.readTextFile(f.config);
     } catch (e) {
-      throw new UsageError(`--config ${v.config}: cannot read it (${(e as Error).message})`);
+      throw new UsageError(`--config ${f.config}: cannot read it (${(e as Error).message})`);
     }
-    cfg = parseConfig(text, v.config);
+    cfg = parseConfig(text, f.config);
   } else {
-    let preset = v.preset as string | undefined;
-    if (!preset && typeof v.init === "string") {
-      const ck = await openCheckpoint(v.init);
+    let preset = f.preset;
+    if (f.init !== undefined) {
+      const ck = await openCheckpoint(f.init);
       ck.file.close();
-      const byArch: Partial<Record<VitArch | "custom", string>> = {
-        vit_small: "dinobloom-s",
-        vit_base: "dinobloom-b",
-        vit_large: "dinobloom-l",
-        vit_giant2: "dinobloom-g",
-      };
-      preset = byArch[ck.config.arch];
-      if (!preset) {
-        throw new UsageError(
-          `--init ${v.init} holds a custom-size ViT (dim ${ck.config.dim}); give --config with its shapes`,
-        );
+      if (preset === undefined) {
+        preset = PRESET_OF_ARCH[ck.config.arch];
+        if (!preset) {
+          throw new UsageError(
+            `--init ${f.init} holds a custom-size ViT (dim ${ck.config.dim}); give --config with its shapes`,
+          );
+        }
       }
     }
-    preset ??= "demo";
-    if (!PRESETS[preset]) {
-      throw new UsageError(
-        `--preset ${preset} is unknown; choose one of ${Object.keys(PRESETS).join(", ")}`,
-      );
-    }
-    cfg = PRESETS[preset]();
+    cfg = PRESETS[preset ?? "demo"]();
   }
-  const batch = numberFlag(v as never, "batch", { integer: true, min: 2 });
-  if (batch !== undefined) cfg = { ...cfg, batch, microBatch: Math.min(cfg.microBatch, batch) };
-  const micro = numberFlag(v as never, "micro-batch", { integer: true, min: 2 });
-  if (micro !== undefined) cfg = { ...cfg, microBatch: micro };
-  const seed = numberFlag(v as never, "seed", { integer: true, min: 0 });
-  if (seed !== undefined) cfg = { ...cfg, seed };
-  try {
-    return validateConfig(cfg, "training config");
-  } catch (e) {
-    throw new UsageError((e as Error).message);
+  if (f.batch !== undefined) {
+    cfg = { ...cfg, batch: f.batch, microBatch: Math.min(cfg.microBatch, f.batch) };
   }
+  if (f["micro-batch"] !== undefined) cfg = { ...cfg, microBatch: f["micro-batch"] };
+  if (f.seed !== undefined) cfg = { ...cfg, seed: f.seed };
+  return validateConfig(cfg, "training config");
 }
 
-async function main(): Promise<number> {
-  const parsed = parseFlags("train", SUMMARY, FLAGS, Deno.args);
-  if (parsed === "help") {
-    console.log(usage("train", SUMMARY, FLAGS));
-    return 0;
-  }
-  const v = parsed.values;
-  if (parsed.positionals.length) {
-    throw new UsageError(`unexpected argument '${parsed.positionals[0]}' (flags start with --)`);
-  }
-  const format = v.format as string;
-  if (format !== "pth" && format !== "safetensors") {
-    throw new UsageError(`--format must be pth or safetensors, got '${format}'`);
-  }
-  if (v.resume && typeof v.out !== "string") {
-    throw new UsageError("--resume needs --out DIR: the run directory to continue");
-  }
-  const cfg = await pickConfig(v);
-  const out = typeof v.out === "string"
-    ? v.out
-    : join("runs", `train-${new Date().toISOString().replace(/[:T]/g, "-").slice(0, 19)}`);
-  let data = v.data as string | undefined;
-  let evalData = v.eval as string | undefined;
-  const demo = data === undefined;
-  if (demo) {
-    // Built-in data: a few hundred synthetic cells, and a held-out labelled set for kNN.
-    const size = Math.max(cfg.imageSize, 112);
-    const train = join(out, "synthetic", "train");
-    const val = join(out, "synthetic", "val");
-    if (!v.resume) {
+if (import.meta.main) {
+  // Under a launcher (mpirun, srun, an MPIJob) every rank runs this; alone, one process does.
+  const train = ranked(async (f: Flags, comm: Comm) => {
+    const root = comm.rank === 0;
+    if (f.resume && f.out === undefined) {
+      throw new UsageError("--resume needs --out DIR: the run directory to continue");
+    }
+    const sha = verifyHash(f["verify-sha256"], f.init, "--init");
+    // Paths and the state of --out first: before a download, a config or the GPU.
+    const out = f.out ??
+      join("runs", `train-${new Date().toISOString().replace(/[:T]/g, "-").slice(0, 19)}`);
+    // --out is rank 0's (the others write nothing); runTraining checks --data on every rank.
+    if (root) await checkRunInputs({ out, resume: f.resume, data: f.data, evalData: f.eval });
+    if (f.init !== undefined) {
+      // Rank 0 downloads a named checkpoint first; the others then find it in the cache.
+      if (!root) await comm.barrier();
+      f.init = await resolveWeights(f.init, {
+        offline: f.offline || !root,
+        progress: { silent: f.quiet || !root },
+      });
+      if (root) await comm.barrier();
+      if (sha !== undefined) await verifySha256(f.init, sha);
+    }
+    const cfg = await pickConfig(f);
+    if (root && f.init === undefined && !f.resume && cfg.vit.arch !== "custom") {
       console.error(
-        `no --data: writing built-in synthetic blood cells to ${join(out, "synthetic")}`,
-      );
-      await writeSyntheticImageFolder(train, { perClass: 48, size, seed: cfg.seed + 1 });
-      await writeSyntheticImageFolder(val, { perClass: 60, size, seed: cfg.seed + 2 });
-    }
-    data = train;
-    evalData ??= val;
-  }
-  const gpu = await getGpu();
-  console.error(`bloom train on ${gpu.describe()}`);
-  const controller = new AbortController();
-  let interrupts = 0;
-  const onSigint = () => {
-    interrupts++;
-    if (interrupts > 1) Deno.exit(130);
-    console.error("\nstopping after this step and writing a checkpoint (Ctrl-C again to quit now)");
-    controller.abort();
-  };
-  Deno.addSignalListener("SIGINT", onSigint);
-  try {
-    const summary = await runTraining(gpu, {
-      config: cfg,
-      data: data!,
-      init: v.init as string | undefined,
-      out,
-      steps: numberFlag(v, "steps", { integer: true, min: 1 }),
-      resume: Boolean(v.resume),
-      evalData,
-      evalEvery: numberFlag(v, "eval-every", { integer: true, min: 0 }),
-      saveEvery: numberFlag(v, "save-every", { integer: true, min: 1 }),
-      format,
-      workers: numberFlag(v, "workers", { integer: true, min: 1 }),
-      quiet: Boolean(v.quiet),
-      autotune: !v["no-autotune"],
-      signal: controller.signal,
-    });
-    if (summary.knn.length >= 2) {
-      const a = summary.knn[0];
-      const b = summary.knn[summary.knn.length - 1];
-      console.log(
-        `kNN (k=${b.k}) accuracy on held-out cells: ${(100 * a.accuracy).toFixed(1)}% at step ` +
-          `${a.step} → ${(100 * b.accuracy).toFixed(1)}% at step ${b.step} ` +
-          `(balanced ${(100 * a.balancedAccuracy).toFixed(1)}% → ${
-            (100 * b.balancedAccuracy).toFixed(1)
-          }%)`,
+        `warning: no --init: the ${cfg.vit.arch} backbone starts from random weights; ` +
+          "DinoBloom finetunes DINOv2's pretrained weights (pass --init with a DINOv2 hub checkpoint)",
       );
     }
-    console.log(`teacher checkpoint: ${summary.finalCheckpoint}`);
-    console.log(`metrics: ${join(out, "metrics.jsonl")}`);
-    return 0;
-  } catch (e) {
-    if (e instanceof InterruptedError) return 130;
-    if (e instanceof NonFiniteLossError) {
-      console.error(`error: ${e.message}`);
-      return 1;
+    let data = f.data;
+    let evalData = f.eval;
+    if (data === undefined) {
+      // Built-in data: a few hundred synthetic cells, and a held-out labelled set for kNN.
+      const size = Math.max(cfg.imageSize, 112);
+      // Each rank of a data-parallel run writes (and reads) its own copy; rank 0 evaluates.
+      const train = join(out, "synthetic", comm.size > 1 ? `train-rank${comm.rank}` : "train");
+      const val = join(out, "synthetic", "val");
+      const written = await exists(train);
+      if (!f.resume || (comm.size > 1 && !written)) {
+        if (root) {
+          console.error(
+            `no --data: writing built-in synthetic blood cells to ${join(out, "synthetic")}`,
+          );
+        }
+        await writeSyntheticImageFolder(train, { perClass: 48, size, seed: cfg.seed + 1 });
+        if (root) await writeSyntheticImageFolder(val, { perClass: 60, size, seed: cfg.seed + 2 });
+      }
+      data = train;
+      evalData ??= val;
     }
-    throw e;
-  } finally {
-    Deno.removeSignalListener("SIGINT", onSigint);
-  }
+    const gpu = await getGpu();
+    console.error(`bloom train on ${gpu.describe()}${comm.size > 1 ? ` (${comm.where})` : ""}`);
+    // Ctrl-C, SIGTERM: a checkpoint after this step, then the command that resumes. Under MPI a
+    // signal stops every rank at once instead (runTraining's handlers).
+    const resume = [
+      ...Deno.args,
+      ...(f.out === undefined ? ["--out", out] : []),
+      ...(f.resume ? [] : ["--resume"]),
+    ];
+    const stop = comm.size === 1
+      ? stopOnSignals("train", resume, "a checkpoint after this step")
+      : null;
+    try {
+      const summary = await runTraining(gpu, {
+        config: cfg,
+        data,
+        init: f.init,
+        out,
+        steps: f.steps,
+        resume: f.resume,
+        evalData,
+        evalEvery: f["eval-every"],
+        saveEvery: f["save-every"],
+        format: f.format,
+        workers: f.workers,
+        followLinks: f["follow-links"],
+        quiet: f.quiet,
+        autotune: !f["no-autotune"],
+        signal: stop?.signal,
+        comm,
+        wait: f.wait,
+      });
+      if (!root) return 0;
+      if (summary.knn.length >= 2) {
+        const a = summary.knn[0];
+        const b = summary.knn[summary.knn.length - 1];
+        const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+        console.log(
+          `kNN (k=${b.k}) accuracy on held-out cells: ${pct(a.accuracy)} at step ${a.step} → ` +
+            `${pct(b.accuracy)} at step ${b.step} ` +
+            `(balanced ${pct(a.balancedAccuracy)} → ${pct(b.balancedAccuracy)})`,
+        );
+      }
+      console.log(`teacher checkpoint: ${summary.finalCheckpoint}`);
+      console.log(`metrics: ${join(out, "metrics.jsonl")}`);
+      return 0;
+    } catch (e) {
+      if (!(e instanceof Interrupted)) throw e;
+      console.error(resumeHint("train", resume));
+      return stop?.exitCode() ?? 130;
+    } finally {
+      stop?.close();
+    }
+  });
+  runCommand(TRAIN, train);
 }
-
-if (import.meta.main) runMain(main);

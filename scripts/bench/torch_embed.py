@@ -1,33 +1,42 @@
 """PyTorch CPU peer of bloom's embed benchmark: a folder of JPEGs → PIL decode →
 Resize((224, 224), bilinear) → ImageNet normalisation → ViT-S forward (the
 reference model, random weights) → CLS features → features.npy, batch by batch.
-Prints {"images": N, "seconds": S, "rate": N/S} (median of --repeat runs after
-one warm-up run). Debian's torch 1.13, all cores.
+One iteration embeds the whole folder; iterations are timed by the protocol of
+serve.py (bench/peers.ts): `--iters` after `--warmup`, or one per request with
+`--serve`. Items are images. Debian's torch 1.13, `--threads` threads (default
+one per CPU).
 
-usage: torch_embed.py --input DIR --out FILE.npy [--batch 32] [--repeat 3]
+usage: torch_embed.py --input DIR --out FILE.npy [--batch 32] [--threads N] [--serve]
 """
 import argparse
-import json
 import os
 import sys
-import time
 
 import numpy as np
-import torch
-from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reference"))
-from dinov2_ref import make_vit, randomize  # noqa: E402
+import serve
 
 p = argparse.ArgumentParser()
 p.add_argument("--input", required=True)
 p.add_argument("--out", required=True)
 p.add_argument("--batch", type=int, default=32)
-p.add_argument("--repeat", type=int, default=3)
+serve.add_args(p)
 a = p.parse_args()
-torch.set_num_threads(os.cpu_count() or 1)
+try:
+    import torch
+    from PIL import Image
+except ImportError as e:
+    serve.emit({"peer": "torch_embed", "unavailable": f"not importable: {e}"})
+    sys.exit(0)
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reference"))
+from dinov2_ref import make_vit, randomize  # noqa: E402
+
+threads = serve.threads(a)
+torch.set_num_threads(threads)
 files = sorted(os.path.join(r, f) for r, _, fs in os.walk(a.input) for f in fs
                if f.lower().endswith((".jpg", ".jpeg", ".png")))
+if not files:
+    sys.exit(f"torch_embed.py: no images under --input {a.input}")
 model = make_vit("vit_small", pos_grid=16)
 randomize(model, 0)
 model.eval()
@@ -48,11 +57,5 @@ def run():
     np.save(a.out, np.concatenate(feats))
 
 
-run()
-times = []
-for _ in range(a.repeat):
-    t0 = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t0)
-s = sorted(times)[len(times) // 2]
-print(json.dumps({"images": len(files), "seconds": s, "rate": len(files) / s}))
+serve.run("torch_embed", lambda: serve.timed(run), len(files),
+          {"torch": torch.__version__, "threads": threads, "batch": a.batch}, a)

@@ -12,9 +12,10 @@ Differences from the oracle, both as DINOv2 runs: parameter groups are fused by 
 (lr, wd, last-layer) multipliers, and the EMA uses torch._foreach ops.
 
 Crops are random; masks come from bloom (--masks, uint8 [2B, Np] .npy from batchMasks) so both
-sides do the same iBOT work. Times `--iters` steps after `--warmup` and prints one JSON line
-(bench/peers.ts): {"peer": "torch_train_step", "ms": [...], "items": B, ...} where an item is
-one image (two crops), or {"peer": ..., "unavailable": "..."} without torch.
+sides do the same iBOT work. Times steps by the protocol of serve.py (bench/peers.ts): `--iters`
+after `--warmup`, or one per request with `--serve`; {"peer": "torch_train_step", "ms": [...],
+"items": B, ...} where an item is one image (two crops), or {"peer": ..., "unavailable": "..."}
+without torch. `--threads` sets torch's threads (default one per CPU).
 
 Usage: /usr/bin/python3 scripts/bench/torch_train_step.py --dim 384 --depth 12 --heads 6
        --mlp 1536 --pos-grid 16 --image 224 --batch 8 --hidden 2048 --bottleneck 256
@@ -24,9 +25,10 @@ import argparse
 import ast
 import json
 import os
-import resource
 import sys
 import time
+
+import serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORACLE = os.path.join(HERE, "..", "oracles", "train_step.py")
@@ -55,8 +57,7 @@ def main():
     ap.add_argument("--clip", type=float, default=3.0)
     ap.add_argument("--koleo-eps", type=float, default=1e-4)
     ap.add_argument("--patch-embed-lr-mult", type=float, default=0.2)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--iters", type=int, default=3)
+    serve.add_args(ap)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     try:
@@ -71,7 +72,7 @@ def main():
 
     sinkhorn, koleo, lr_decay_rate = oracle_functions(
         ["sinkhorn", "koleo", "lr_decay_rate"], {"torch": torch, "F": F})
-    threads = os.cpu_count() or 1
+    threads = serve.threads(args)
     torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
     B, S = args.batch, args.image
@@ -146,17 +147,17 @@ def main():
             torch._foreach_add_(t_params, s_params, alpha=1 - mom)
         return float(total)
 
-    times = []
-    for i in range(args.warmup + args.iters):
+    def timed_step():
         t0 = time.perf_counter()
         loss = step()
-        if i >= args.warmup:
-            times.append((time.perf_counter() - t0) * 1000)
-    if loss != loss:
-        sys.exit("torch_train_step.py: the loss became NaN; the timing would not be of a real step")
-    print(json.dumps({"peer": "torch_train_step", "ms": times, "items": B,
-                      "masked": int(n_masked), "torch": torch.__version__, "threads": threads,
-                      "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+        ms = (time.perf_counter() - t0) * 1000
+        if loss != loss:
+            sys.exit("torch_train_step.py: the loss became NaN; the timing would not be of a "
+                     "real step")
+        return ms
+
+    serve.run("torch_train_step", timed_step, B,
+              {"masked": int(n_masked), "torch": torch.__version__, "threads": threads}, args)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 
 Builds the same DINOv2 ViT as bloom (scripts/reference/dinov2_ref.py, random weights), and
 times the inference forward that bloom's row times: normalised images [B, 3, S, S] in, the
-CLS token after the final norm out, under torch.inference_mode() with one thread per CPU.
-Times `--iters` forwards after `--warmup` untimed ones and prints one JSON line (the protocol
-of bench/peers.ts):
+CLS token after the final norm out, under torch.inference_mode() with `--threads` threads
+(default one per CPU). Times forwards by the protocol of serve.py (bench/peers.ts): `--iters`
+after `--warmup`, or one per request with `--serve`:
 
   {"peer": "torch_vit", "ms": [...], "items": B, "torch": "1.13.1", "threads": N}
 
@@ -13,13 +13,14 @@ or {"peer": "torch_vit", "unavailable": "..."} where torch cannot be imported.
 
 Usage: /usr/bin/python3 scripts/bench/torch_vit.py --arch vit_small --batch 32 [--image 224]
        [--dim D --depth L --heads H --mlp M] [--pos-grid 16] [--warmup 1] [--iters 3]
+       [--threads N] [--serve]
 """
 import argparse
 import json
 import os
-import resource
 import sys
-import time
+
+import serve
 
 
 def main():
@@ -34,9 +35,8 @@ def main():
     ap.add_argument("--pos-grid", type=int, default=16)
     ap.add_argument("--batch", type=int, required=True)
     ap.add_argument("--image", type=int, default=224)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    serve.add_args(ap)
     args = ap.parse_args()
     try:
         import torch
@@ -56,23 +56,20 @@ def main():
         sys.exit("torch_vit.py: give --arch or all of --dim --depth --heads --mlp")
     if args.iters < 1 or args.batch < 1:
         sys.exit("torch_vit.py: --iters and --batch must be at least 1")
-    threads = os.cpu_count() or 1
+    threads = serve.threads(args)
     torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
     model = make_vit(args.arch, **over).eval()
     randomize(model, args.seed)
     x = torch.randn(args.batch, 3, args.image, args.image)
-    times = []
-    with torch.inference_mode():
-        for i in range(args.warmup + args.iters):
-            t0 = time.perf_counter()
+
+    def forward():
+        with torch.inference_mode():
             out = model.forward_features(x)["clsNorm"]
             float(out[0, 0])  # the result is materialised before the clock stops
-            if i >= args.warmup:
-                times.append((time.perf_counter() - t0) * 1000)
-    print(json.dumps({"peer": "torch_vit", "ms": times, "items": args.batch,
-                      "torch": torch.__version__, "threads": threads,
-                      "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+
+    serve.run("torch_vit", lambda: serve.timed(forward), args.batch,
+              {"torch": torch.__version__, "threads": threads}, args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Oracle for bloom's training step: one DinoBloom iteration in PyTorch,
-transcribed from shared/RECIPE.md §2 (DINOv2's ssl_meta_arch forward_backward
+transcribed from docs/recipe.md (DINOv2's ssl_meta_arch forward_backward
 with two global crops and no local crops, its losses, parameter groups, AdamW,
 per-module gradient clipping and the EMA teacher update).
 

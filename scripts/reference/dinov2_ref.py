@@ -1,5 +1,5 @@
 """A PyTorch DINOv2 vision transformer and DINO head, written from
-shared/RECIPE.md (DINOv2's module structure and state-dict names), used as the
+docs/recipe.md and docs/checkpoints.md (DINOv2's module structure and state-dict names), used as the
 oracle that bloom's ViT, checkpoint loaders and training step are compared to.
 
 Run with Debian's /usr/bin/python3 (torch 1.13). Imported by the oracle and
