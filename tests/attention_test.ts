@@ -13,7 +13,7 @@ import {
   attentionRef64,
   type AttentionVariant,
   attentionVariantId,
-  DEFAULT_ATTENTION_PLAN,
+  defaultAttentionPlan,
   parseAttentionVariant,
   tuneAttention,
 } from "../kernels/attention.ts";
@@ -161,6 +161,42 @@ gpuTest("attention: every variant family agrees with the reference", async (gpu)
     GRAD_TOL,
     "tiled dh64 dqkv",
   );
+});
+
+gpuTest("attention: the texture-reading forward agrees with the reference", async (gpu) => {
+  // 3·H·Dh·4 = 768 B rows: a pitch textures take; rows 3 with a 2-key block and a one-row
+  // tail pass over T = 37. The backward of a `tex` variant reads storage (tex is forward-only).
+  const tex: AttentionVariant = {
+    kind: "rows",
+    wg: 8,
+    rows: 3,
+    block: 2,
+    dot: "scalar",
+    tex: true,
+  };
+  const c: Case = { B: 3, T: 37, H: 2, dh: 32 };
+  const { qkv, dout } = randomCase(c, 15);
+  const ref = attentionRef(qkv, c.B, c.T, c.H, c.dh);
+  const got = await runBoth(gpu, c, qkv, dout, tex);
+  assertClose(got.out, ref.out, OUT_TOL, "tex out");
+  assertClose(got.lse, ref.lse, LSE_TOL, "tex lse");
+  assertClose(got.dqkv, attentionBackwardRef(dout, qkv, c.B, c.T, c.H, c.dh), GRAD_TOL, "dqkv");
+  // It really reads a texture: the forward copies qkv into one and binds it.
+  const t = gpu.tensor(qkv, [c.B, c.T, 3 * c.H * c.dh]);
+  const before = gpu.stats().dispatches;
+  const { recording, result } = await gpu.capture(() =>
+    attention(gpu, t, { heads: c.H, variant: tex })
+  );
+  assert(recording.commands.some((x) => x.kind === "copyTex"), "qkv copied into a texture");
+  assert(gpu.stats().dispatches > before);
+  gpu.release(result.out, result.lse);
+  gpu.disposeRecording(recording);
+  // A pitch a copy cannot take (dh 12: 288 B rows) runs the storage kernel, same answer.
+  const c12: Case = { B: 2, T: 21, H: 2, dh: 12 };
+  const r12 = randomCase(c12, 16);
+  const got12 = await runBoth(gpu, c12, r12.qkv, r12.dout, tex);
+  assertClose(got12.out, attentionRef(r12.qkv, 2, 21, 2, 12).out, OUT_TOL, "dh 12 out");
+  gpu.release(t);
 });
 
 gpuTest("attention: scores of magnitude 1e3 do not overflow (online softmax)", async (gpu) => {
@@ -375,7 +411,7 @@ gpuTest("attention: tuning measures candidates and later calls use the winner", 
   const candidates: AttentionVariant[] = [SMALL, { kind: "rows", wg: 8, rows: 2, block: 1 }];
   const tuneCache = new AutotuneCache({ path: null }); // memory only: tests leave ~/.cache alone
   const before = attentionPlan(gpu, 12, 17, { tuneCache });
-  assertEquals(before, DEFAULT_ATTENTION_PLAN);
+  assertEquals(before, defaultAttentionPlan(gpu));
   const { plan, tunings } = await tuneAttention(gpu, { tokens: 17, heads: 2, headDim: 12 }, {
     candidates,
     iters: 1,
@@ -411,6 +447,16 @@ gpuTest("attention: variant ids round-trip; candidates fit the adapter", (gpu) =
       assertEquals(attentionVariantId(back), attentionVariantId(v));
     }
   }
+  const tex: AttentionVariant = {
+    kind: "rows",
+    wg: 8,
+    rows: 12,
+    block: 2,
+    dot: "scalar",
+    tex: true,
+  };
+  assertEquals(attentionVariantId(tex), "rows.wg8.r12.b2.scalar.tex");
+  assertEquals(parseAttentionVariant("rows.wg8.r12.b2.scalar.tex"), tex);
   assertEquals(parseAttentionVariant("rows.wg8.r4.b1"), null);
   assertEquals(parseAttentionVariant("rows.wg8.r4.b1.t8.vec"), null);
 });

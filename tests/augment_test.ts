@@ -40,18 +40,9 @@ import {
 import type { Gpu } from "../kernels/runtime.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest, Rng } from "./helpers.ts";
+import { bytes, f32, readFixture } from "./fixtures.ts";
 
-function bytes(b64: string): Uint8Array {
-  const bin = atob(b64);
-  const u = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) u[i] = bin.charCodeAt(i);
-  return u;
-}
-const f32 = (b64: string) => new Float32Array(bytes(b64).buffer);
-
-const fx = JSON.parse(
-  await Deno.readTextFile(new URL("./fixtures/augment.json", import.meta.url)),
-);
+const fx = await readFixture("augment.json");
 
 /** Parameters with every random op off: the whole image, no flips. */
 function plain(size: number, over: Partial<CropParams> = {}): CropParams {

@@ -1,21 +1,30 @@
-/** kernels/autotune.ts: choice, persistence, reload, corrupt and unwritable caches; tuneMatmul. */
+/**
+ * kernels/autotune.ts: choice, persistence, reload, corrupt and unwritable caches; tuneMatmul;
+ * the adapter classes, their shipped defaults (kernels/defaults.ts) and the matmul cost model.
+ */
+import { ADAPTER_CLASSES, adapterClass } from "../kernels/adapters.ts";
 import {
   AutotuneCache,
   Autotuner,
   type CandidateCodec,
   defaultCachePath,
+  TuneBudget,
 } from "../kernels/autotune.ts";
+import { KERNEL_DEFAULTS } from "../kernels/defaults.ts";
 import {
-  FALLBACK_VARIANT,
+  classDefaults,
+  fitVariant,
   matmul,
   matmulRef,
   type MatmulVariant,
   parseVariant,
+  predictFlops,
+  pruneCandidates,
   selectMatmulVariant,
   shapeClass,
   tuneMatmul,
   variantId,
-} from "../kernels/matmul.ts";
+} from "../kernels/matmul/mod.ts";
 import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
 import { gpuTest, Rng } from "./helpers.ts";
 
@@ -160,23 +169,44 @@ gpuTest(
     const path = tempPath();
     const matCodec = { id: variantId, parse: parseVariant };
     const tuner = new Autotuner<MatmulVariant>("matmul", matCodec, new AutotuneCache({ path }));
+    // Two candidates the cost model cannot tell apart on this shape (same block, ~20 % padding
+    // difference), so both are measured.
     const candidates: MatmulVariant[] = [
-      { kind: "reg", tm: 4, tn: 4, wgm: 4, wgn: 4 },
-      { kind: "tiled", bm: 16, bn: 16, bk: 8, tm: 4, tn: 4 },
+      { kind: "reg", tm: 8, tn: 8, wgm: 2, wgn: 2 },
+      { kind: "reg", tm: 8, tn: 8, wgm: 1, wgn: 2 },
     ];
     const shape = { M: 40, N: 24, K: 32, transB: true };
-    // Nothing tuned: the built-in fallback (its register block shrunk to the shape).
+    // Nothing tuned: the shipped default of this adapter's class, its block shrunk to the shape.
+    const shipped = classDefaults(gpu).matmul.general;
     const untuned = selectMatmulVariant(gpu, shape, { tuner });
-    assertEquals(untuned.kind, FALLBACK_VARIANT.kind);
+    assertEquals(variantId(untuned), variantId(fitVariant(shipped, 40, 24)));
     const [r] = await tuneMatmul(gpu, [shape, shape], { tuner, candidates, iters: 2 });
     assertEquals(r.key, shapeClass(40, 24, 32, 1, false, true));
     assertEquals(Object.keys(r.timings).sort(), candidates.map(variantId).sort());
     assert(Object.values(r.timings).every((ms) => ms !== null && ms > 0), "both measured");
     const chosen = selectMatmulVariant(gpu, shape, { tuner });
     assertEquals(variantId(chosen), r.choice);
-    // The adapter-wide default follows the tuned classes; other shapes fall back to it.
+    // Other shapes: the shipped default where it was measured on this class, else the
+    // adapter-wide default the tuned classes agree on.
     const other = selectMatmulVariant(gpu, { M: 300, N: 300, K: 300 }, { tuner });
-    assertEquals(variantId(other), r.choice);
+    assertEquals(
+      variantId(other),
+      classDefaults(gpu).measured ? variantId(fitVariant(shipped, 300, 300)) : r.choice,
+    );
+    // A record made from another candidate set (an older bloom) does not override defaults.
+    const stale = new Autotuner<MatmulVariant>(
+      "matmul",
+      matCodec,
+      new AutotuneCache({ path: null }),
+    );
+    stale.record(gpu.adapter.name, r.key, {
+      choice: variantId(candidates[1]),
+      ms: r.ms,
+      timings: r.timings,
+      at: new Date().toISOString(),
+      tag: "an older candidate set",
+    });
+    assertEquals(variantId(selectMatmulVariant(gpu, shape, { tuner: stale })), variantId(untuned));
     // Persisted under this adapter's name and reloaded by a fresh cache.
     const fresh = new Autotuner<MatmulVariant>("matmul", matCodec, new AutotuneCache({ path }));
     assertEquals(variantId(selectMatmulVariant(gpu, shape, { tuner: fresh })), r.choice);
@@ -197,5 +227,145 @@ gpuTest(
       atol: 2e-6 * Math.sqrt(32),
     });
     gpu.release(ga, gb, y);
+  },
+);
+
+Deno.test("adapterClass: software, SwiftShader, the four GPU vendors by id or name, else other", () => {
+  const a = (name: string, vendor = "", isFallback = false) => ({ name, vendor, isFallback });
+  assertEquals(adapterClass(a("llvmpipe (LLVM 15.0.6, 256 bits)", "65541")), "software");
+  assertEquals(adapterClass(a("anything", "", true)), "software");
+  assertEquals(adapterClass(a("SwiftShader Device (Subzero)")), "swiftshader");
+  assertEquals(
+    adapterClass({
+      name: "google",
+      vendor: "google",
+      architecture: "swiftshader",
+      isFallback: true,
+    }),
+    "swiftshader",
+  );
+  assertEquals(adapterClass(a("", "4318")), "nvidia"); // 0x10de in decimal
+  assertEquals(adapterClass(a("NVIDIA H200", "nvidia")), "nvidia");
+  assertEquals(adapterClass(a("", "0x1002")), "amd");
+  assertEquals(adapterClass(a("AMD Radeon RX 7900 XTX")), "amd");
+  assertEquals(adapterClass(a("Intel(R) Arc(tm) A770 Graphics")), "intel");
+  assertEquals(adapterClass(a("Apple M2 Pro", "apple")), "apple");
+  assertEquals(adapterClass(a("Mali-G78", "arm")), "other");
+});
+
+Deno.test("defaults: every class ships valid kernels and says how they were chosen", () => {
+  for (const cls of ADAPTER_CLASSES) {
+    const d = KERNEL_DEFAULTS[cls];
+    assert(d.basis.length > 40, `${cls}: the basis is written out`);
+    assert(d.measured === d.basis.startsWith("measured"), `${cls}: basis says measured or not`);
+    for (const v of [d.matmul.general, d.matmul.weightGrad, ...d.matmul.candidates]) {
+      assertEquals(parseVariant(variantId(v)), v, `${cls}: ${variantId(v)} round-trips`);
+    }
+    assert(d.matmul.candidates.length >= 2, `${cls}: tuning has a choice`);
+    assert(d.rowCap >= 1 && d.peakGflops > 0, `${cls}: row cap and peak`);
+  }
+  // Only the software class could be measured where bloom is developed.
+  assert(KERNEL_DEFAULTS.software.measured);
+  // SwiftShader's GPU process loses the device compiling the rows-16 attention kernels.
+  const ss = KERNEL_DEFAULTS.swiftshader.attention;
+  for (const v of [ss.plan.forward, ss.plan.dq, ss.plan.dkv, ...ss.candidates]) {
+    assert(v.rows < 16, `swiftshader: attention rows ${v.rows}`);
+  }
+  for (const cls of ["nvidia", "amd", "intel", "apple"] as const) {
+    assert(!KERNEL_DEFAULTS[cls].measured, `${cls} is marked unmeasured`);
+    assertEquals(KERNEL_DEFAULTS[cls].matmul.general.kind, "tiled", `${cls}: a tiled kernel`);
+  }
+});
+
+Deno.test("cost model: prunes what cannot win, keeps what might, drops what cannot run", () => {
+  const sw = KERNEL_DEFAULTS.software.matmul;
+  const ids = (vs: MatmulVariant[]) => vs.map(variantId);
+  // A ViT-S linear: the texture kernels are kept; the tiled and 8×8 kernels (10× and 2.5×
+  // slower on a CPU adapter) are not measured.
+  const big = pruneCandidates(
+    sw.candidates,
+    { M: 2048, N: 1152, K: 384, transB: true },
+    sw.cost,
+    16384,
+  );
+  assert(ids(big.kept).includes("tex-32x24-8x1"), "the shipped default is kept");
+  for (const id of ["tiled-64x64x16-4x4", "reg-8x8-8x8"]) {
+    assert(ids(big.pruned).includes(id), `${id} is pruned`);
+  }
+  assertEquals(big.predicted.length, big.kept.length);
+  // The weight gradient (A transposed): no texture kernel can run it; split-K competes.
+  const wgrad = pruneCandidates(
+    sw.candidates,
+    { M: 384, N: 1152, K: 2048, transA: true },
+    sw.cost,
+    16384,
+  );
+  assert(ids(wgrad.kept).every((id) => !id.startsWith("tex")), "tex cannot run aᵀ");
+  assert(ids(wgrad.kept).includes("reg-16x16-8x2-k512"), "split-K kept on a long K");
+  // A short K: split-K would run the plain kernel, a duplicate.
+  const short = pruneCandidates(
+    sw.candidates,
+    { M: 384, N: 1152, K: 256, transA: true },
+    sw.cost,
+    16384,
+  );
+  assert(!ids(short.kept).includes("reg-16x16-8x2-k512"), "no split-K on K ≤ 512");
+  // A tiny matmul: padding a 256-row block dominates, so big blocks lose.
+  assert(
+    predictFlops(sw.general, { M: 8, N: 64, K: 64, transB: true }, sw.cost, 16384) >
+      predictFlops(
+        { kind: "reg", tm: 8, tn: 8, wgm: 8, wgn: 8 },
+        { M: 8, N: 64, K: 64, transB: true },
+        sw.cost,
+        16384,
+      ),
+    "a 32×24 texture block pads an 8-row matmul",
+  );
+  // On a GPU class nothing is known to be slow: the tiled kernels all stay in.
+  const gpuModel = KERNEL_DEFAULTS.nvidia.matmul;
+  const g = pruneCandidates(
+    gpuModel.candidates,
+    { M: 4096, N: 4096, K: 1024 },
+    gpuModel.cost,
+    16384,
+  );
+  assert(ids(g.kept).filter((id) => id.startsWith("tiled")).length === 3, "tiled kept on GPUs");
+});
+
+gpuTest(
+  "tuneMatmul: a spent budget measures nothing and says so; then it measures",
+  async (gpu) => {
+    const path = tempPath();
+    const matCodec = { id: variantId, parse: parseVariant };
+    const tuner = new Autotuner<MatmulVariant>("matmul", matCodec, new AutotuneCache({ path }));
+    const candidates: MatmulVariant[] = [
+      { kind: "reg", tm: 8, tn: 8, wgm: 2, wgn: 2 },
+      { kind: "reg", tm: 8, tn: 8, wgm: 1, wgn: 2 },
+    ];
+    const shapes = [{ M: 40, N: 24, K: 32, transB: true }, { M: 40, N: 24, K: 64, transB: true }];
+    const lines: string[] = [];
+    const spent = await tuneMatmul(gpu, shapes, {
+      tuner,
+      candidates,
+      budget: new TuneBudget(0),
+      log: (l) => lines.push(l),
+    });
+    assertEquals(spent.map((r) => r.skipped), ["budget", "budget"]);
+    assertEquals(Object.keys(tuner.cache.entries(gpu.adapter.name, "matmul")).length, 0);
+    assert(lines.every((l) => /left for a later run \(ETA [\d.]+ s/.test(l)), lines.join("\n"));
+    lines.length = 0;
+    const done = await tuneMatmul(gpu, shapes, {
+      tuner,
+      candidates,
+      iters: 1,
+      budget: new TuneBudget(60_000),
+      log: (l) => lines.push(l),
+    });
+    assert(done.every((r) => r.choice !== null && !r.cached), "both classes measured");
+    assertEquals(lines.length, 2);
+    assert(
+      lines.every((l) => /\[\d\/2\] matmul .*: 2 candidates .*ETA [\d.]+ s/.test(l)),
+      lines[0],
+    );
   },
 );

@@ -3,79 +3,63 @@
  * mode with peers and tuning off (no Python), and their rows must be finite and consistent. Also
  * what the rows rest on: the FLOP count against one derived from the parameter specs, the matmul
  * shapes tuned against those the forward and the training step really request, and the peer
- * protocol (parsing, and a missing interpreter or an unavailable torch giving a skipped row).
+ * protocol (parsing, and a missing interpreter or an unavailable torch giving a skipped row),
+ * the served peers alternating with ours, and the --repeat stability table.
  */
 import { ParamArena } from "../graph/arena.ts";
 import { Graph } from "../graph/graph.ts";
 import { linear } from "../graph/ops.ts";
 import { Params } from "../graph/params.ts";
-import { type VitConfig, vitConfig, vitForward, vitParamSpecs } from "../graph/vit.ts";
-import { matmulTuner, shapeClass } from "../kernels/matmul.ts";
+import { linearMatmulShapes, modelMatmulShapes, weightGradBlocks } from "../graph/tune.ts";
+import { vitConfig, vitForward, vitParamSpecs } from "../graph/vit.ts";
+import { matmulTuner, shapeClass } from "../kernels/matmul/mod.ts";
 import type { Gpu } from "../kernels/runtime.ts";
-import { dinobloomConfig } from "../pipelines/train/config.ts";
 import { Trainer } from "../pipelines/train/trainer.ts";
-import type { BenchRow, Peaks } from "../bench/harness.ts";
+import { type BenchRow, formatStability, type Peaks, stability } from "../bench/harness.ts";
 import {
-  linearMatmulShapes,
   makeModelSuite,
   type ModelPlan,
   randomTensor,
   randomVit,
   vitForwardFlops,
-  vitLinears,
   vitPeerArgs,
-  weightGradBlocks,
 } from "../bench/model.ts";
-import { parsePeerOutput, peerRow, runPeer } from "../bench/peers.ts";
 import {
-  makeTrainSuite,
-  maskedPerMicroBatch,
-  stepMasks,
-  trainStepMatmulShapes,
-} from "../bench/train.ts";
+  comparisonRow,
+  interleave,
+  parsePeerOutput,
+  peerRow,
+  PeerSession,
+  runPeer,
+} from "../bench/peers.ts";
+import { makeTrainSuite, maskedPerMicroBatch, stepMasks, trainPass } from "../bench/train.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest } from "./helpers.ts";
+import { tinyTrainConfig, tinyVit } from "./fixtures.ts";
 
-const TINY: VitConfig = {
-  arch: "custom",
-  dim: 32,
-  depth: 2,
-  heads: 2,
-  mlpHidden: 64,
-  ffn: "mlp",
-  patch: 14,
-  registers: 0,
-  posGrid: 2,
-  eps: 1e-6,
-  posInterp: "runtime",
-};
+const TINY = tinyVit({ depth: 2 });
 
 /** Made-up peaks: the rows are ratios to whatever the run measured; here only consistency counts. */
 const PEAKS: Peaks = { fmaGflops: 50, copyGbps: 10 };
 
-const tinyTrain = () =>
-  dinobloomConfig({ ...TINY, posGrid: 4, posInterp: "size" }, 2, {
-    head: { inDim: 32, hidden: 32, bottleneck: 16, prototypes: 64 },
-    imageSize: 56,
-    microBatch: 2,
-  });
+const tinyTrain = () => tinyTrainConfig(2, {}, { depth: 2 });
 
 function checkRow(r: BenchRow) {
   assert(Number.isFinite(r.ms) && r.ms > 0, `${r.name}: ms ${r.ms}`);
   assert(r.note && r.note.length > 0, `${r.name}: no note`);
 }
 
-/** Shape classes the matmuls of `fn` look up, via the process-wide tuner. */
-function requestedClasses(gpu: Gpu, fn: () => void): Set<string> {
+/** Shape classes the matmuls of `fn` look up (awaited), via the process-wide tuner. */
+async function requestedClasses(gpu: Gpu, fn: () => unknown): Promise<Set<string>> {
   const tuner = matmulTuner();
   const seen = new Set<string>();
   const orig = tuner.lookup;
-  tuner.lookup = (adapter, key) => {
-    if (adapter === gpu.adapter.name && key !== "default") seen.add(key);
-    return orig.call(tuner, adapter, key);
+  tuner.lookup = (adapter, key, tag) => {
+    if (adapter === gpu.adapter.name && !key.startsWith("default")) seen.add(key);
+    return orig.call(tuner, adapter, key, tag);
   };
   try {
-    fn();
+    await fn();
   } finally {
     tuner.lookup = orig;
   }
@@ -114,7 +98,9 @@ gpuTest("bench smoke: the model suite runs in quick mode on a tiny ViT", async (
   assert(speed.note!.includes("skipped: peers disabled"), speed.note);
   assertEquals(compute.ms, speed.ms);
   assert(Math.abs(compute.gflops! - vitForwardFlops(TINY, 2, 28) / compute.ms / 1e6) < 1e-9);
-  assert(Math.abs(compute.ratio - compute.gflops! / PEAKS.fmaGflops) < 1e-12);
+  // The compute row's peak is the FMA peak measured in its own rounds, not the run's.
+  assert(Number.isFinite(compute.peak) && compute.peak > 0, `peak ${compute.peak}`);
+  assert(Math.abs(compute.ratio - compute.gflops! / compute.peak) < 1e-12);
   assert(/pool peak \d/.test(memory.note!), memory.note);
 });
 
@@ -158,15 +144,15 @@ Deno.test("bench: ViT FLOPs = 2·weights·rows + 4·T²·D per block, from the p
   assert(perImage > 12 && perImage < 12.5, `${perImage} GFLOP`);
 });
 
-gpuTest("bench: the tuned matmul shapes cover what the forward requests", (gpu) => {
+gpuTest("bench: the tuned matmul shapes cover what the forward requests", async (gpu) => {
   const arena = randomVit(gpu, TINY);
   const images = randomTensor(gpu, [3, 3, 42, 42]);
-  const seen = requestedClasses(gpu, () => {
+  const seen = await requestedClasses(gpu, () => {
     const g = new Graph(gpu, { training: false });
     vitForward(new Params(g, arena), TINY, g.input(images), { outputs: ["clsNorm"] });
     g.dispose();
   });
-  assertEquals(seen, classes(linearMatmulShapes(vitLinears(TINY, 3, 42), false)));
+  assertEquals(seen, classes(modelMatmulShapes(TINY, { images: 3, image: 42, training: false })));
   gpu.release(images);
   arena.destroy();
 });
@@ -177,13 +163,9 @@ gpuTest("bench: the tuned matmul shapes cover what a training step requests", as
   assert(masks.count > 0, "the masks must exercise the iBOT head");
   const trainer = await Trainer.create(gpu, cfg);
   const crops = randomTensor(gpu, [8, 3, 56, 56]);
-  let step: Promise<unknown> = Promise.resolve();
-  // The step encodes every matmul before its first await (the metrics read-back).
-  const seen = requestedClasses(gpu, () => {
-    step = trainer.step(crops, masks);
-  });
-  await step;
-  assertEquals(seen, classes(trainStepMatmulShapes(cfg, 4, masks, gpu.limits)));
+  // The whole step, teacher and student: it awaits between them (the teacher's targets).
+  const seen = await requestedClasses(gpu, () => trainer.step(crops, masks));
+  assertEquals(seen, classes(modelMatmulShapes(cfg.vit, trainPass(cfg, 4, masks), gpu.limits)));
   gpu.release(crops);
   trainer.destroy();
 });
@@ -208,7 +190,7 @@ gpuTest("bench: tuned shapes follow the weight gradient's split over row blocks"
   const arena = ParamArena.create(gpu, [{ name: "w", shape: [outDim, inDim] }], { grads: true });
   const x = randomTensor(gpu, [rows, inDim]);
   const g = new Graph(gpu, { training: true });
-  const seen = requestedClasses(gpu, () => {
+  const seen = await requestedClasses(gpu, () => {
     const y = linear(g, g.input(x, { requiresGrad: true }), new Params(g, arena).get("w"));
     g.backward(y);
   });
@@ -256,4 +238,102 @@ Deno.test("bench peers: a missing interpreter or torch gives a skipped row, not 
   assert(!failing.ok && failing.reason.includes("exited with 3"), JSON.stringify(failing));
   const row = peerRow("r", 100, 2, unavailable, "pytorch cpu", "n");
   assert(Number.isNaN(row.ratio) && row.note!.includes("no module named torch"));
+});
+
+Deno.test("bench peers: a served peer runs one iteration per request, alternating with ours", async () => {
+  // A stand-in peer speaking serve.py's protocol: ready, then {"ms": 5} per "run" line.
+  const script = `echo '{"peer": "fake", "ready": true, "items": 4, "threads": 2}'
+while read cmd; do
+  if [ "$cmd" = run ]; then echo '{"ms": 5}'; echo peer >> "$LOG"; fi
+  if [ "$cmd" = quit ]; then echo '{"peer": "fake", "done": true, "max_rss_mib": 12}'; exit 0; fi
+done`;
+  const log = Deno.makeTempFileSync();
+  const made: string[] = [log];
+  const file = (text: string) => {
+    const f = Deno.makeTempFileSync({ suffix: ".sh" });
+    made.push(f);
+    Deno.writeTextFileSync(f, text);
+    return f;
+  };
+  const peer = await PeerSession.open(file(script), [], { python: "/bin/sh", env: { LOG: log } });
+  assert(peer instanceof PeerSession, JSON.stringify(peer));
+  assertEquals([peer.items, peer.info.threads], [4, 2]);
+  const rounds = await interleave(3, () => {
+    Deno.writeTextFileSync(log, "ours\n", { append: true });
+    return Promise.resolve(10);
+  }, peer);
+  await peer.close();
+  assertEquals(peer.info.max_rss_mib, 12);
+  assertEquals(Deno.readTextFileSync(log).trim().split("\n"), [
+    "ours",
+    "peer",
+    "ours",
+    "peer",
+    "ours",
+    "peer",
+  ]);
+  assertEquals(rounds, { ours: [10, 10, 10], theirs: [5, 5, 5] });
+  // Both sides' rates, spread and per-round ratios travel with the row.
+  const row = comparisonRow("r", { ours: 8, peer: 4 }, rounds, "fake", { ours: 2, peer: 2 }, "n");
+  assertEquals([row.rate, row.peak, row.ratio], [800, 800, 1]); // ratio: the rounds' median
+  // A burst of load in one round moves the ratio of the medians, not the rounds' median ratio.
+  const burst = comparisonRow(
+    "b",
+    { ours: 1, peer: 1 },
+    { ours: [10, 20, 30], theirs: [10, 10, 60] },
+    "fake",
+    { ours: 2, peer: 2 },
+    "n",
+  );
+  assertEquals([burst.rate! / burst.peak, burst.ratio, burst.compare!.ratioPerRound], [0.5, 1, [
+    0.5,
+    1,
+    2,
+  ]]);
+  assertEquals(row.compare!.ratioPerRound, [1, 1, 1]);
+  assertEquals(row.compare!.peer.msMedian, 5);
+  assert(row.note!.includes("3 rounds A B interleaved, 2 vs 2 threads"), row.note);
+  // A peer that dies mid-way leaves its side short and says why; one that never starts, too.
+  const dying = await PeerSession.open(
+    file(`echo '{"peer": "d", "ready": true, "items": 1}'; read cmd; echo oops >&2; exit 4`),
+    [],
+    { python: "/bin/sh" },
+  );
+  const r2 = await interleave(2, () => Promise.resolve(1), dying);
+  assertEquals(r2.theirs, []);
+  assert(r2.peerError?.includes("exited mid-run: oops"), r2.peerError);
+  if (dying instanceof PeerSession) await dying.close();
+  const never = await PeerSession.open(file("exit 3"), [], { python: "/bin/sh" });
+  assert(!(never instanceof PeerSession) && never.reason.includes("exited before it was ready"));
+  for (const f of made) Deno.removeSync(f);
+});
+
+Deno.test("bench --repeat: each row's ratio across runs and its largest consecutive move", () => {
+  const side = { rate: 1, msMedian: 1, msMin: 1, msMax: 1 };
+  const compare: BenchRow["compare"] = {
+    rounds: 3,
+    threads: { ours: 2, peer: 2 },
+    ours: side,
+    peer: { ...side, name: "x" },
+    ratioPerRound: [1, 1, 1],
+  };
+  const row = (name: string, ratio: number, peer = true): BenchRow => ({
+    name,
+    ms: 1,
+    peak: 1,
+    peakName: "x",
+    ratio,
+    ...(peer ? { compare } : {}),
+  });
+  // Rows against a peer count; a kernel row (no peer) and a skipped one do not.
+  const runs = [
+    [row("a", 1.0), row("b", 0.5), row("skip", NaN), row("kernel", 1, false)],
+    [row("a", 1.1), row("b", 0.7), row("kernel", 2, false)],
+    [row("a", 1.0), row("b", 0.7)],
+  ];
+  const st = stability(runs);
+  assertEquals(st.map((s) => s.name), ["a", "b"]);
+  assert(Math.abs(st[0].maxChange - 0.1) < 1e-12 && st[0].holds);
+  assert(Math.abs(st[1].maxChange - 0.4) < 1e-12 && !st[1].holds);
+  assert(formatStability(st).includes("NO"));
 });

@@ -190,7 +190,7 @@ Deno.test({
   },
 });
 
-Deno.test("eval cli: bad inputs fail with the file or flag and the fix", async () => {
+Deno.test("eval cli: bad inputs exit 2 with the file or flag and the fix", async () => {
   const rng2 = new Rng(2);
   const unl = blobs(rng2, 30, 12, 3);
   await writeEmbeddings(`${dir}/unlabelled.safetensors`, { ...unl, labels: null });
@@ -206,28 +206,28 @@ Deno.test("eval cli: bad inputs fail with the file or flag and the fix", async (
   const cases: [string[], number, RegExp][] = [
     [
       ["--train", `${dir}/unlabelled.safetensors`],
-      1,
+      2,
       /unlabelled\.safetensors: labels: no labels in the metadata, and the kNN protocol needs.*embed a labelled layout/s,
     ],
     [
       ["--train", tr, "--test", `${dir}/narrow.safetensors`],
-      1,
+      2,
       /narrow\.safetensors: features: 5 features per row, but --train .*train\.safetensors has 12.*same model/s,
     ],
     [
       ["--train", `${dir}/empty.safetensors`],
-      1,
+      2,
       /empty\.safetensors: features: --train holds no embeddings \(0 rows\)/,
     ],
     [
       ["--train", `${dir}/one.safetensors`],
-      1,
+      2,
       /one\.safetensors: labels: every row of --train is labelled "class0"; classification needs at least 2 classes/,
     ],
     [
       ["--train", tr, "--protocol", "knn,svm"],
       2,
-      /--protocol: unknown protocol 'svm'; use a comma-separated list of knn, linear, mil/,
+      /--protocol must be a comma-separated list of knn, linear, mil, got 'svm'/,
     ],
     [
       ["--train", tr, "--test", tr, "--folds", "3"],
@@ -236,16 +236,20 @@ Deno.test("eval cli: bad inputs fail with the file or flag and the fix", async (
     ],
     [
       ["--train", tr, "--protocol", "mil"],
-      1,
+      2,
       /train\.safetensors: patients: no patients in the metadata, and the MIL protocol.*--layout mil/s,
     ],
     [["--test", tr], 2, /--train is required/],
     [
       ["--train", `${dir}/nope.safetensors`],
-      1,
+      2,
       /nope\.safetensors: file: cannot open: no such file/,
     ],
-    [["--train", tr, "--device", "tpu"], 2, /--device must be cpu, gpu or auto, got 'tpu'/],
+    [["--train", tr, "--device", "tpu"], 2, /--device must be one of cpu, gpu, auto, got 'tpu'/],
+    [["--train", tr, "--device", "gpuu"], 2, /got 'gpuu'; did you mean 'gpu'\?/],
+    [["--trian", tr], 2, /unknown flag --trian; did you mean --train\?/],
+    [["--train", tr, "--folds", "1"], 2, /--folds must be an integer ≥ 2, got '1'/],
+    [["--train", tr, tr], 2, /unexpected argument '.*'; pass files with --train and --test/],
   ];
   const results = await Promise.all(cases.map(([args]) => run([...args, "--threads", "1"])));
   results.forEach((r, i) => {

@@ -2,17 +2,18 @@
  * PCA against scikit-learn 1.2 (fixtures from scripts/fixtures/eval.py), and
  * the figures: UMAP scatter (SVG + PNG) and the patch-token PCA grid (PNG).
  */
-import sharp from "sharp";
+import sharp from "npm:sharp@0.34.5";
 import { assert, assertClose, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { jacobiEigen, pca, pcaTransform } from "../eval/pca.ts";
 import { matrix } from "../eval/matrix.ts";
-import { patchPcaColours, patchPcaFigure, type PatchTokens } from "../eval/patch_pca_figure.ts";
-import { umapEmbedding, writeUmapFigure } from "../eval/umap_figure.ts";
+import { patchPcaColours, type PatchTokens } from "../eval/patch_pca.ts";
+import { patchPcaFigure } from "../eval/patch_pca_figure.ts";
+import { umapEmbedding } from "../eval/umap.ts";
+import { writeUmapFigure } from "../eval/umap_figure.ts";
 import { Rng, sharedData } from "./helpers.ts";
+import { readFixture } from "./fixtures.ts";
 
-const pcaFixture = JSON.parse(
-  await Deno.readTextFile(new URL("./fixtures/eval/pca.json", import.meta.url)),
-);
+const pcaFixture = await readFixture("eval/pca.json");
 
 for (const c of pcaFixture.cases) {
   Deno.test(`pca matches scikit-learn: ${c.name}`, () => {

@@ -13,6 +13,7 @@
  *   gradient at a random point agree with the CPU's to f32 rounding.
  */
 import { gpuNeighborSearch } from "../eval/gpu_knn.ts";
+import { knnSelect, knnSelectRef } from "../kernels/knn_select.ts";
 import {
   GpuLinearProbe,
   GpuProbeObjective,
@@ -24,6 +25,7 @@ import { encodeLabels } from "../eval/labels.ts";
 import { LogisticRegression, multinomialLossGrad } from "../eval/logreg.ts";
 import { matrix } from "../eval/matrix.ts";
 import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
+import { readFixture } from "./fixtures.ts";
 import { gpuTest, Rng } from "./helpers.ts";
 
 interface LrCase {
@@ -35,9 +37,7 @@ interface LrCase {
   test: number[];
   optimum: { proba: number[] };
 }
-const lrCases = JSON.parse(
-  await Deno.readTextFile(new URL("./fixtures/eval/logreg.json", import.meta.url)),
-).cases as LrCase[];
+const lrCases = (await readFixture("eval/logreg.json")).cases as LrCase[];
 
 function randomSet(rng: Rng, rows: number, dim: number, classes: number) {
   const data = rng.normals(rows * dim);
@@ -102,6 +102,40 @@ gpuTest("gpu kNN: duplicate training rows tie exactly and go to the lower index"
     RangeError,
     "k=21 exceeds the GPU search's 20",
   );
+});
+
+gpuTest("knnSelect: heaps over several blocks equal its f32 reference bit for bit", async (gpu) => {
+  // 37 queries, 3 blocks of training rows (the first starts the heaps), k = 1, 5 and 20 (the
+  // most the kernel keeps); duplicated dot columns make exact key ties.
+  const rng = new Rng(5);
+  const queries = 37;
+  const blocks = [23, 40, 9];
+  const total = blocks.reduce((a, b) => a + b, 0);
+  const ynorm = Float32Array.from(rng.floats(total, 0, 4));
+  for (const k of [1, 5, 20]) {
+    const keys = gpu.empty([queries, k]);
+    const idx = gpu.empty([queries, k], "i32");
+    const ref = { keys: new Float32Array(queries * k), idx: new Int32Array(queries * k) };
+    let first = 0;
+    for (const [b, rows] of blocks.entries()) {
+      const dots = Float32Array.from(rng.floats(rows * queries, -2, 2));
+      for (let t = 1; t < rows; t += 3) {
+        dots.copyWithin(t * queries, (t - 1) * queries, t * queries);
+      }
+      const td = gpu.tensor(dots, [rows, queries]);
+      const tn = gpu.tensor(ynorm.slice(0, first + rows));
+      const block = { queries, rows, first, fresh: b === 0 };
+      knnSelect(gpu, td, tn, { keys, idx }, block);
+      knnSelectRef(dots, ynorm, ref, block);
+      gpu.release(td, tn);
+      first += rows;
+    }
+    const [gk, gi] = await gpu.readMany([keys, idx]);
+    assertEquals([...gk], [...ref.keys], `keys, k=${k}`);
+    assertEquals([...gi], [...ref.idx], `rows, k=${k}`);
+    assert(ref.idx.every((i) => i >= 0), "every heap is full");
+    gpu.release(keys, idx);
+  }
 });
 
 gpuTest("gpu probe: objective and gradient equal the CPU's to f32 rounding", async (gpu) => {

@@ -38,16 +38,11 @@ import {
 } from "../graph/ops.ts";
 import { Params } from "../graph/params.ts";
 import type { Tensor } from "../graph/tensor.ts";
-import {
-  positionEmbedding,
-  vitBlock,
-  type VitConfig,
-  vitForward,
-  vitParamSpecs,
-} from "../graph/vit.ts";
+import { positionEmbedding, vitBlock, vitForward, vitParamSpecs } from "../graph/vit.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest, Rng } from "./helpers.ts";
+import { tinyVit } from "./fixtures.ts";
 
 const RTOL = 3e-2;
 const ATOL = 3e-3;
@@ -155,19 +150,7 @@ function project(g: Graph, y: Tensor, rng: Rng): Tensor {
   return sum(g, mul(g, y, proj), "all");
 }
 
-const tiny: VitConfig = {
-  arch: "custom",
-  dim: 8,
-  depth: 1,
-  heads: 2,
-  mlpHidden: 12,
-  ffn: "mlp",
-  patch: 14,
-  registers: 0,
-  posGrid: 3,
-  eps: 1e-6,
-  posInterp: "runtime",
-};
+const tiny = tinyVit({ dim: 8, mlpHidden: 12, posGrid: 3 });
 
 gpuTest("graph: scopes, backward and dispose return every intermediate buffer", async (gpu) => {
   await gpu.sync();

@@ -1,8 +1,13 @@
 /**
- * Test helpers shared by every test file: the GPU test wrapper, a seeded
- * random source, finite differences and the path to the optional shared data.
+ * How tests run, shared by every test file: the GPU test wrapper and reading
+ * tensors back, a seeded random source, finite differences and small maths,
+ * temporary folders, draining async iterables, the Python oracles' availability and the path to
+ * the optional shared data. What tests compare against and build from (the
+ * golden fixtures, the tiny ViT) is in fixtures.ts.
  */
+import { mulberry32, normal, type Random } from "../graph/random.ts";
 import { getGpu, type Gpu } from "../kernels/runtime.ts";
+import type { GpuTensor } from "../kernels/tensor.ts";
 
 /**
  * Registers a test that needs the GPU. WebGPU keeps async ops and resources
@@ -22,18 +27,22 @@ export function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void> | void): v
   });
 }
 
-/** Deterministic PRNG (mulberry32) with uniform and normal draws. */
+/** Reads tensors back to the host, then releases them. */
+export async function take(gpu: Gpu, ...ts: GpuTensor[]): Promise<Float32Array[]> {
+  const out = await Promise.all(ts.map((t) => gpu.readF32(t)));
+  gpu.release(...ts);
+  return out;
+}
+
+/** Deterministic PRNG (bloom's mulberry32, graph/random.ts) with uniform and normal draws. */
 export class Rng {
-  #s: number;
+  #next: Random;
   constructor(seed = 1) {
-    this.#s = seed >>> 0;
+    this.#next = mulberry32(seed);
   }
   /** Uniform in [0, 1). */
   next(): number {
-    let t = (this.#s += 0x6d2b79f5);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    return this.#next();
   }
   /** Uniform in [lo, hi). */
   uniform(lo = -1, hi = 1): number {
@@ -41,8 +50,7 @@ export class Rng {
   }
   /** Standard normal (Box–Muller). */
   normal(): number {
-    const u = Math.max(this.next(), 1e-12);
-    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * this.next());
+    return normal(this.#next);
   }
   /** Integer in [0, n). */
   int(n: number): number {
@@ -86,6 +94,30 @@ export function finiteDifference(
     g[i] = (fp - fm) / (2 * h);
   }
   return g;
+}
+
+/** Dot product in float64. */
+export function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
+  return s;
+}
+
+/** Runs `fn` with a fresh temporary folder, removed afterwards (whatever `fn` does). */
+export async function withTemp(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "bloom-test-" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Everything an async iterable yields, in order. */
+export async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const x of it) out.push(x);
+  return out;
 }
 
 /** `../shared/data` relative to the project root, or null (with the reason) when absent. */

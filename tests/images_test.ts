@@ -1,9 +1,9 @@
 /**
- * Image decoding, colour conversion and resizing (`pipelines/images.ts`,
- * `ingest/resample.ts`) and the BMP decoder, on images generated here from
+ * Image decoding, colour conversion and resizing (`pipelines/dataset/images.ts`,
+ * `pipelines/dataset/resample.ts`) and the BMP decoder, on images generated here from
  * known raw pixels, plus the BCCD cells of ../shared/data when present.
  */
-import sharp from "sharp";
+import sharp from "npm:sharp@0.34.5";
 import { join } from "node:path";
 import {
   assert,

@@ -5,21 +5,29 @@
  * bad-input case, flag errors, and the progress display and ordered map the
  * pipeline is built on.
  */
-import sharp from "sharp";
+import sharp from "npm:sharp@0.34.5";
 import { join } from "node:path";
-import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { Rng, sharedData } from "./helpers.ts";
+import { writeTextAtomic } from "../data/file.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
+import { Rng, sharedData, withTemp } from "./helpers.ts";
 import { decodeCell } from "../pipelines/dataset/images.ts";
-import { IngestOptionError, type IngestOptions, runIngest } from "../pipelines/ingest/run.ts";
+import {
+  INGEST_LIMITS,
+  IngestOptionError,
+  type IngestOptions,
+  resolveOptions,
+  runIngest,
+} from "../pipelines/ingest/run.ts";
 import { type Manifest, readManifest } from "../pipelines/dataset/manifest.ts";
 import { orderedMap } from "../pipelines/dataset/ordered.ts";
 import { keyFromPath, LayoutError } from "../pipelines/dataset/sample.ts";
 import { parseCsv } from "../pipelines/dataset/csv.ts";
-import { parseVocXml } from "../pipelines/dataset/voc.ts";
+import { parseVocXml, VOC_CROP } from "../pipelines/dataset/voc.ts";
 import { readShardSamples } from "../pipelines/dataset/webdataset.ts";
 import { formatDuration, Progress } from "../pipelines/progress.ts";
-import { FLAGS, optionsFromFlags } from "../cli/ingest.ts";
-import { parseFlags, UsageError } from "../cli/args.ts";
+import { INGEST, ingestOptions } from "../cli/ingest.ts";
+import { parseFlags } from "../cli/args.ts";
+import { InputError } from "../data/errors.ts";
 
 const dec = new TextDecoder();
 const CLI = new URL("../cli/ingest.ts", import.meta.url).pathname;
@@ -106,16 +114,6 @@ async function writeTree(root: string, files: Record<string, Uint8Array | string
     await Deno.mkdir(join(p, ".."), { recursive: true });
     if (typeof data === "string") await Deno.writeTextFile(p, data);
     else await Deno.writeFile(p, data);
-  }
-}
-
-/** Runs `fn` with a fresh temp dir, removed afterwards. */
-async function withTemp(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "bloom-ingest-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
   }
 }
 
@@ -346,7 +344,7 @@ function vocXml(file: string, w: number, h: number, objects: [string, number[]][
     `<size><width>${w}</width><height>${h}</height><depth>3</depth></size>${objs}</annotation>`;
 }
 
-Deno.test("voc: crops of the wanted boxes with a margin; orphans and bad boxes recorded", async () => {
+Deno.test("voc: square crops centred on the wanted boxes, edge-padded; orphans and bad boxes recorded", async () => {
   await withTemp(async (dir) => {
     const root = join(dir, "voc");
     const img1 = await makeImage("png", 80, 60, 1); // PNG, so crops compare exactly
@@ -357,7 +355,7 @@ Deno.test("voc: crops of the wanted boxes with a margin; orphans and bad boxes r
       "Annotations/s1.xml": vocXml("s1.jpg", 80, 60, [
         ["WBC", [10, 10, 40, 30]],
         ["RBC", [0, 0, 20, 20]],
-        ["WBC", [70, 50, 80, 60]], // at the corner: the margin is clamped
+        ["WBC", [70, 50, 80, 60]], // at the corner: the square is padded
         ["", [1, 1, 30, 30]],
         ["WBC", [20, 20, 20, 40]], // degenerate
       ]),
@@ -381,14 +379,36 @@ Deno.test("voc: crops of the wanted boxes with a margin; orphans and bad boxes r
     const samples = await readAll(out, m);
     const a = samples.find((x) => x.key === "s1__box00")!;
     assertEquals(a.json.box, { xmin: 10, ymin: 10, xmax: 40, ymax: 30 });
-    assertEquals(a.json.crop, { left: 7, top: 8, width: 36, height: 24 });
+    // A 30x20 box: a square of side 30 × 1.2 = 36 on its centre (25, 20), never squashed.
+    assertEquals(a.json.crop, { left: 7, top: 2, width: 36, height: 36 });
+    assertEquals(a.json.padding, undefined);
     assertEquals([a.json.label, a.cls, a.json.source], ["WBC", 0, "JPEGImages/s1.jpg"]);
     // The stored crop is the source crop resized: compare to decoding it directly.
     const direct = await decodeCell(img1, { size: 24, crop: a.json.crop });
     const stored = await sharp(a.image).raw().toBuffer();
     assertEquals(Array.from(stored), Array.from(direct.pixels));
+    // At the smear's corner the square leaves the image by a pixel right and below: padded
+    // with the edge pixels, so the cell stays centred.
     const corner = samples.find((x) => x.key === "s1__box02")!;
-    assertEquals(corner.json.crop, { left: 69, top: 49, width: 11, height: 11 });
+    assertEquals(corner.json.crop, { left: 69, top: 49, width: 12, height: 12 });
+    assertEquals(corner.json.padding, { left: 0, top: 0, right: 1, bottom: 1 });
+    const src = await sharp(img1).extract({ left: 69, top: 49, width: 11, height: 11 }).raw()
+      .toBuffer();
+    const rows: number[] = [];
+    for (let y = 0; y < 12; y++) {
+      for (let x = 0; x < 12; x++) {
+        const at = (Math.min(y, 10) * 11 + Math.min(x, 10)) * 3;
+        rows.push(src[at], src[at + 1], src[at + 2]);
+      }
+    }
+    const padded = await decodeCell(
+      await sharp(Uint8Array.from(rows), {
+        raw: { width: 12, height: 12, channels: 3 },
+      }).png().toBuffer(),
+      { size: 24 },
+    );
+    assertEquals(Array.from(await sharp(corner.image).raw().toBuffer()), Array.from(padded.pixels));
+    assertEquals(m.params.crop, VOC_CROP);
 
     // --classes picks other boxes, in the given order.
     const out2 = join(dir, "out2");
@@ -649,6 +669,18 @@ Deno.test("resume: a killed run finishes on rerun with the same shards as an uni
   });
 });
 
+Deno.test("writeTextAtomic (manifests, records): whole file or none, no .tmp left, errors name the file", async () => {
+  await withTemp(async (dir) => {
+    const path = join(dir, "manifest.json");
+    await writeTextAtomic(path, "old\n");
+    await writeTextAtomic(path, "new\n");
+    assertEquals(await Deno.readTextFile(path), "new\n");
+    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["manifest.json"]);
+    const missing = join(dir, "no-such-folder", "manifest.json");
+    await assertRejects(() => writeTextAtomic(missing, "x"), Error, missing);
+  });
+});
+
 // ----------------------------------------------------------------- bad input
 
 Deno.test("bad inputs are recorded with their reason and never stop the run", async () => {
@@ -709,60 +741,73 @@ Deno.test("bad inputs are recorded with their reason and never stop the run", as
 });
 
 Deno.test("CLI: flag errors name the flag (exit 2); every input failing exits 1", async () => {
+  // The flag table parses and range-checks (ranges from INGEST_LIMITS); the
+  // pipeline's resolveOptions checks the rest. Both throw InputErrors.
   const flagError = (args: string[]) => {
     try {
-      const parsed = parseFlags("ingest", "", FLAGS, args);
+      const parsed = parseFlags(INGEST, args);
       if (parsed === "help") return "help";
-      optionsFromFlags(parsed.values);
+      resolveOptions(ingestOptions(parsed));
       return "no error";
     } catch (e) {
-      assert(e instanceof UsageError, `${args.join(" ")}: ${e}`);
+      assert(e instanceof InputError, `${args.join(" ")}: ${e}`);
       return (e as Error).message;
     }
   };
+  const ok = ["--input", "x", "--layout", "list", "--out", "o"];
   const cases: [string[], RegExp][] = [
     [["--layout", "imagefolder", "--out", "x"], /^--input is required/],
     [
       ["--input", "x", "--out", "x"],
-      /^--layout is required: one of imagefolder\|csv\|voc\|mil\|list/,
+      /^--layout is required: dataset layout; one of imagefolder, csv, voc, mil, list/,
     ],
-    [["--input", "x", "--layout", "coco", "--out", "x"], /^--layout must be one of .*, got 'coco'/],
+    [
+      ["--input", "x", "--layout", "coco", "--out", "x"],
+      /^--layout must be one of .*, got 'coco'$/,
+    ],
+    [
+      ["--input", "x", "--layout", "imagefoldr", "--out", "x"],
+      /got 'imagefoldr'; did you mean 'imagefolder'\?$/,
+    ],
     [["--input", "x", "--layout", "list"], /^--out is required/],
-    [
-      ["--input", "x", "--layout", "list", "--out", "o", "--size", "abc"],
-      /^--size must be an integer ≥ 1/,
-    ],
-    [
-      ["--input", "x", "--layout", "list", "--out", "o", "--quality", "0"],
-      /^--quality must be an integer ≥ 1 ≤ 100/,
-    ],
-    [
-      ["--input", "x", "--layout", "list", "--out", "o", "--workers", "1.5"],
-      /^--workers must be an integer/,
-    ],
-    [
-      ["--input", "x", "--layout", "list", "--out", "o", "--split", "1.5"],
-      /^--split must be a train fraction/,
-    ],
-    [
-      ["--input", "x", "--layout", "list", "--out", "o", "--margin=-1"],
-      /^--margin must be a number ≥ 0/,
-    ],
-    [
-      ["--input", "x", "--layout", "list", "--out", "o", "--format", "gif"],
-      /^--format must be png or jpg/,
-    ],
-    [["--input", "x", "--bogus"], /Unknown option '--bogus'/],
+    [[...ok, "--size", "abc"], /^--size must be an integer in \[1, 4096\], got 'abc'$/],
+    [[...ok, "--quality", "0"], /^--quality must be an integer in \[1, 100\], got '0'$/],
+    [[...ok, "--workers", "1.5"], /^--workers must be an integer/],
+    [[...ok, "--split", "1.5"], /^--split must be a number in \(0, 1\), got '1.5'$/],
+    [[...ok, "--margin=-1"], /^--margin must be a number in \[0, 2\], got '-1'$/],
+    [[...ok, "--format", "gif"], /^--format must be one of png, jpg, got 'gif'/],
+    [[...ok, "--classes", "A,,B"], /^--classes must be a comma-separated list of non-empty names/],
+    [[...ok, "--classes", "A,B,A"], /^--classes lists a class twice/],
+    [["--input", "x", "--bogus"], /^unknown flag --bogus \(/],
+    [["--input", "x", "--layuot", "list"], /^unknown flag --layuot; did you mean --layout\?/],
+    [[...ok, "more"], /^unexpected argument 'more'; pass the dataset with --input/],
   ];
   for (const [args, re] of cases) {
     const msg = flagError(args);
     assert(re.test(msg), `${args.join(" ")}: ${msg}`);
   }
-  assertEquals(flagError(["--input", "x", "--layout", "list", "--out", "o"]), "no error");
+  assertEquals(flagError(ok), "no error");
+  // The range the flag table parses with is the one the pipeline checks.
+  for (const [flag, lim] of Object.entries(INGEST_LIMITS)) {
+    if (!("min" in lim)) continue;
+    const outside = [...ok, `--${flag}=${lim.min - 1}`];
+    assert(/must be/.test(flagError(outside)), `--${flag} below ${lim.min}`);
+    assertEquals(flagError([...ok, `--${flag}=${lim.max}`]), "no error", `--${flag}=${lim.max}`);
+    const key = flag.replace(/-(.)/g, (_, c: string) => c.toUpperCase()) as keyof IngestOptions;
+    assert(
+      /must be/.test(
+        assertThrows(() =>
+          resolveOptions({ input: "x", layout: "list", out: "o", [key]: lim.max + 1 })
+        )
+          .message,
+      ),
+      `resolveOptions ${key} = ${lim.max + 1}`,
+    );
+  }
   await assertRejects(
     () => runIngest({ input: "x", layout: "list", out: "y", shardSize: 0 }, quiet),
     IngestOptionError,
-    "--shard-size must be an integer",
+    "--shard-size must be an integer in [1, 1000000000], got 0",
   );
 
   // Through the real process: exit codes and messages.
@@ -779,7 +824,7 @@ Deno.test("CLI: flag errors name the flag (exit 2); every input failing exits 1"
     assertEquals(missing.code, 2, missing.stderr);
     assert(/--input '.*nope' does not exist/.test(missing.stderr), missing.stderr);
     assertEquals(badNumber.code, 2, badNumber.stderr);
-    assert(badNumber.stderr.includes("--size must be an integer ≥ 1"), badNumber.stderr);
+    assertEquals(badNumber.stderr, "error: --size must be an integer in [1, 4096], got '0'\n");
   });
 });
 
@@ -823,7 +868,7 @@ Deno.test("real data: BCCD crops as imagefolder (sklearn split), labels.csv refu
       "has header ',Image,Category'",
     );
 
-    // A VOC subset (links, not copies) keeps the test fast.
+    // A VOC subset (links, not copies, so --follow-links) keeps the test fast.
     const voc = join(shared, "bccd-voc/BCCD");
     const sub = join(dir, "voc");
     await Deno.mkdir(join(sub, "Annotations"), { recursive: true });
@@ -844,13 +889,24 @@ Deno.test("real data: BCCD crops as imagefolder (sklearn split), labels.csv refu
         .filter((o) => o.name === "WBC").length;
     }
     const vout = join(dir, "vout");
-    const v = await runIngest({ input: sub, layout: "voc", out: vout, size: 32 }, quiet);
+    const linked = { input: sub, layout: "voc" as const, size: 32 };
+    const refused = await runIngest({ ...linked, out: join(dir, "refused") }, quiet);
+    assertEquals([refused.samples, refused.errors], [0, 2 * names.length]);
+    const v = await runIngest({ ...linked, out: vout, followLinks: true }, quiet);
     assertEquals([v.samples, v.errors], [wbc, 0]);
     const vm = await readManifest(vout);
     for (const x of await readAll(vout, vm)) {
       assertEquals([x.json.label, x.json.width, x.json.height], ["WBC", 640, 480]);
+      // Square crops; where one leaves the smear, its padding is exactly the part outside.
       const c = x.json.crop;
-      assert(c.left >= 0 && c.top >= 0 && c.left + c.width <= 640 && c.top + c.height <= 480);
+      const p = x.json.padding ?? { left: 0, top: 0, right: 0, bottom: 0 };
+      assertEquals(c.width, c.height);
+      assertEquals(
+        [p.left, p.top, p.right, p.bottom],
+        [-c.left, -c.top, c.left + c.width - 640, c.top + c.height - 480].map((d) =>
+          Math.max(0, d)
+        ),
+      );
     }
   });
 });

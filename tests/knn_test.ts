@@ -10,6 +10,7 @@ import { bruteForceNeighbors, KNeighborsClassifier, NeighborHeaps } from "../eva
 import { matrix } from "../eval/matrix.ts";
 import { EvalThreads, threadedNeighborSearch } from "../eval/threads.ts";
 import { Rng } from "./helpers.ts";
+import { readFixture } from "./fixtures.ts";
 
 interface KnnCase {
   name: string;
@@ -26,9 +27,7 @@ interface KnnCase {
   }>;
 }
 
-const fixture = JSON.parse(
-  await Deno.readTextFile(new URL("./fixtures/eval/knn.json", import.meta.url)),
-) as { cases: KnnCase[] };
+const fixture = await readFixture("eval/knn.json") as { cases: KnnCase[] };
 
 for (const c of fixture.cases) {
   Deno.test(`knn matches scikit-learn: ${c.name}`, async () => {

@@ -9,10 +9,9 @@ import {
   weightNormBackwardRef,
   weightNormRef,
 } from "../kernels/l2norm.ts";
-import type { Gpu } from "../kernels/runtime.ts";
-import type { GpuTensor } from "../kernels/tensor.ts";
 import { assertClose, assertEquals, assertThrows } from "./assert.ts";
-import { finiteDifference, gpuTest, Rng } from "./helpers.ts";
+import { dot, finiteDifference, gpuTest, Rng, take } from "./helpers.ts";
+import { readFixture } from "./fixtures.ts";
 
 interface NormalizeCase {
   shape: [number, number];
@@ -31,15 +30,10 @@ interface WeightNormCase {
   dv: number[];
   dg: number[];
 }
-const fixture = JSON.parse(
-  await Deno.readTextFile(new URL("./fixtures/norms.json", import.meta.url)),
-) as { l2Normalize: NormalizeCase[]; weightNorm: WeightNormCase[] };
-
-async function take(gpu: Gpu, ...ts: GpuTensor[]): Promise<Float32Array[]> {
-  const out = await Promise.all(ts.map((t) => gpu.readF32(t)));
-  gpu.release(...ts);
-  return out;
-}
+const fixture = await readFixture("norms.json") as {
+  l2Normalize: NormalizeCase[];
+  weightNorm: WeightNormCase[];
+};
 
 /** Random rows; row 0 is zero and row 1 tiny (norm below 1e-12) when there are enough rows. */
 function rowsWithEdges(rng: Rng, rows: number, cols: number): Float32Array {
@@ -225,10 +219,4 @@ gpuTest("l2norm: bad shapes get clear errors", (gpu) => {
 function withNorm(v: Float32Array, n: number): Float32Array {
   const s = Math.sqrt(dot(v, v));
   return v.map((x) => (x * n) / s);
-}
-
-function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
-  return s;
 }

@@ -7,10 +7,10 @@ import {
 } from "../kernels/layernorm.ts";
 import { GpuLimitError } from "../kernels/errors.ts";
 import type { Gpu } from "../kernels/runtime.ts";
-import { rowChunks } from "../kernels/softmax.ts";
-import type { GpuTensor } from "../kernels/tensor.ts";
+import { rowChunks } from "../kernels/common/rows.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
-import { finiteDifference, gpuTest, Rng } from "./helpers.ts";
+import { dot, finiteDifference, gpuTest, Rng, take } from "./helpers.ts";
+import { readFixture } from "./fixtures.ts";
 
 interface LnCase {
   shape: [number, number];
@@ -24,17 +24,9 @@ interface LnCase {
   dweight: number[];
   dbias: number[];
 }
-const fixture = JSON.parse(
-  await Deno.readTextFile(new URL("./fixtures/norms.json", import.meta.url)),
-) as { layerNorm: LnCase[] };
+const fixture = await readFixture("norms.json") as { layerNorm: LnCase[] };
 
 const EPS = 1e-6;
-
-async function take(gpu: Gpu, ...ts: GpuTensor[]): Promise<Float32Array[]> {
-  const out = await Promise.all(ts.map((t) => gpu.readF32(t)));
-  gpu.release(...ts);
-  return out;
-}
 
 /** Rows of N(offset, scale²) values, and affine parameters near (1, 0). */
 function data(rng: Rng, rows: number, cols: number, offset = 0, scale = 1) {
@@ -250,9 +242,3 @@ gpuTest("layerNorm: bad shapes get clear errors; empty batches do not dispatch",
   assert(dw.every((v) => v === 0), "dweight of an empty batch is 0");
   gpu.release(x, w, w7, m3, e, f.y, f.mean, f.rstd, g.dx, g.dbias);
 });
-
-function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
-  return s;
-}

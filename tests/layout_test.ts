@@ -6,9 +6,8 @@
  * f32 sums of a few terms checked against float64 (rtol 1e-6).
  */
 import { GpuLimitError } from "../kernels/errors.ts";
+import { broadcastShapes } from "../kernels/common/shape.ts";
 import {
-  broadcastShapes,
-  collapseDims,
   concat,
   concatRef,
   gatherRows,
@@ -25,10 +24,10 @@ import {
   sliceBackward,
   sliceBackwardRef,
   sliceRef,
-  stridedMap,
   transpose,
   transposeRef,
-} from "../kernels/layout.ts";
+} from "../kernels/layout/mod.ts";
+import { collapseDims, stridedMap } from "../kernels/strided_map.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { numel } from "../kernels/tensor.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";

@@ -20,11 +20,10 @@ import { LogisticRegression, multinomialLossGrad, probeC } from "../eval/logreg.
 import { matrix } from "../eval/matrix.ts";
 import { encodeLabels } from "../eval/labels.ts";
 import { finiteDifference, Rng } from "./helpers.ts";
+import { readFixture } from "./fixtures.ts";
 import { EvalThreads } from "../eval/threads.ts";
 
-const fixture = JSON.parse(
-  await Deno.readTextFile(new URL("./fixtures/eval/logreg.json", import.meta.url)),
-);
+const fixture = await readFixture("eval/logreg.json");
 
 function rosenbrock(x: Float64Array, g: Float64Array): number {
   let f = 0;

@@ -3,12 +3,12 @@
  * statistics over many draws, and the indices/weights the losses use.
  */
 import { batchMasks, MaskingGenerator, masksFrom } from "../pipelines/train/masking.ts";
-import { seeded } from "../pipelines/train/trainer.ts";
+import { mulberry32 } from "../graph/random.ts";
 import { assert, assertEquals } from "./assert.ts";
 
 Deno.test("masking: half the crops masked, ratios spread over [0.1, 0.5], block shapes", () => {
   const gen = new MaskingGenerator(16);
-  const rand = seeded(7);
+  const rand = mulberry32(7);
   const N = 256;
   const ratios: number[] = [];
   let masked = 0;
@@ -47,7 +47,7 @@ Deno.test("masking: half the crops masked, ratios spread over [0.1, 0.5], block 
 
 Deno.test("masking: block masks reach their target (and overshoot by less than a block)", () => {
   const gen = new MaskingGenerator(16);
-  const rand = seeded(11);
+  const rand = mulberry32(11);
   for (const target of [10, 40, 100]) {
     let sum = 0;
     for (let t = 0; t < 100; t++) {

@@ -1,16 +1,13 @@
 /**
- * kernels/matmul.ts against its float64 reference, finite differences and PyTorch goldens.
+ * kernels/matmul/ against its float64 reference, finite differences and PyTorch goldens.
  *
  * Tolerance for a K-long f32 dot product of O(1) values: |got − want| ≤ atol + rtol·|want| with
  * rtol 1e-5 and atol 2e-6·√K — the accumulated rounding of K FMAs grows like √K·eps·‖a‖‖b‖,
  * and √K·eps ≈ 6e-8·√K, so this leaves ~30× headroom while still failing on any wrong index.
  */
 import { GpuLimitError } from "../kernels/errors.ts";
-import { kernel } from "../kernels/kernel.ts";
 import {
-  ERF_WGSL,
-  erfRef,
-  geluRef,
+  FALLBACK_VARIANT,
   matmul,
   MATMUL_CANDIDATES,
   matmulBackward,
@@ -20,7 +17,7 @@ import {
   type MatmulVariant,
   parseVariant,
   variantId,
-} from "../kernels/matmul.ts";
+} from "../kernels/matmul/mod.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { finiteDifference, gpuTest, Rng } from "./helpers.ts";
@@ -205,6 +202,132 @@ gpuTest("matmul: split-K (kChunk) sums its dispatches exactly like one long sum"
   assertEquals(plainOnce, 1);
   gpu.release(a, b, bias);
 });
+
+gpuTest(
+  "matmul: the texture-operand kernel (tex) matches the reference where it runs, else reg runs",
+  async (gpu) => {
+    const rng = new Rng(22);
+    const small: MatmulVariant = { kind: "tex", tm: 8, tn: 8, wgm: 8, wgn: 1 };
+    assertEquals(variantId(small), "tex-8x8-8x1");
+    assertEquals(parseVariant("tex-32x24-8x1"), { kind: "tex", tm: 32, tn: 24, wgm: 8, wgn: 1 });
+    /** Kernel names `fn` dispatches (the recording keeps them). */
+    const kernels = async (fn: () => void) => {
+      const { recording } = await gpu.capture(fn);
+      const names = recording.dispatches.map((d) => (d as { name: string }).name);
+      gpu.disposeRecording(recording);
+      return [...new Set(names)];
+    };
+    // Rows of 64 floats (256 B: a copyable texture pitch), partial blocks in M and N, both B
+    // layouts, the whole epilogue; then layouts a copy cannot take, which must run `reg`.
+    const runs: [number[], number[], Epi, string, string][] = [
+      [[70, 64], [45, 64], { transB: true }, "a bᵀ", "matmul_tex"],
+      [
+        [70, 64],
+        [45, 64],
+        {
+          transB: true,
+          alpha: 0.5,
+          bias: true,
+          gelu: true,
+          scale: true,
+          residual: true,
+        },
+        "a bᵀ + epilogue",
+        "matmul_tex",
+      ],
+      [[33, 128], [128, 64], { bias: true, accumulate: true }, "a b + accumulate", "matmul_tex"],
+      [[20, 36], [45, 36], { transB: true }, "K = 36: a 144 B pitch", "matmul_reg"],
+      [[64, 20], [64, 64], { transA: true }, "aᵀ b", "matmul_reg"],
+      [[2, 9, 64], [2, 64, 64], {}, "batched", "matmul_reg"],
+    ];
+    for (const [aShape, bShape, e, what, kernel] of runs) {
+      await check(gpu, rng, aShape, bShape, e, small, `tex ${what}`);
+      const ga = gpu.tensor(rng.floats(count(aShape)), aShape);
+      const gb = gpu.tensor(rng.floats(count(bShape)), bShape);
+      const names = await kernels(() =>
+        gpu.release(matmul(gpu, ga, gb, { transA: e.transA, transB: e.transB }, {
+          variant: small,
+        }))
+      );
+      assertEquals(names, [kernel], `${what} runs ${kernel}`);
+      gpu.release(ga, gb);
+    }
+    // A block above 256 outputs writes out row by row (a switch over its rows): partial row
+    // blocks and column groups, every epilogue piece.
+    const big: MatmulVariant = { kind: "tex", tm: 32, tn: 24, wgm: 8, wgn: 1 };
+    for (
+      const e of [{ transB: true }, { transB: true, alpha: 2, bias: true, gelu: true }, {
+        transB: true,
+        bias: true,
+        scale: true,
+        residual: true,
+        accumulate: true,
+      }] as Epi[]
+    ) {
+      await check(gpu, rng, [270, 64], [44, 64], e, big, `tex-32x24 ${JSON.stringify(e)}`);
+    }
+    // More rows than a texture holds: split into row chunks, each copied into the A texture.
+    const rows = 600;
+    const a = rng.floats(rows * 64);
+    const b = rng.floats(40 * 64);
+    const ga = gpu.tensor(a, [rows, 64]);
+    const gb = gpu.tensor(b, [40, 64]);
+    const before = gpu.stats().dispatches;
+    const y = matmul(gpu, ga, gb, { transB: true }, { variant: small, maxTextureRows: 256 });
+    assertEquals(gpu.stats().dispatches - before, 3, "600 rows in chunks of 256");
+    assertClose(
+      await gpu.readF32(y),
+      matmulRef(a, [rows, 64], b, [40, 64], { transB: true }),
+      tol(64),
+      "row-split tex",
+    );
+    gpu.release(ga, gb, y);
+  },
+);
+
+gpuTest("matmul: precision f16 reads B as halves with f32 sums, where it can", async (gpu) => {
+  const rng = new Rng(23);
+  const [M, N, K] = [70, 44, 64];
+  const a = rng.floats(M * K);
+  const b = rng.floats(N * K);
+  const bias = rng.floats(N);
+  const halves = Float32Array.from(new Float16Array(b)); // round to nearest even, as torch .half()
+  const ga = gpu.tensor(a, [M, K]);
+  const gb = gpu.tensor(b, [N, K]);
+  const gbias = gpu.tensor(bias);
+  const tex: MatmulVariant = { kind: "tex", tm: 32, tn: 24, wgm: 8, wgn: 1 };
+  const run = async (v: MatmulVariant) => {
+    const y = matmul(gpu, ga, gb, {
+      transB: true,
+      bias: gbias,
+      activation: "gelu",
+      precision: "f16",
+    }, { variant: v });
+    const out = await gpu.readF32(y);
+    gpu.release(y);
+    return out;
+  };
+  const opts = { transB: true, bias, activation: "gelu" as const };
+  const exact = matmulRef(a, [M, K], b, [N, K], opts);
+  if (gpu.features.f16) {
+    // The same sums over f16-rounded weights: f32 rounding only (the packing is exact).
+    assertClose(await run(tex), matmulRef(a, [M, K], halves, [N, K], opts), tol(K), "f16");
+    // Against f32 weights the rounding shows: |Δw| ≤ 2⁻¹¹|w| over K = 64 terms of |a| ≤ 1.
+    const got = await run(tex);
+    assertClose(got, exact, { rtol: 0, atol: 64 * 2 ** -11 }, "f16 vs f32 weights");
+    assert(maxAbsDiff(got, exact) > 1e-6, "the weights really were rounded");
+  }
+  // Where halves cannot be used (a buffer kernel) the multiply runs in f32.
+  assertClose(await run(FALLBACK_VARIANT), exact, tol(K), "reg kernel: f32");
+  gpu.release(ga, gb, gbias);
+});
+
+/** Largest |x − y|. */
+function maxAbsDiff(x: Float32Array, y: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < x.length; i++) m = Math.max(m, Math.abs(x[i] - y[i]));
+  return m;
+}
 
 gpuTest(
   "matmul: fused epilogue (alpha, bias, GELU, LayerScale, residual, accumulate)",
@@ -545,46 +668,5 @@ gpuTest(
       assertClose(await gpu.readF32(db!), fx(c, "dw"), tol(8), "dw (summed over the batch)");
       gpu.release(x, w, dy, da, db);
     }
-  },
-);
-
-gpuTest(
-  "ERF_WGSL: GELU within 1e-6 relative of the float64 reference (itself checked against PyTorch), erf within 2e-7",
-  async (gpu) => {
-    const k = kernel({
-      name: "test_erf_gelu",
-      bindings: ["read", "read_write"],
-      source: () =>
-        `${ERF_WGSL}
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3u) {
-  let n = arrayLength(&x);
-  if (g.x < n) {
-    y[g.x] = bloom_gelu(x[g.x]);
-    y[g.x + n] = bloom_erf(x[g.x]);
-  }
-}`,
-    });
-    const grid = Float32Array.from({ length: 4001 }, (_, i) => -12 + (24 * i) / 4000);
-    const pts = new Float32Array([...fx("gelu", "x"), ...grid, 1e-30, -1e-30, 30, -30]);
-    const n = pts.length;
-    const gx = gpu.tensor(pts);
-    const gy = gpu.empty([2 * n]);
-    gpu.dispatch(k, [gx, gy], [Math.ceil(n / 64)]);
-    const y = await gpu.readF32(gy);
-    // The float64 reference itself agrees with PyTorch's float64 GELU to ~1e-15.
-    const refAtTorch = Array.from(fx("gelu", "x"), geluRef);
-    const torchY = fixture.cases.gelu.y as number[];
-    // atol: PyTorch's own float64 GELU, 0.5·x·(1 + erf(x/√2)), cancels in the far negative
-    // tail (absolute error ~|x|·1e-16); geluRef goes through erfc and does not.
-    assertClose(refAtTorch, torchY, { rtol: 1e-8, atol: 1e-15 }, "geluRef vs torch");
-    // GPU: measured ≤ 5e-7 relative everywhere on [-12, 12] (the erfc exponent is split so
-    // that large |x| keep full relative accuracy); atol only covers results below f32's
-    // normal range, which some GPUs flush to zero.
-    assertClose(y.subarray(0, n), Array.from(pts, geluRef), { rtol: 1e-6, atol: 1e-37 }, "gelu");
-    assertClose(y.subarray(n), Array.from(pts, erfRef), { rtol: 0, atol: 2e-7 }, "erf");
-    gpu.release(gx, gy);
   },
 );

@@ -8,6 +8,7 @@
  * protocol runner (its probe row scores scikit-learn's own predictions).
  */
 import { assertClose, assertEquals, assertStrictEquals, assertThrows } from "./assert.ts";
+import { readFixture } from "./fixtures.ts";
 import {
   accuracy,
   balancedAccuracy,
@@ -22,9 +23,7 @@ import { evaluateEmbeddings } from "../eval/protocols.ts";
 import { KNeighborsClassifier } from "../eval/knn.ts";
 import { matrix } from "../eval/matrix.ts";
 
-const fixture = JSON.parse(
-  await Deno.readTextFile(new URL("./fixtures/eval/metrics.json", import.meta.url)),
-);
+const fixture = await readFixture("eval/metrics.json");
 const TOL = { rtol: 1e-12, atol: 1e-12 };
 
 for (const c of fixture.cases) {
@@ -97,9 +96,7 @@ Deno.test("report: JSON round-trips and the Markdown table reads like the paper'
 });
 
 Deno.test("evaluateEmbeddings: kNN and probe rows score scikit-learn's predictions", async () => {
-  const lr = JSON.parse(
-    await Deno.readTextFile(new URL("./fixtures/eval/logreg.json", import.meta.url)),
-  ).cases[0];
+  const lr = (await readFixture("eval/logreg.json")).cases[0];
   const train = matrix(Float32Array.from(lr.train), lr.n, lr.m);
   const test = matrix(Float32Array.from(lr.test), lr.test.length / lr.m, lr.m);
   const stages: string[] = [];

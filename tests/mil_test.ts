@@ -32,6 +32,7 @@ import {
 } from "../eval/mil.ts";
 import { assert, assertClose, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { gpuTest, Rng } from "./helpers.ts";
+import { readFixture } from "./fixtures.ts";
 
 interface HeadCase {
   init: Record<string, number[]>;
@@ -40,9 +41,7 @@ interface HeadCase {
   grads: Record<string, number[]>;
   sgd: { lrs: number[]; after: Record<string, number[]> };
 }
-const fx = JSON.parse(
-  await Deno.readTextFile(new URL("./fixtures/eval/mil.json", import.meta.url)),
-) as {
+const fx = await readFixture("eval/mil.json") as {
   dim: number;
   classes: number;
   attentionHidden: number;

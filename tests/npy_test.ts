@@ -16,15 +16,12 @@ import { openTensorFile } from "../data/open.ts";
 import type { TensorData } from "../data/record.ts";
 import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
 import { Rng } from "./helpers.ts";
+import { hex, num } from "./fixtures.ts";
 
 const FIX = new URL("./fixtures/checkpoints/", import.meta.url).pathname;
 const EXPECTED = JSON.parse(Deno.readTextFileSync(FIX + "expected.json"));
 const TMP = Deno.makeTempDirSync({ prefix: "bloom-npy-test-" });
 globalThis.addEventListener("unload", () => Deno.removeSync(TMP, { recursive: true }));
-
-const hex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
-const num = (v: number | string) =>
-  v === "nan" ? NaN : v === "inf" ? Infinity : v === "-inf" ? -Infinity : (v as number);
 
 Deno.test("npy: numpy's files read exactly (v1.0 and v2.0 headers)", async () => {
   const exp = EXPECTED.npy as Record<

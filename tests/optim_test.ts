@@ -16,18 +16,9 @@ import type { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest, Rng } from "./helpers.ts";
+import { f32, readFixture } from "./fixtures.ts";
 
-/** Decodes a fixture array (little-endian f32, base64). */
-function f32(b64: string): Float32Array {
-  const bin = atob(b64);
-  const u = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) u[i] = bin.charCodeAt(i);
-  return new Float32Array(u.buffer);
-}
-
-const fixture = JSON.parse(
-  await Deno.readTextFile(new URL("./fixtures/training_kernels.json", import.meta.url)),
-).adamw;
+const fixture = (await readFixture("training_kernels.json")).adamw;
 
 /** Values padding is filled with: any kernel that touched padding would change or spread them. */
 const PAD = 1234.5;

@@ -1,19 +1,10 @@
 /** im2col / col2im for DINOv2's patch embedding (Conv2d with stride = kernel). */
 import { col2im, col2imRef, im2col, im2colRef } from "../kernels/patch_embed.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
-import { gpuTest, Rng } from "./helpers.ts";
+import { dot, gpuTest, Rng } from "./helpers.ts";
+import { f32, readFixture } from "./fixtures.ts";
 
-/** Decodes a fixture array (little-endian f32, base64). */
-function f32(b64: string): Float32Array {
-  const bin = atob(b64);
-  const u = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) u[i] = bin.charCodeAt(i);
-  return new Float32Array(u.buffer);
-}
-
-const fixture = JSON.parse(
-  await Deno.readTextFile(new URL("./fixtures/training_kernels.json", import.meta.url)),
-).patchEmbed as {
+const fixture = (await readFixture("training_kernels.json")).patchEmbed as {
   shape: number[];
   patch: number;
   dim: number;
@@ -22,12 +13,6 @@ const fixture = JSON.parse(
   bias: string;
   out: string;
 }[];
-
-function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
-  return s;
-}
 
 gpuTest(
   "im2col: matches the reference on edge shapes (dropped borders, p = 1, one row)",

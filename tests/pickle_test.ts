@@ -24,6 +24,7 @@ import {
 } from "../data/pickle.ts";
 import { pickle, type PickleNode } from "../data/pickle_writer.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { bytes as base64Bytes } from "./fixtures.ts";
 import { hasPython } from "./helpers.ts";
 
 const SRC = { file: "/models/test.pth", entry: "archive/data.pkl" };
@@ -399,8 +400,7 @@ Deno.test("pickle: Python's own pickles, protocols 2-5, decode to the same value
   assert(out.success, "python oracle ran");
   const { pickles, expected } = JSON.parse(new TextDecoder().decode(out.stdout));
   for (const [proto, b64] of Object.entries(pickles as Record<string, string>)) {
-    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-    const v = load(bytes);
+    const v = load(base64Bytes(b64));
     // JSON.stringify of the set members matches Python's compact json.dumps.
     const got = JSON.parse(JSON.stringify(enc(v)));
     assertEquals(got, expected, `protocol ${proto}`);

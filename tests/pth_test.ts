@@ -23,6 +23,7 @@ import { checkEntryName, ZipReader } from "../data/zip.ts";
 import { ZipWriter } from "../data/zip_writer.ts";
 import { assert, assertClose, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { Rng } from "./helpers.ts";
+import { hex, num } from "./fixtures.ts";
 
 const FIX = new URL("./fixtures/checkpoints/", import.meta.url).pathname;
 const EXPECTED = JSON.parse(Deno.readTextFileSync(FIX + "expected.json"));
@@ -35,10 +36,6 @@ interface Expected {
   hex: string;
   values: (number | string)[];
 }
-
-const hex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
-const num = (v: number | string) =>
-  v === "nan" ? NaN : v === "inf" ? Infinity : v === "-inf" ? -Infinity : (v as number);
 
 /** Exact comparison: raw bytes by hex, f32 values with zero tolerance (the conversion is exact). */
 async function checkTensor(t: TensorRecord, e: Expected, what: string) {
@@ -449,12 +446,12 @@ Deno.test("pth: bad files fail with a CheckpointError naming the file and the ke
     /CRC-32 mismatch/,
     "state_dict/data.pkl",
   );
-  // A damaged storage is caught on read when asked to verify.
+  // A damaged storage is caught on its first read (every entry is CRC-checked as it is read).
   const dmg = good.slice();
   using zip = await ZipReader.open(FIX + "state_dict.pth");
   dmg[await zip.dataOffset(zip.require("state_dict/data/10"))] ^= 1;
   const path = write("damaged_storage.pth", dmg);
-  using ckpt = await openPth(path, { verifyStorages: true });
+  using ckpt = await openPth(path);
   await assertRejects(
     () => ckpt.tensor("weight_t").bytes(),
     CorruptFileError,

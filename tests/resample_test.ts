@@ -8,15 +8,8 @@ import {
   scaleFactorOptions,
 } from "../kernels/resample.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
-import { finiteDifference, gpuTest, Rng } from "./helpers.ts";
-
-/** Decodes a fixture array (little-endian f32, base64). */
-function f32(b64: string): Float32Array {
-  const bin = atob(b64);
-  const u = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) u[i] = bin.charCodeAt(i);
-  return new Float32Array(u.buffer);
-}
+import { dot, finiteDifference, gpuTest, Rng } from "./helpers.ts";
+import { f32, readFixture } from "./fixtures.ts";
 
 interface Case {
   name: string;
@@ -31,20 +24,12 @@ interface Case {
   dgrid: string;
 }
 
-const cases = JSON.parse(
-  await Deno.readTextFile(new URL("./fixtures/training_kernels.json", import.meta.url)),
-).resample as Case[];
+const cases = (await readFixture("training_kernels.json")).resample as Case[];
 
 function optsOf(c: Case): ResampleOptions {
   return c.scaleH === undefined
     ? { outH: c.outH, outW: c.outW }
     : scaleFactorOptions(c.in[0], c.in[1], c.scaleH, c.scaleW!);
-}
-
-function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
-  return s;
 }
 
 gpuTest(

@@ -1,11 +1,12 @@
 /** The GPU runtime: start-up, pool, batching, uniforms, errors, timing, replay. */
 import { GpuError, GpuLimitError, ShaderCompileError } from "../kernels/errors.ts";
-import { FLAT_WORKGROUP_INDEX, grid, kernel, Params } from "../kernels/kernel.ts";
+import { FLAT_WORKGROUP_INDEX, grid, kernel } from "../kernels/kernel.ts";
 import { sizeClass } from "../kernels/pool.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
 import { assert, assertClose, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { gpuTest } from "./helpers.ts";
+import { Uniforms } from "../kernels/uniforms.ts";
 
 /** y = a·x + b, one element per invocation, flat grid. */
 const axpb = kernel({
@@ -26,7 +27,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 });
 
 function runAxpb(gpu: Gpu, x: GpuTensor, y: GpuTensor, a: number, b: number) {
-  const params = new Params(16).u32(x.numel).f32(a).f32(b).bytes;
+  const params = new Uniforms(16).u32(x.numel).f32(a).f32(b).bytes;
   gpu.dispatch(axpb, [x, y], grid(Math.ceil(x.numel / 64)), params);
 }
 
@@ -171,7 +172,7 @@ gpuTest("runtime: out-of-range bindings give clear errors", async (gpu) => {
           axpb,
           [x, { buffer: huge, offset: 0, size: max + 1024 }],
           [1],
-          new Params(16).u32(1).bytes,
+          new Uniforms(16).u32(1).bytes,
         ),
       GpuLimitError,
       "maxStorageBufferBindingSize",
@@ -224,3 +225,66 @@ gpuTest("runtime: a captured step replays with one submit and new inputs", async
   gpu.disposeRecording(recording);
   gpu.release(x, y, z);
 });
+
+/** out[i] = texel (i % w, i / w) of an rgba32float texture, as 4 floats. */
+const readTexture = kernel({
+  name: "test_read_texture",
+  bindings: ["texture_f32", "read_write"],
+  source: () => `
+@group(0) @binding(0) var t: texture_2d<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<vec4f>;
+@compute @workgroup_size(1)
+fn main(@builtin(workgroup_id) wid: vec3u) {
+  let w = textureDimensions(t).x;
+  out[wid.x] = textureLoad(t, vec2u(wid.x % w, wid.x / w), 0);
+}`,
+});
+
+gpuTest(
+  "runtime: textures are copied from buffer rows, bound, pooled and replayed",
+  async (gpu) => {
+    // Rows of 64 floats (a 256-byte pitch), texture 2 texels wide: the first 8 floats of rows 1, 2.
+    const src = gpu.tensor(Float32Array.from({ length: 3 * 64 }, (_, i) => i));
+    const out = gpu.empty([16]);
+    const run = () => {
+      const t = gpu.texture(2, 2, "rgba32float");
+      gpu.copyToTexture({ buffer: src.buffer, offset: src.offset + 256, size: 512 }, 256, t, 2, 2);
+      gpu.dispatch(readTexture, [t, out], [4]);
+      gpu.releaseTexture(t);
+    };
+    run();
+    const want = [64, 65, 66, 67, 68, 69, 70, 71, 128, 129, 130, 131, 132, 133, 134, 135];
+    assertEquals([...await gpu.readF32(out)], want);
+    // Released textures are reused: a second run creates none.
+    const created = gpu.textures.created;
+    run();
+    await gpu.sync();
+    assertEquals(gpu.textures.created, created);
+    // A captured step replays its copies; textures released inside it are reused within it.
+    const { recording } = await gpu.capture(() => {
+      run();
+      run();
+    });
+    assert(gpu.textures.created <= created + 1, "one texture serves both runs of the capture");
+    gpu.write(src, Float32Array.from({ length: 3 * 64 }, (_, i) => -i));
+    gpu.replay(recording);
+    assertEquals([...await gpu.readF32(out)], want.map((x) => -x));
+    gpu.disposeRecording(recording);
+    // Misuse is named: a buffer where a texture is declared, a pitch WebGPU refuses, a double release.
+    assertThrows(() => gpu.dispatch(readTexture, [out, out], [1]), GpuError, "texture_f32 binding");
+    const t = gpu.texture(2, 2, "rgba32float");
+    assertThrows(
+      () => gpu.copyToTexture({ buffer: src.buffer, offset: 0, size: 512 }, 200, t, 2, 2),
+      GpuError,
+      "multiple of 256",
+    );
+    gpu.releaseTexture(t);
+    assertThrows(() => gpu.releaseTexture(t), Error, "released twice");
+    assertThrows(
+      () => gpu.texture(1 << 20, 1, "rgba32float"),
+      GpuLimitError,
+      "maxTextureDimension2D",
+    );
+    gpu.release(src, out);
+  },
+);

@@ -17,15 +17,12 @@ import type { TensorData, TensorRecord } from "../data/record.ts";
 import { openSafetensors, writeSafetensors } from "../data/safetensors.ts";
 import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
 import { Rng } from "./helpers.ts";
+import { hex, num } from "./fixtures.ts";
 
 const FIX = new URL("./fixtures/checkpoints/", import.meta.url).pathname;
 const EXPECTED = JSON.parse(Deno.readTextFileSync(FIX + "expected.json"));
 const TMP = Deno.makeTempDirSync({ prefix: "bloom-st-test-" });
 globalThis.addEventListener("unload", () => Deno.removeSync(TMP, { recursive: true }));
-
-const hex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
-const num = (v: number | string) =>
-  v === "nan" ? NaN : v === "inf" ? Infinity : v === "-inf" ? -Infinity : (v as number);
 
 Deno.test("safetensors: fixture reads exactly (values, dtypes, metadata)", async () => {
   const exp = EXPECTED["model.safetensors"];

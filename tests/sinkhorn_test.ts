@@ -9,18 +9,9 @@ import {
 } from "../kernels/sinkhorn.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { gpuTest, Rng } from "./helpers.ts";
+import { f32, readFixture } from "./fixtures.ts";
 
-/** Decodes a fixture array (little-endian f32, base64). */
-function f32(b64: string): Float32Array {
-  const bin = atob(b64);
-  const u = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) u[i] = bin.charCodeAt(i);
-  return new Float32Array(u.buffer);
-}
-
-const fixture = JSON.parse(
-  await Deno.readTextFile(new URL("./fixtures/training_kernels.json", import.meta.url)),
-);
+const fixture = await readFixture("training_kernels.json");
 
 /**
  * Sinkhorn tolerance: E = exp((x − max)/T) carries f32 rounding of (x − max)/T, up to

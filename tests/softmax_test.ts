@@ -1,6 +1,13 @@
 /** Softmax, log-softmax and soft cross-entropy: references, finite differences, PyTorch. */
 import { AutotuneCache } from "../kernels/autotune.ts";
 import { GpuLimitError } from "../kernels/errors.ts";
+import {
+  newRowTuner,
+  rowChunks,
+  rowLayout,
+  rowThreadCap,
+  setRowThreadCap,
+} from "../kernels/common/rows.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import {
   crossEntropySoft,
@@ -11,20 +18,15 @@ import {
   logSoftmaxBackward,
   logSoftmaxBackwardRef,
   logSoftmaxRef,
-  newRowTuner,
-  rowChunks,
-  rowLayout,
-  rowThreadCap,
-  setRowThreadCap,
   softmax,
   softmaxBackward,
   softmaxBackwardRef,
   softmaxRef,
   tuneRowKernels,
 } from "../kernels/softmax.ts";
-import type { GpuTensor } from "../kernels/tensor.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
-import { finiteDifference, gpuTest, Rng } from "./helpers.ts";
+import { dot, finiteDifference, gpuTest, Rng, take } from "./helpers.ts";
+import { readFixture } from "./fixtures.ts";
 
 interface SoftmaxCase {
   shape: [number, number];
@@ -47,18 +49,13 @@ interface CeCase {
   dloss: number[];
   dlogits: number[];
 }
-const fixture = JSON.parse(
-  await Deno.readTextFile(new URL("./fixtures/norms.json", import.meta.url)),
-) as { softmax: SoftmaxCase[]; crossEntropySoft: CeCase[] };
+const fixture = await readFixture("norms.json") as {
+  softmax: SoftmaxCase[];
+  crossEntropySoft: CeCase[];
+};
 
 const f32 = (a: ArrayLike<number>) => Float32Array.from(a);
 const up = (gpu: Gpu, a: ArrayLike<number>, shape: number[]) => gpu.tensor(f32(a), shape);
-
-async function take(gpu: Gpu, ...ts: GpuTensor[]): Promise<Float32Array[]> {
-  const out = await Promise.all(ts.map((t) => gpu.readF32(t)));
-  gpu.release(...ts);
-  return out;
-}
 
 /** Random logits of `scale`, uploaded, with their f32 values. */
 function logits(gpu: Gpu, rng: Rng, rows: number, cols: number, scale: number) {
@@ -431,9 +428,3 @@ gpuTest("softmax: bad input gets a clear error; empty input no dispatch", async 
   assertEquals([...(await gpu.readF32(ce.loss))], [0, 0, 0]);
   gpu.release(x, y, dl, e, noClasses, ce.loss, ce.logp);
 });
-
-function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
-  return s;
-}

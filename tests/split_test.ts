@@ -10,9 +10,9 @@ import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { NumpyRandomState } from "../eval/numpy_random.ts";
 import { stratifiedKFold, trainTestSplit } from "../eval/split.ts";
 import { sharedData } from "./helpers.ts";
+import { readFixture } from "./fixtures.ts";
 
-const read = async (name: string) =>
-  JSON.parse(await Deno.readTextFile(new URL(`./fixtures/eval/${name}.json`, import.meta.url)));
+const read = (name: string) => readFixture(`eval/${name}.json`);
 
 const rngFixture = await read("rng");
 const splitFixture = await read("split");

@@ -4,11 +4,11 @@
  * the written image folder (PNG/JPEG, read back by the loader), speed and
  * bad options.
  */
-import sharp from "sharp";
+import sharp from "npm:sharp@0.34.5";
 import process from "node:process";
 import { join } from "node:path";
 import { openLoader } from "../pipelines/loader.ts";
-import { mulberry32 } from "../pipelines/dataset/shuffle.ts";
+import { mulberry32 } from "../graph/random.ts";
 import {
   renderCell,
   SYNTHETIC_CLASSES,

@@ -3,14 +3,13 @@
  * against Python's `tarfile` both ways.
  */
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
-import { hasPython, Rng } from "./helpers.ts";
+import { collect, hasPython, Rng } from "./helpers.ts";
 import {
   BLOCK,
   readTar,
   readTarFile,
   tarEnd,
   tarEntry,
-  type TarFile,
   TarFormatError,
   TarWriter,
 } from "../data/tar.ts";
@@ -37,12 +36,6 @@ function sampleEntries(): { name: string; data: Uint8Array }[] {
     // non-ASCII: PAX path (ustar fields are ASCII)
     { name: "zelle_größe_µm.json", data: enc.encode('{"ok":true}') },
   ];
-}
-
-async function collect(it: AsyncIterable<TarFile>): Promise<TarFile[]> {
-  const out: TarFile[] = [];
-  for await (const f of it) out.push(f);
-  return out;
 }
 
 async function archive(entries: { name: string; data: Uint8Array }[]): Promise<Uint8Array> {
@@ -97,7 +90,7 @@ Deno.test("tar reader: bad checksum and truncation are errors naming the offset"
   await assertRejects(
     () => collect(readTar(chunked(tar.subarray(0, BLOCK + 100)))),
     TarFormatError,
-    "truncated inside the entry whose header is at byte 0",
+    "header at byte 0: tar truncated inside the entry",
   );
   const notTar = enc.encode("this is not a tar file".repeat(40));
   await assertRejects(() => collect(readTar(chunked(notTar))), TarFormatError);

@@ -9,38 +9,21 @@ import { openPth } from "../data/pth.ts";
 import { loadCheckpoint } from "../graph/checkpoint.ts";
 import { getGpu } from "../kernels/runtime.ts";
 import { writeSyntheticImageFolder } from "../pipelines/synthetic.ts";
-import { dinobloomConfig, PRESETS, type TrainConfig } from "../pipelines/train/config.ts";
+import { PRESETS, type TrainConfig } from "../pipelines/train/config.ts";
 import { runTraining } from "../pipelines/train/run.ts";
 import { NonFiniteLossError } from "../pipelines/train/trainer.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { hasPython } from "./helpers.ts";
+import { gpuTest, hasPython } from "./helpers.ts";
+import { tinyTrainConfig } from "./fixtures.ts";
 
-const micro: TrainConfig = dinobloomConfig(
-  {
-    arch: "custom",
-    dim: 32,
-    depth: 1,
-    heads: 2,
-    mlpHidden: 64,
-    ffn: "mlp",
-    patch: 14,
-    registers: 0,
-    posGrid: 4,
-    eps: 1e-6,
-    posInterp: "size",
-  },
-  4,
-  {
-    head: { inDim: 32, hidden: 32, bottleneck: 16, prototypes: 64 },
-    imageSize: 56,
-    epochs: 2,
-    epochLength: 3,
-    warmupEpochs: 1,
-    baseLr: 0.05,
-    freezeLastLayerEpochs: 0,
-    seed: 5,
-  },
-);
+const micro: TrainConfig = tinyTrainConfig(4, {
+  epochs: 2,
+  epochLength: 3,
+  warmupEpochs: 1,
+  baseLr: 0.05,
+  freezeLastLayerEpochs: 0,
+  seed: 5,
+});
 
 let dataDir: string | null = null;
 async function data(): Promise<string> {
@@ -49,10 +32,6 @@ async function data(): Promise<string> {
     await writeSyntheticImageFolder(dataDir, { perClass: 3, size: 56, seed: 1 });
   }
   return dataDir;
-}
-
-function gpuTest(name: string, fn: () => Promise<void>) {
-  Deno.test({ name, sanitizeOps: false, sanitizeResources: false, fn });
 }
 
 async function steps(out: string): Promise<Record<string, number>[]> {

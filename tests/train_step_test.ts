@@ -1,6 +1,6 @@
 /**
  * One (and two) full DinoBloom training steps against a PyTorch reference
- * written from RECIPE.md (scripts/oracles/train_step.py, Debian torch 1.13):
+ * written from docs/recipe.md (scripts/oracles/train_step.py, Debian torch 1.13):
  * the same initial weights, crops and masks; every loss term within 1e-4
  * relative, gradient norms within 1e-4, and the updated student and teacher
  * weights within 1e-4 (norm-relative per tensor; the updates themselves —
@@ -10,47 +10,31 @@
 import { writeNpy } from "../data/npy.ts";
 import { openPth } from "../data/pth.ts";
 import { writePth } from "../data/pth_writer.ts";
-import { dinobloomConfig, type TrainConfig } from "../pipelines/train/config.ts";
+import type { TrainConfig } from "../pipelines/train/config.ts";
 import { batchMasks, MaskingGenerator } from "../pipelines/train/masking.ts";
 import { buildSchedules, CosineSchedule } from "../pipelines/train/schedule.ts";
-import { seeded, Trainer } from "../pipelines/train/trainer.ts";
+import { mulberry32 } from "../graph/random.ts";
+import { Trainer } from "../pipelines/train/trainer.ts";
 import { getGpu } from "../kernels/runtime.ts";
 import { assert, assertEquals } from "./assert.ts";
 import { hasPython, Rng } from "./helpers.ts";
+import { tinyTrainConfig } from "./fixtures.ts";
 import { relErr } from "./vit_oracle.ts";
 
 const torch = await hasPython("torch", "numpy");
 
 function tinyConfig(over: Partial<TrainConfig> = {}): TrainConfig {
-  return dinobloomConfig(
-    {
-      arch: "custom",
-      dim: 32,
-      depth: 2,
-      heads: 2,
-      mlpHidden: 64,
-      ffn: "mlp",
-      patch: 14,
-      registers: 0,
-      posGrid: 4,
-      eps: 1e-6,
-      posInterp: "size",
-    },
-    4,
-    {
-      head: { inDim: 32, hidden: 32, bottleneck: 16, prototypes: 64 },
-      imageSize: 56,
-      microBatch: 4,
-      epochs: 4,
-      epochLength: 1,
-      warmupEpochs: 1,
-      freezeLastLayerEpochs: 1,
-      warmupTeacherTempEpochs: 2,
-      baseLr: 0.02,
-      seed: 3,
-      ...over,
-    },
-  );
+  return tinyTrainConfig(4, {
+    microBatch: 4,
+    epochs: 4,
+    epochLength: 1,
+    warmupEpochs: 1,
+    freezeLastLayerEpochs: 1,
+    warmupTeacherTempEpochs: 2,
+    baseLr: 0.02,
+    seed: 3,
+    ...over,
+  }, { depth: 2 });
 }
 
 /**
@@ -76,7 +60,7 @@ function inputs(cfg: TrainConfig, steps: number) {
   const rng = new Rng(11);
   const grid = cfg.imageSize / cfg.vit.patch;
   const gen = new MaskingGenerator(grid);
-  const rand = seeded(5);
+  const rand = mulberry32(5);
   return Array.from({ length: steps }, () => {
     const n = 2 * cfg.batch * 3 * cfg.imageSize * cfg.imageSize;
     return { crops: rng.normals(n), masks: batchMasks(gen, 2 * cfg.batch, rand) };
