@@ -4,8 +4,10 @@
  *
  * ```ts
  * import { Model } from "./mod.ts";
- * const model = await Model.load("DinoBloom-S.pth");
- * const { cls, patchTokens } = await model.embedPixels(rgb, batch, 224, { patchTokens: true });
+ * const model = await Model.load("dinobloom-s"); // or a checkpoint path
+ * // rgb: [batch, S, S, 3] uint8 cells of any side S, resized to 224 for the model.
+ * const { features, patchTokens } = await model.embedPixels(rgb, batch, S, { patchTokens: true });
+ * // features: [batch, 384] CLS embeddings; patchTokens: [batch, 256, 384].
  * ```
  *
  * The layers underneath are exported too: the WebGPU runtime and kernels,
@@ -16,7 +18,32 @@
  */
 
 // Embedding with a checkpoint.
-export { type Embeddings, Model } from "./pipelines/model.ts";
+export { Model } from "./pipelines/model.ts";
+export {
+  embedBatch,
+  type Embeddings,
+  embedImages,
+  type EmbedModel,
+  type EmbedOptions,
+} from "./pipelines/embed.ts";
+export { type Pooling, POOLINGS } from "./data/embeddings_file.ts";
+
+// Named weights ("dinobloom-s", "dinov2-vitb14"): downloaded, verified, cached (docs/weights.md).
+export {
+  fetchWeights,
+  type FetchWeightsOptions,
+  resolveWeights,
+  WeightsError,
+  WeightsNameError,
+} from "./pipelines/weights/download.ts";
+export { type CachedWeights, defaultCacheDir, verifyCached } from "./pipelines/weights/cache.ts";
+export {
+  WEIGHTS,
+  type WeightsEntry,
+  type WeightsName,
+  type WeightsSource,
+} from "./pipelines/weights/registry.ts";
+export { acquireLock, Lock, LockHeldError, type LockOptions } from "./data/lock.ts";
 
 // GPU runtime.
 export {
@@ -38,13 +65,8 @@ export {
   ShaderCompileError,
 } from "./kernels/errors.ts";
 export { type BufferView, type DType, GpuTensor } from "./kernels/tensor.ts";
-export {
-  grid,
-  type Kernel,
-  kernel,
-  Params as KernelParams,
-  type StorageAccess,
-} from "./kernels/kernel.ts";
+export { grid, type Kernel, kernel, type StorageAccess } from "./kernels/kernel.ts";
+export { Uniforms } from "./kernels/uniforms.ts";
 export { BufferPool, type PoolStats } from "./kernels/pool.ts";
 
 // Autodiff graph, modules and the DINOv2 ViT family.
@@ -85,13 +107,15 @@ export {
   syntheticDataset,
   writeSyntheticImageFolder,
 } from "./pipelines/synthetic.ts";
-export { embedBatch, type Pool } from "./pipelines/embed.ts";
 export { stratifiedKFold, trainTestSplit } from "./eval/split.ts";
 
 // Training.
 export { dinobloomConfig, PRESETS, type TrainConfig } from "./pipelines/train/config.ts";
 export { NonFiniteLossError, type StepMetrics, Trainer } from "./pipelines/train/trainer.ts";
 export { type RunOptions, type RunSummary, runTraining } from "./pipelines/train/run.ts";
+/** Data-parallel runs (docs/distributed.md): `runTraining(gpu, { …, comm: joinWorld() })`. */
+export { type Comm, SoloComm } from "./pipelines/mpi/comm.ts";
+export { joinWorld, runRanked } from "./pipelines/mpi/world.ts";
 
 // Evaluation.
 export { evaluateEmbeddings } from "./eval/protocols.ts";
@@ -107,6 +131,29 @@ export {
   weightedF1,
 } from "./eval/metrics.ts";
 export { markdownTable, reportJson } from "./eval/report.ts";
+export { type EvalOptions, markdownReport, PROTOCOLS, runEval } from "./eval/run.ts";
+/** Which split a number was measured on: origin and membership hash, recorded in every report. */
+export { carriedSplit, type SplitRecord, splitRecord, splitSha256 } from "./eval/split_record.ts";
 export { matrix } from "./eval/matrix.ts";
 export { writeUmapFigure } from "./eval/umap_figure.ts";
 export { writePatchPcaFigure } from "./eval/patch_pca_figure.ts";
+
+// Using trained heads (docs/predict.md): what `eval --save` writes and `predict` applies.
+/** A saved linear probe: `Probe.load(path)`, `probe.predict(x)`, `probe.save(path)`. */
+export { Probe, type ProbePrediction } from "./eval/probe.ts";
+/** A saved kNN reference set with its out-of-distribution distance threshold. */
+export { KnnIndex, type KnnQuery } from "./eval/knn_index.ts";
+/** A saved MIL head; `predictBag` gives a patient's subtype probabilities and cell attention. */
+export { MilHead } from "./eval/mil_head.ts";
+/** What every head records about the embeddings it was trained on, and the errors of head files. */
+export { type EmbeddingModel, HeadFileError, HeadMismatchError } from "./eval/head_file.ts";
+/** Differential counts per sample, with 95 % Wilson intervals. */
+export { differentialCount, type DifferentialTable, wilsonInterval } from "./eval/differential.ts";
+/** Batch effects: per-source silhouettes, kNN source and cell-type accuracy, verdicts. */
+export { batchEffects, type BatchEffectsReport } from "./eval/batch_effects.ts";
+/** scikit-learn's silhouette coefficients. */
+export { silhouetteSamples, silhouetteScore } from "./eval/silhouette.ts";
+/** The exact kNN search, screened in float32 SIMD (the float64 search's answer, faster). */
+export { screenedNeighborSearch } from "./eval/knn_screened.ts";
+/** `bloom predict` as a function: heads applied to images or a features file. */
+export { type PredictOptions, type PredictSummary, runPredict } from "./pipelines/predict_run.ts";
