@@ -228,9 +228,12 @@ export class Gpu {
       throw new NoAdapterError("this runtime has no navigator.gpu; use Deno 2 or later");
     }
     // Mesa's EGL probe complains without it; harmless to provide (Deno only: no env in a page).
+    // One directory per user, reused: a fresh temp dir per run would pile up in /tmp.
     if (typeof Deno !== "undefined" && !Deno.env.get("XDG_RUNTIME_DIR")) {
       try {
-        Deno.env.set("XDG_RUNTIME_DIR", Deno.makeTempDirSync({ prefix: "bloom-xdg-" }));
+        const dir = `${Deno.env.get("TMPDIR") || "/tmp"}/bloom-xdg-${Deno.uid() ?? "user"}`;
+        Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+        Deno.env.set("XDG_RUNTIME_DIR", dir);
       } catch { /* no permission: only a warning is lost */ }
     }
     const adapter = await navigator.gpu.requestAdapter({

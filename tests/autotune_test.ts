@@ -46,8 +46,19 @@ function fakeTimes(times: Record<string, number | null>) {
   };
 }
 
+/** A fresh temp dir, removed when the test process ends. */
+function tempDir(): string {
+  const dir = Deno.makeTempDirSync({ prefix: "bloom-autotune-" });
+  globalThis.addEventListener("unload", () => {
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch { /* already removed by the test */ }
+  });
+  return dir;
+}
+
 function tempPath(): string {
-  return `${Deno.makeTempDirSync({ prefix: "bloom-autotune-" })}/sub/autotune.json`;
+  return `${tempDir()}/sub/autotune.json`;
 }
 
 Deno.test("autotune: records the fastest candidate with every timing, failures as null", async () => {
@@ -135,7 +146,7 @@ Deno.test("autotune: a corrupt cache file is ignored with a warning and replaced
 });
 
 Deno.test("autotune: an unwritable location keeps results in memory, without throwing", async () => {
-  const dir = Deno.makeTempDirSync({ prefix: "bloom-autotune-" });
+  const dir = tempDir();
   const blocker = `${dir}/file`;
   Deno.writeTextFileSync(blocker, "a file, not a directory");
   const warnings: string[] = [];

@@ -33,6 +33,12 @@ export interface OracleRun {
 /** Runs the oracle into a fresh temp dir. */
 export async function runVitOracle(args: OracleArgs): Promise<OracleRun> {
   const dir = await Deno.makeTempDir({ prefix: "bloom-vit-oracle-" });
+  // Its files are read lazily by the test; removed when the test process ends.
+  globalThis.addEventListener("unload", () => {
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch { /* already removed by the test */ }
+  });
   const script = new URL("../scripts/oracles/vit_features.py", import.meta.url).pathname;
   const a = [script, dir];
   const flag = (k: string, v: unknown) => {
