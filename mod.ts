@@ -153,7 +153,7 @@ export { differentialCount, type DifferentialTable, wilsonInterval } from "./eva
 export { batchEffects, type BatchEffectsReport } from "./eval/batch_effects.ts";
 /** scikit-learn's silhouette coefficients. */
 export { silhouetteSamples, silhouetteScore } from "./eval/silhouette.ts";
-/** The exact kNN search, screened in float32 SIMD (the float64 search's answer, faster). */
+/** The exact kNN search, screened with integer SIMD codes (the float64 search's answer, faster). */
 export { screenedNeighborSearch } from "./eval/knn_screened.ts";
 /** `bloom predict` as a function: heads applied to images or a features file. */
 export { type PredictOptions, type PredictSummary, runPredict } from "./pipelines/predict_run.ts";

@@ -127,7 +127,7 @@ export async function openPage(
 /** What the page reports of itself (`bloom.snapshot()` in app/main.ts). */
 export interface Snapshot {
   adapter: { describe: string; name: string } | null;
-  model: { arch: string; params: number; dim: number; file: string } | null;
+  model: { arch: string; layout: string; params: number; dim: number; file: string } | null;
   inputSize: number;
   cells: {
     id: number;
@@ -187,6 +187,7 @@ export interface PageWindow {
     snapshot(): Snapshot;
     embeddings(): Record<string, number[]>;
     loseDevice(): void;
+    simulateMemory(cells: number | null): void;
   };
 }
 

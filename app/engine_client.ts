@@ -164,6 +164,11 @@ export class Engine {
     this.#send({ type: "lose-device" });
   }
 
+  /** Test hook: more than `cells` cells at once run out of memory (null: off). */
+  simulateMemory(cells: number | null): void {
+    this.#send({ type: "simulate-memory", cells });
+  }
+
   /** Stops the worker; pending requests end. */
   terminate(reason = "the engine was stopped"): void {
     this.#worker.terminate();

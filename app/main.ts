@@ -7,11 +7,14 @@
  * keeps every result, runs the classification and maps (eval/, app/classify.ts)
  * and draws (app/views.ts).
  *
- * Robustness: a file that is no image, or a corrupt one, is named with the
- * reason and skipped; weights that cannot be read or do not fit are named
- * with the reason; a lost device restarts the engine, reloads the weights
- * and goes on with the cells not yet embedded. Nothing already computed is
- * thrown away except by the user (new weights, Clear).
+ * Robustness: a file that is no image, or a corrupt one, or a folder that
+ * cannot be read, is named with the reason and skipped; weights that cannot
+ * be read or do not fit are named with the reason, and the page goes on with
+ * the weights it had; out of GPU memory halves the batch (app/fit.ts), and
+ * cells that do not fit even one at a time are named; a lost device restarts
+ * the engine, reloads the weights and goes on with the cells not yet
+ * embedded. Nothing already computed is thrown away except by the user (new
+ * weights, Clear).
  */
 import { readEmbeddings } from "../data/embeddings_file.ts";
 import { blobSource } from "../data/file.ts";
@@ -170,9 +173,8 @@ async function loadWeights(file: File): Promise<boolean> {
   const heads = wantedHeads();
   const r = await state.engine.load(file, file.name, size, heads || undefined);
   if ("error" in r) {
-    state.model = null;
-    $("model-info").textContent = `Could not use ${file.name}.`;
     say("error", r.error);
+    await restoreModel(file, size, heads);
     setFlag("model", "failed");
     return false;
   }
@@ -185,6 +187,34 @@ async function loadWeights(file: File): Promise<boolean> {
   setFlag("model", "loaded");
   if (changed) forgetEmbeddings();
   return true;
+}
+
+/**
+ * After weights `failed` (at `size`, `heads`) could not be used: the engine let go of the model
+ * before (to make room), so the one the page's embeddings came from is
+ * loaded again and the session goes on with it.
+ */
+async function restoreModel(failed: File, size: number, heads: number): Promise<void> {
+  const prev = state.model && state.weights ? { file: state.weights, ...state.loadedFor } : null;
+  state.model = null;
+  $("model-info").textContent = `Could not use ${failed.name}.`;
+  const same = prev?.file === failed && prev.size === size && prev.heads === heads;
+  if (!prev || same || !state.engine) return;
+  $<HTMLInputElement>("input-size").value = String(prev.size);
+  $<HTMLInputElement>("heads").value = prev.heads ? String(prev.heads) : "";
+  const back = await state.engine.load(
+    prev.file,
+    prev.file.name,
+    prev.size,
+    prev.heads || undefined,
+  );
+  if ("error" in back) {
+    say("error", `${prev.file.name} could not be loaded again: ${back.error}`);
+    return;
+  }
+  state.model = back.model;
+  $("model-info").textContent = describeModel(back.model);
+  say("info", `${failed.name} is not in use; the page goes on with ${prev.file.name}`);
 }
 
 /** New weights or input side: earlier embeddings belong to another model. */
@@ -360,7 +390,12 @@ async function embedPending(): Promise<void> {
           say("error", `GPU device lost: ${reason}`);
         } else {
           j.stopped = reason;
-          say("error", `${ids.length} cells not embedded: ${reason}`);
+          const paths = ids.map((id) => byId.get(id)?.path ?? `#${id}`);
+          const named = paths.slice(0, 3).join(", ") + (paths.length > 3 ? ", …" : "");
+          say(
+            "error",
+            `${ids.length} cell${ids.length === 1 ? "" : "s"} not embedded (${named}): ${reason}`,
+          );
           for (const id of ids) {
             const c = byId.get(id);
             if (c) c.error = `GPU: ${reason}`;
@@ -780,7 +815,10 @@ function dropZone(id: string, onFiles: (files: PickedFile[]) => void): void {
   zone.addEventListener("drop", async (ev) => {
     ev.preventDefault();
     zone.classList.remove("over");
-    if (ev.dataTransfer) onFiles(await droppedFiles(ev.dataTransfer));
+    if (!ev.dataTransfer) return;
+    const { files, unreadable } = await droppedFiles(ev.dataTransfer);
+    for (const u of unreadable) say("error", `${u.path}: ${u.reason}; skipped`);
+    onFiles(files);
   });
 }
 
@@ -922,6 +960,7 @@ const testApi = {
       state.cells.filter((c) => c.features).map((c) => [c.path, [...c.features!]]),
     ),
   loseDevice: () => state.engine?.loseDevice(),
+  simulateMemory: (cells: number | null) => state.engine?.simulateMemory(cells),
 };
 (globalThis as unknown as { bloom: typeof testApi }).bloom = testApi;
 

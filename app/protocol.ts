@@ -54,7 +54,14 @@ export type ToEngine =
   | { type: "cancel"; job: number }
   | { type: "patch"; id: number; file: Blob; path: string; inputSize: number }
   /** Test hook: destroy the device, as a driver reset would. */
-  | { type: "lose-device" };
+  | { type: "lose-device" }
+  /**
+   * Test hook: from now on, work on more than `cells` cells at once (0: any,
+   * the load's check pass too) fails as out of memory, as on an adapter too
+   * small for the model; null ends it. SwiftShader has the host's memory, so
+   * a real shortage cannot be made cheaply.
+   */
+  | { type: "simulate-memory"; cells: number | null };
 
 /** Why a batch failed, for the page's recovery: halve the batch, restart the engine, or stop. */
 export type FailureKind = "oom" | "lost" | "limit" | "other";
@@ -99,6 +106,9 @@ export function failureKind(e: unknown): FailureKind {
     return "lost";
   }
   if (/out[- ]of[- ]memory/i.test(msg)) return "oom";
-  if (name === "GpuLimitError") return "limit";
+  // GpuLimitError, and the buffer pool's RangeError for a buffer over maxBufferSize.
+  if (name === "GpuLimitError" || /exceeds the adapter's|over this adapter's/.test(msg)) {
+    return "limit";
+  }
   return "other";
 }

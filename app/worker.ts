@@ -8,17 +8,18 @@
  * `embedBatch` (the evaluation transform, then the ViT). Requests run one at
  * a time; `cancel` is answered between batches.
  *
- * Failures are sorted for the page (protocol.ts): a bad image is reported
- * and skipped; out of memory halves the batch and retries, and says the
- * model does not fit when one image is too much; a lost device ends the job,
- * and the page starts a new engine.
+ * Failures are sorted for the page (protocol.ts, fit.ts): a bad image is
+ * reported and skipped; out of memory or a limit halves the batch and
+ * retries, and says the model does not fit when one image is too much; a
+ * lost device ends the job, and the page starts a new engine.
  */
 import { blobSource } from "../data/file.ts";
 import { loadCheckpoint, type LoadedModel } from "../graph/checkpoint.ts";
-import { fmtBytes } from "../kernels/pool.ts";
+import { GpuError } from "../kernels/errors.ts";
 import { Gpu } from "../kernels/runtime.ts";
 import { embedBatch } from "../pipelines/embed.ts";
 import { decodeCell } from "./decode.ts";
+import { doesNotFit, endsJob, inHalves, retriedInHalves } from "./fit.ts";
 import { type CellJob, failureKind, type FromEngine, type ToEngine } from "./protocol.ts";
 
 interface WorkerScope {
@@ -29,6 +30,16 @@ const scope = self as unknown as WorkerScope;
 const post = (m: FromEngine, transfer: Transferable[] = []) => scope.postMessage(m, transfer);
 
 let gpu: Gpu | null = null;
+/** The `simulate-memory` test hook: more cells than this at once run out of memory. */
+let memoryCells = Infinity;
+
+function simulatedMemory(cells: number): void {
+  if (cells > memoryCells) {
+    throw new GpuError(
+      `GPU out-of-memory error (simulated by a test: ${cells} cells at once, over ${memoryCells})`,
+    );
+  }
+}
 let model: LoadedModel | null = null;
 const cancelled = new Set<number>();
 /** Requests run in order, one at a time (the GPU runtime is single-threaded). */
@@ -87,17 +98,15 @@ async function load(file: Blob, name: string, inputSize: number, heads?: number)
   // real cell depends on it.
   try {
     const blank = new Uint8Array(inputSize * inputSize * 3).fill(255);
+    simulatedMemory(1);
     await embedBatch(gpu, m, { pixels: blank, count: 1, size: inputSize }, { inputSize });
   } catch (e) {
     m.arena.destroy();
-    const kind = failureKind(e);
     return post({
       type: "load-failed",
       file: name,
-      kind,
-      reason: `${m.config.arch} (${(params / 1e6).toFixed(1)} M parameters, ` +
-        `${fmtBytes(4 * params)} of weights) does not fit this adapter (${gpu.adapter.name}): ` +
-        `${kind === "oom" ? "out of memory" : message(e)}`,
+      kind: failureKind(e),
+      reason: doesNotFit({ arch: m.config.arch, params }, gpu.adapter.name, inputSize, e),
     });
   }
   model = m;
@@ -138,34 +147,32 @@ async function decodeAll(job: number, cells: CellJob[], size: number): Promise<D
   return out.filter((d): d is Decoded => d !== null);
 }
 
-/** Embeds decoded cells; on out of memory, in halves. Returns the batch size that worked. */
-async function embedDecoded(job: number, cells: Decoded[], size: number): Promise<number> {
+/** Embeds decoded cells, in halves when the GPU refuses them all at once (app/fit.ts). */
+function embedDecoded(
+  job: number,
+  cells: Decoded[],
+  size: number,
+  posted: Set<number>,
+): Promise<number> {
   const S = size;
-  const pixels = new Uint8Array(cells.length * S * S * 3);
-  cells.forEach((d, i) => pixels.set(d.pixels, i * S * S * 3));
-  const t0 = performance.now();
-  try {
-    const e = await embedBatch(gpu!, model!, { pixels, count: cells.length, size: S }, {
+  return inHalves(cells, async (part) => {
+    const pixels = new Uint8Array(part.length * S * S * 3);
+    part.forEach((d, i) => pixels.set(d.pixels, i * S * S * 3));
+    const t0 = performance.now();
+    simulatedMemory(part.length);
+    const e = await embedBatch(gpu!, model!, { pixels, count: part.length, size: S }, {
       inputSize: S,
     });
     post({
       type: "rows",
       job,
-      ids: cells.map((d) => d.cell.id),
+      ids: part.map((d) => d.cell.id),
       features: e.features,
       dim: e.dim,
       gpuSeconds: (performance.now() - t0) / 1000,
     }, [e.features.buffer]);
-    return cells.length;
-  } catch (e) {
-    if (failureKind(e) === "oom" && cells.length > 1) {
-      const half = Math.ceil(cells.length / 2);
-      const a = await embedDecoded(job, cells.slice(0, half), size);
-      const b = await embedDecoded(job, cells.slice(half), size);
-      return Math.min(a, b);
-    }
-    throw e;
-  }
+    for (const d of part) posted.add(d.cell.id);
+  });
 }
 
 async function embed(job: number, cells: CellJob[], batch: number, size: number): Promise<void> {
@@ -186,22 +193,28 @@ async function embed(job: number, cells: CellJob[], batch: number, size: number)
   let taken = Math.min(bs, cells.length);
   while (at < cells.length && !cancelled.has(job)) {
     const decoded = await next;
-    const ids = cells.slice(at, taken).map((c) => c.id);
     at = taken;
     taken = Math.min(at + bs, cells.length);
     next = at < cells.length ? decodeAll(job, cells.slice(at, taken), size) : Promise.resolve([]);
     if (decoded.length === 0) continue;
+    // Cells whose rows were sent: a failure later in the batch is not theirs.
+    const posted = new Set<number>();
     try {
-      bs = Math.min(bs, await embedDecoded(job, decoded, size));
+      bs = Math.min(bs, await embedDecoded(job, decoded, size, posted));
     } catch (e) {
+      const ids = decoded.map((d) => d.cell.id).filter((id) => !posted.has(id));
       const kind = failureKind(e);
-      const reason = kind === "oom"
-        ? `out of GPU memory with a single cell: ${model.config.arch} at ${size} px does not ` +
-          `fit this adapter`
+      const reason = retriedInHalves(kind)
+        ? doesNotFit(
+          { arch: model.config.arch, params: model.arena.size },
+          gpu.adapter.name,
+          size,
+          e,
+        )
         : message(e);
       post({ type: "batch-failed", job, ids, reason, kind });
-      // These will not go away with the next batch; other failures stay with their cells.
-      if (kind === "lost" || kind === "oom" || kind === "limit") break;
+      // These would recur on every batch; other failures stay with their cells.
+      if (endsJob(kind)) break;
     }
   }
   await next.catch(() => {});
@@ -236,6 +249,10 @@ scope.onmessage = (ev) => {
   const m = ev.data;
   if (m.type === "cancel") {
     cancelled.add(m.job);
+    return;
+  }
+  if (m.type === "simulate-memory") {
+    memoryCells = m.cells ?? Infinity;
     return;
   }
   if (m.type === "lose-device") {

@@ -16,9 +16,10 @@ import { renderCell, SYNTHETIC_CLASSES } from "../pipelines/synthetic.ts";
 import { initialValue } from "../graph/init.ts";
 import { mulberry32 } from "../graph/random.ts";
 import type { EmbedModel } from "../pipelines/embed.ts";
-import { type BenchRow, type BenchSuite, median, timeGpu } from "./harness.ts";
+import type { BenchRow, BenchSuite } from "./harness.ts";
 import { forwardOnce, randomTensor, tuneFor } from "./model.ts";
 import { firstRunRow } from "./first_run.ts";
+import { QUIET_WAIT_MS } from "./load.ts";
 import { comparisonRow, interleave, ourThreads, PeerSession, type Rounds } from "./peers.ts";
 
 const TORCH = new URL("../scripts/bench/torch_embed.py", import.meta.url).pathname;
@@ -79,66 +80,77 @@ function embedRound(
 }
 
 /**
- * The embed path against the forward alone, interleaved (forward, embed, forward, embed, …):
- * `runEmbed` over the folder (decode, resize, upload, transform, forward, read-back, writing)
- * against the same model's forward at the same batch on images already on the GPU, timed as
- * the model suite times it (`timeGpu`). Goal: embed ≥ 0.9 × the forward's images/s. Run it
- * after a warm-up embed (pipelines compiled, files in the page cache), as the suite does.
+ * The embed path against the forward alone, in interleaved rounds (embed, forward, embed,
+ * forward, …): `runEmbed` over the folder (decode, resize, upload, transform, forward,
+ * read-back, writing) against the same model's forward over as many images at the same batch
+ * on images already on the GPU, each batch's CLS rows read back — wall time on both sides, as
+ * the model suite times the forward. Goal: embed ≥ 0.9 × the forward's images/s. Run it after
+ * a warm-up embed (pipelines compiled, files in the page cache), as the suite does.
  */
 export async function embedVsForwardRow(
   gpu: Gpu,
   dir: string,
-  opts: { model: EmbedModel; input: string; images: number; batch: number; rounds: number },
+  opts: {
+    model: EmbedModel;
+    input: string;
+    images: number;
+    batch: number;
+    rounds: number;
+    maxRounds?: number;
+    /** Wait before each round for a quiet machine (bench/load.ts). */
+    quietWaitMs?: number;
+  },
 ): Promise<BenchRow> {
-  const { model, batch: B, rounds } = opts;
+  const { model, batch: B } = opts;
   const images = randomTensor(gpu, [B, 3, 224, 224]);
   const sink = gpu.empty([B, model.config.dim]);
-  const forward: number[] = [];
-  const embed: number[] = [];
-  const run = (out: string) =>
-    runEmbed(gpu, {
+  const batches = Math.ceil(opts.images / B);
+  const embed = () => {
+    const t0 = performance.now();
+    return runEmbed(gpu, {
       model,
       weights: "random:vit_small",
       input: opts.input,
       batch: B,
-      out: join(dir, out),
+      out: join(dir, "vs-forward.safetensors"),
       quiet: true,
       log: () => {},
       autotune: false,
+    }).then((r) => {
+      if (r.rows !== opts.images) throw new Error(`embedded ${r.rows} of ${opts.images} images`);
+      return performance.now() - t0;
     });
-  try {
-    for (let r = 0; r < rounds; r++) {
-      const ms = await timeGpu(
-        gpu,
-        () => forwardOnce(gpu, model.arena, model.config, images, sink),
-        {
-          warmup: 1,
-          iters: 2,
-        },
-      );
-      forward.push((1000 * B) / ms);
+  };
+  const forward = {
+    name: "forward only",
+    run: async () => {
       const t0 = performance.now();
-      const e = await run("vs-forward.safetensors");
-      embed.push(e.rows / ((performance.now() - t0) / 1000));
-    }
+      for (let b = 0; b < batches; b++) {
+        forwardOnce(gpu, model.arena, model.config, images, sink);
+        await gpu.readF32(sink);
+      }
+      return performance.now() - t0;
+    },
+  };
+  let rounds: Rounds;
+  try {
+    await forward.run(); // warm-up outside the rounds
+    rounds = await interleave(opts.rounds, embed, forward, {
+      maxRounds: opts.maxRounds,
+      quietWaitMs: opts.quietWaitMs,
+    });
   } finally {
     gpu.release(images, sink);
   }
-  // Each round's ratio (its two sides measured back to back), then their median: load on a
-  // shared host drifts between rounds more than within one.
-  const ratios = embed.map((e, i) => e / forward[i]);
-  const rate = median(embed);
-  const spread = (xs: number[]) => `${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}`;
-  return {
-    name: `embed vs forward only, vit_small ${opts.images} JPEGs → 224, batch ${B}`,
-    ms: 1000 / rate,
-    rate,
-    peak: median(forward),
-    peakName: "forward only",
-    ratio: median(ratios),
-    note: `img/s; median of ${rounds} interleaved rounds' ratios (${spread(ratios)}): embed ` +
-      `${spread(embed)}, forward ${spread(forward)}; goal ≥ 0.9`,
-  };
+  return comparisonRow(
+    `embed vs forward only, vit_small ${opts.images} JPEGs → 224, batch ${B}`,
+    { ours: opts.images, peer: batches * B },
+    rounds,
+    "forward only",
+    { ours: ourThreads(), peer: ourThreads() },
+    `img/s; decode+resize+upload+forward+read-back+write against ${batches} forwards of ` +
+      `${B} images on the GPU with their CLS rows read back, wall time both; goal ≥ 0.9`,
+  );
 }
 
 export const embedSuite: BenchSuite = {
@@ -171,7 +183,10 @@ export const embedSuite: BenchSuite = {
           batch,
         });
         await ours(); // warm-up: pipelines compiled, files in the page cache
-        rounds = await interleave(quick ? 5 : 7, ours, peer);
+        rounds = await interleave(quick ? 5 : 7, ours, peer, {
+          maxRounds: quick ? 5 : 11,
+          quietWaitMs: quick ? 0 : QUIET_WAIT_MS,
+        });
       } finally {
         if (peer instanceof PeerSession) await peer.close();
       }
@@ -180,7 +195,9 @@ export const embedSuite: BenchSuite = {
         input: join(dir, "cells"),
         images: n,
         batch,
-        rounds: 3,
+        rounds: quick ? 3 : 5,
+        maxRounds: quick ? 3 : 9,
+        quietWaitMs: quick ? 0 : QUIET_WAIT_MS,
       });
       arena.destroy();
       const torchRow = comparisonRow(
@@ -192,7 +209,8 @@ export const embedSuite: BenchSuite = {
         `ms per folder; decode+resize+forward+write on both sides; ${tuned}; target ≥ 0.5`,
       );
       // A new user's first run, in a fresh process with empty caches (bench/first_run.ts).
-      const first = await firstRunRow(batch);
+      await makeFolder(join(dir, "first"), 2 * batch);
+      const first = await firstRunRow(batch, join(dir, "first"));
       return [vsForward, torchRow, first];
     } finally {
       await Deno.remove(dir, { recursive: true });

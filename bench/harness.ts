@@ -48,6 +48,12 @@ export interface Comparison {
   peer: SideStats & { name: string };
   /** Ratio ours/peer of each round: min, median, max. */
   ratioPerRound: [number, number, number];
+  /**
+   * The rounds the row's figures come from (bench/load.ts `quietRounds`): their count, the
+   * cores other processes used during each round (null: not measurable), and the median ratio
+   * over all rounds, for comparison.
+   */
+  quiet?: { used: number; othersCores: (number | null)[]; ratioAllRounds: number };
 }
 
 /** What a suite gets: the GPU, the peaks of this run and a quick flag. */

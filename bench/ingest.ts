@@ -10,6 +10,7 @@
 import sharp from "npm:sharp@0.34.5";
 import { join } from "node:path";
 import type { BenchRow, BenchSuite } from "./harness.ts";
+import { QUIET_WAIT_MS } from "./load.ts";
 import { comparisonRow, interleave, PeerSession } from "./peers.ts";
 import { runIngest } from "../pipelines/ingest/run.ts";
 
@@ -56,6 +57,7 @@ async function measure(
   input: string,
   rounds: number,
   workers: number,
+  quick: boolean,
 ): Promise<BenchRow> {
   const tmp = await Deno.makeTempDir({ prefix: "bloom-bench-ingest-" });
   const peer = await PeerSession.open(PILLOW, [
@@ -79,7 +81,10 @@ async function measure(
       return ms;
     };
     await ours(); // loads libvips and warms the file cache, as the peer's warm-up does
-    const r = await interleave(rounds, ours, peer);
+    const r = await interleave(rounds, ours, peer, {
+      maxRounds: quick ? rounds : rounds + 4,
+      quietWaitMs: quick ? 0 : QUIET_WAIT_MS,
+    });
     const pillowBytes = await Deno.stat(join(tmp, "pillow.tar")).then((s) => s.size, () => 0);
     const kib = (b: number) => (b / images / 1024).toFixed(1);
     return comparisonRow(
@@ -110,8 +115,9 @@ export const ingestSuite: BenchSuite = {
     try {
       const n = ctx.quick ? 48 : 240;
       await makeAcevedoLike(gen, n);
-      rows.push(await measure(`${n} generated 360x363 jpg`, gen, rounds, 1));
-      if (threads > 1) rows.push(await measure(`${n} generated 360x363 jpg`, gen, rounds, threads));
+      const gens = `${n} generated 360x363 jpg`;
+      rows.push(await measure(gens, gen, rounds, 1, ctx.quick));
+      if (threads > 1) rows.push(await measure(gens, gen, rounds, threads, ctx.quick));
     } finally {
       await Deno.remove(gen, { recursive: true });
     }
@@ -120,7 +126,7 @@ export const ingestSuite: BenchSuite = {
       new URL("../../shared/data/bccd-cropped/BCCD_cropped", import.meta.url).pathname;
     try {
       await Deno.stat(crops);
-      rows.push(await measure(`${crops.split("/").at(-1)} cells jpg`, crops, rounds, 1));
+      rows.push(await measure(`${crops.split("/").at(-1)} cells jpg`, crops, rounds, 1, ctx.quick));
     } catch {
       console.warn(
         `ingest bench: ${crops} absent, real-cell row skipped (BLOOM_BENCH_CELLS=DIR adds one)`,

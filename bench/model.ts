@@ -26,12 +26,14 @@ import { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
 import { initialValue } from "../graph/init.ts";
 import { mulberry32 } from "../graph/random.ts";
-import { type BenchRow, type BenchSuite, computeRow, median, type Peaks } from "./harness.ts";
+import type { BenchRow, BenchSuite } from "./harness.ts";
+import { QUIET_WAIT_MS } from "./load.ts";
 import { fmaPeak } from "./peaks.ts";
 import {
   comparisonRow,
   interleave,
   ourThreads,
+  peakComparisonRow,
   peerScript,
   PeerSession,
   type PeerSkipped,
@@ -132,7 +134,13 @@ export interface ModelPlan {
   /** Run once (plus a batch-1 warm-up that compiles the pipelines); null: no memory row. */
   memory: ForwardCase | null;
   warmup: number;
+  /** Interleaved rounds, and at most this many where too few of them were quiet. */
   iters: number;
+  maxIters?: number;
+  /** Rounds of the memory row (each one forward against the FMA peak): [rounds, at most]. */
+  memoryRounds?: [number, number];
+  /** Wait before each round for a quiet machine (bench/load.ts; default 0). */
+  quietWaitMs?: number;
 }
 
 /** torch_vit.py arguments for a config. */
@@ -162,7 +170,9 @@ function forwardCase(arch: "vit_small" | "vit_base", batch: number): ForwardCase
 /**
  * The benchmark's shapes: ViT-S b32 and ViT-B b64 (quick: b4 and b8), 224 px; rounds of ours
  * and PyTorch alternating (quick 5, full 7: medians over fewer moved by 20 % between runs on a
- * shared 2-core machine).
+ * shared 2-core machine; up to 4 more where other processes' load spoilt too many), and the
+ * ViT-B forward in rounds of its own against the FMA peak (quick 1; full 5, up to 7: over 3,
+ * the row moved by 12 % between two quiet runs, the host's speed drifting within a round).
  */
 export function modelPlan(quick: boolean): ModelPlan {
   return {
@@ -170,6 +180,9 @@ export function modelPlan(quick: boolean): ModelPlan {
     memory: forwardCase("vit_base", quick ? 8 : 64),
     warmup: 1,
     iters: quick ? 5 : 7,
+    maxIters: quick ? 5 : 11,
+    memoryRounds: quick ? [1, 1] : [5, 7],
+    quietWaitMs: quick ? 0 : QUIET_WAIT_MS,
   };
 }
 
@@ -177,7 +190,6 @@ export function modelPlan(quick: boolean): ModelPlan {
 
 async function forwardRows(
   gpu: Gpu,
-  peaks: Peaks,
   c: ForwardCase,
   plan: ModelPlan,
   opts: ModelSuiteOptions,
@@ -203,20 +215,28 @@ async function forwardRows(
     }
     for (let i = 0; i < plan.warmup; i++) forwardOnce(gpu, arena, vit, images, sink);
     await gpu.sync();
+    await fmaPeak(gpu, [1024], 1); // compiled outside the rounds
     // Wall time of ours (graph building and encoding included), as the peer's is; each round
-    // also measures the FMA peak, so the compute row's ratio is interleaved too.
-    rounds = await interleave(plan.iters, async () => {
-      const t = await gpu.time(() => forwardOnce(gpu, arena, vit, images, sink));
-      roundPeaks.push(await fmaPeak(gpu, [1024], 2));
-      return t.wallMs;
-    }, peer);
+    // also measures the FMA peak, so the compute row's ratio is interleaved too: the best of
+    // calls just before and just after the forward (other load only ever slows a call down, and
+    // a burst seldom covers both).
+    rounds = await interleave(
+      plan.iters,
+      async () => {
+        const before = await fmaPeak(gpu, [1024], 2);
+        const t = await gpu.time(() => forwardOnce(gpu, arena, vit, images, sink));
+        roundPeaks.push(Math.max(before, await fmaPeak(gpu, [1024], 2)));
+        return t.wallMs;
+      },
+      peer,
+      { maxRounds: plan.maxIters, quietWaitMs: plan.quietWaitMs },
+    );
     await checkOutput(gpu, sink, c.name);
   } finally {
     gpu.release(images, sink);
     arena.destroy();
     if (peer instanceof PeerSession) await peer.close();
   }
-  const ms = median(rounds.ours);
   const flops = vitForwardFlops(vit, B, S);
   const rss = peer instanceof PeerSession && typeof peer.info.max_rss_mib === "number"
     ? `; pytorch max RSS ${peer.info.max_rss_mib} MiB`
@@ -230,23 +250,26 @@ async function forwardRows(
       { ours: threads, peer: peer instanceof PeerSession ? Number(peer.info.threads) : threads },
       notes.join("; ") + rss,
     ),
-    computeRow(
+    peakComparisonRow(
       `${c.name} compute`,
       flops,
-      ms,
-      { ...peaks, fmaGflops: roundPeaks.length ? median(roundPeaks) : peaks.fmaGflops },
+      { ours: rounds.ours, peaks: roundPeaks, load: rounds.load },
+      threads,
       `${(flops / 1e9).toFixed(1)} GFLOP: 2·rows·in·out per linear + 4·T²·D attention per ` +
-        `block; wall time against the FMA peak measured in each round`,
+        `block; wall time against the FMA peak measured around the forward in each round`,
     ),
   ];
 }
 
 /**
  * The memory check, on a fresh device so the pool's peak is this model's alone: a batch-1
- * forward compiles the pipelines, then one forward at the case's batch is timed and its output
- * checked. Falls back to the shared device (and says so) where a second device cannot be made.
+ * forward compiles the pipelines, then forwards at the case's batch are timed in rounds, each
+ * against the FMA peak measured just before and just after it on the same device (the best of
+ * both: other load only slows a call down), and the output checked. Falls back to the shared
+ * device (and says so) where a second device cannot be made.
  */
-async function memoryRow(shared: Gpu, peaks: Peaks, c: ForwardCase): Promise<BenchRow> {
+async function memoryRow(shared: Gpu, c: ForwardCase, plan: ModelPlan): Promise<BenchRow> {
+  const [rounds, maxRounds] = plan.memoryRounds ?? [1, 1];
   let gpu: Gpu;
   let own = true;
   try {
@@ -265,9 +288,22 @@ async function memoryRow(shared: Gpu, peaks: Peaks, c: ForwardCase): Promise<Ben
     forwardOnce(gpu, arena, vit, warmImages, warmSink);
     await gpu.sync();
     gpu.release(warmImages, warmSink);
+    await fmaPeak(gpu, [256], 1); // compiled outside the rounds
     const images = randomTensor(gpu, [B, 3, S, S]);
     const sink = gpu.empty([B, vit.dim]);
-    const t = await gpu.time(() => forwardOnce(gpu, arena, vit, images, sink));
+    const peaks: number[] = [];
+    let peakBefore = 0;
+    const r = await interleave(rounds, async () => {
+      peakBefore = await fmaPeak(gpu, [256], 3);
+      const t = await gpu.time(() => forwardOnce(gpu, arena, vit, images, sink));
+      return t.gpuMs ?? t.wallMs;
+    }, {
+      name: "fma peak",
+      run: async () => {
+        peaks.push(Math.max(peakBefore, await fmaPeak(gpu, [256], 3)));
+        return 1; // unused: the peaks go to peakComparisonRow
+      },
+    }, { maxRounds, quietWaitMs: plan.quietWaitMs });
     await checkOutput(gpu, sink, c.name);
     gpu.release(images, sink);
     const after = gpu.pool.stats();
@@ -277,15 +313,12 @@ async function memoryRow(shared: Gpu, peaks: Peaks, c: ForwardCase): Promise<Ben
     const peak = own || after.peakLiveBytes > before.peakLiveBytes
       ? `pool peak ${fmtBytes(after.peakLiveBytes - (own ? 0 : before.liveBytes))}`
       : `pool peak not above the earlier ${fmtBytes(before.peakLiveBytes)}`;
-    // The FMA peak right after, on this device: the row's ratio does not lean on a start-of-run
-    // figure the shared machine's load has since moved.
-    const fma = await fmaPeak(gpu, [256], 3);
-    return computeRow(
+    return peakComparisonRow(
       c.name,
       vitForwardFlops(vit, B, S),
-      t.gpuMs ?? t.wallMs,
-      { ...peaks, fmaGflops: fma },
-      `one forward (matmuls as tuned so far, not tuned here), output finite; ${peak} ` +
+      { ours: r.ours, peaks, load: r.load },
+      ourThreads(),
+      `forwards (matmuls as tuned so far, not tuned here), output finite; ${peak} ` +
         `(params ${fmtBytes(paramBytes)}); widest activation ` +
         `${fmtBytes(widest)} vs binding limit ${fmtBytes(limit)}` +
         (own ? "" : "; shared device (a second one could not be made)"),
@@ -312,11 +345,13 @@ export interface ModelSuiteOptions {
 export function makeModelSuite(opts: ModelSuiteOptions = {}): BenchSuite {
   return {
     name: "model",
-    async run({ gpu, peaks, quick }) {
+    async run({ gpu, quick }) {
       const plan = (opts.plan ?? modelPlan)(quick);
       const rows: BenchRow[] = [];
-      for (const c of plan.forward) rows.push(...await forwardRows(gpu, peaks, c, plan, opts));
-      if (plan.memory) rows.push(await memoryRow(gpu, peaks, plan.memory));
+      for (const c of plan.forward) rows.push(...await forwardRows(gpu, c, plan, opts));
+      if (plan.memory) {
+        rows.push(await memoryRow(gpu, plan.memory, plan));
+      }
       return rows;
     },
   };

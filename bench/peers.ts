@@ -14,6 +14,14 @@
  * here: the outcome says why, and the row built from it carries a NaN ratio and the reason.
  */
 import { type BenchRow, type Comparison, median } from "./harness.ts";
+import {
+  awaitQuiet,
+  type CpuSample,
+  cpuSample,
+  othersCores,
+  QUIET_CORES,
+  quietRounds,
+} from "./load.ts";
 
 /** Debian's interpreter, the one with torch 1.13 on these machines. */
 export const PYTHON = "/usr/bin/python3";
@@ -218,10 +226,27 @@ class LineReader {
 }
 
 /**
+ * The other side of an interleaved comparison: a served peer (`PeerSession`), or a side
+ * measured in this process (the forward alone against the embed path, the FMA peak against a
+ * forward). `run` gives one round's milliseconds; `pid` names a process whose CPU time is the
+ * benchmark's own, not other load (bench/load.ts).
+ */
+export interface PeerSide {
+  readonly name: string;
+  run(): Promise<number>;
+  readonly pid?: number;
+}
+
+/** Whether a peer could not be started. */
+export function peerSkipped(p: PeerSide | PeerSkipped): p is PeerSkipped {
+  return (p as PeerSkipped).ok === false;
+}
+
+/**
  * A peer kept alive across rounds (`--serve`): started once — imports, model, inputs and its
  * warm-up never count — then asked for one timed iteration at a time.
  */
-export class PeerSession {
+export class PeerSession implements PeerSide {
   readonly name: string;
   /** Items per iteration. */
   readonly items: number;
@@ -314,6 +339,11 @@ export class PeerSession {
     return new PeerSession(peer, items, info, child, lines, stderr, timeoutMs);
   }
 
+  /** The peer's process id (its CPU time is the benchmark's own, bench/load.ts). */
+  get pid(): number {
+    return this.#child.pid;
+  }
+
   /** Runs one iteration; its milliseconds as the peer timed them. Throws if the peer fails. */
   async run(): Promise<number> {
     await this.#stdin.write(new TextEncoder().encode("run\n"));
@@ -364,31 +394,68 @@ async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | undefined>
 export interface Rounds {
   ours: number[];
   theirs: number[];
+  /**
+   * Cores other processes used during each round (both sides), null where not measurable
+   * (bench/load.ts); absent when not recorded.
+   */
+  load?: (number | null)[];
   /** Why the peer's side is empty or short (it failed, or was skipped). */
   peerError?: string;
 }
 
+/** Options of `interleave`. */
+export interface InterleaveOptions {
+  /**
+   * Rounds at most: after `rounds`, more are run (up to this many in all) while fewer than 3
+   * of them, or fewer than half, were quiet. Default: `rounds` (no extra rounds).
+   */
+  maxRounds?: number;
+  /**
+   * Wait up to this long before each round for other processes to quieten (default 0; full
+   * benchmark runs pass bench/load.ts `QUIET_WAIT_MS`).
+   */
+  quietWaitMs?: number;
+  /** Test hook: reads the CPU counters (default bench/load.ts `cpuSample`). */
+  cpu?: (pids: readonly number[]) => CpuSample | null;
+}
+
 /**
  * Alternates `rounds` runs of ours and the peer's — A B A B … — so that drift on a shared
- * machine (other processes, thermal state) hits both alike. Each side's own milliseconds per
- * run; a peer that fails mid-way leaves its side short and says why.
+ * machine (other processes, thermal state) hits both alike. Before each round it waits (a
+ * little) for a quiet machine, and it records the cores other processes used during the
+ * round (bench/load.ts), so the row can keep to the quiet rounds; where too few were quiet it
+ * runs extra rounds up to `maxRounds`. Each side's own milliseconds per run; a peer that fails
+ * mid-way leaves its side short and says why.
  */
 export async function interleave(
   rounds: number,
   ours: () => Promise<number>,
-  peer: PeerSession | PeerSkipped,
+  peer: PeerSide | PeerSkipped,
+  opts: InterleaveOptions = {},
 ): Promise<Rounds> {
-  const r: Rounds = { ours: [], theirs: [] };
-  if (!(peer instanceof PeerSession)) r.peerError = peer.reason;
-  for (let i = 0; i < rounds; i++) {
+  const r: Rounds = { ours: [], theirs: [], load: [] };
+  const load = r.load!;
+  const side = peerSkipped(peer) ? null : peer;
+  if (peerSkipped(peer)) r.peerError = peer.reason;
+  const pids = side?.pid !== undefined ? [side.pid] : [];
+  const maxRounds = Math.max(rounds, opts.maxRounds ?? rounds);
+  const cpu = opts.cpu ?? cpuSample;
+  const enough = () => {
+    const quiet = load.filter((c) => (c ?? 0) <= QUIET_CORES).length;
+    return quiet >= Math.min(3, load.length) && 2 * quiet >= load.length;
+  };
+  for (let i = 0; i < maxRounds && (i < rounds || !enough()); i++) {
+    await awaitQuiet({ maxMs: opts.quietWaitMs ?? 0, pids });
+    const a = cpu(pids);
     r.ours.push(await ours());
-    if (peer instanceof PeerSession && r.peerError === undefined) {
+    if (side && r.peerError === undefined) {
       try {
-        r.theirs.push(await peer.run());
+        r.theirs.push(await side.run());
       } catch (e) {
         r.peerError = (e as Error).message;
       }
     }
+    load.push(othersCores(a, cpu(pids)));
   }
   return r;
 }
@@ -399,12 +466,14 @@ function spread(xs: number[]): [number, number, number] {
 }
 
 /**
- * A row comparing ours with a peer from interleaved rounds: each side's rate from its median
- * time, and the ratio ours/peer as the median of the rounds' own ratios — each compares two
- * runs made side by side, so load that comes and goes between rounds cancels (a ratio of the
- * two medians moved by 19 % between runs on a loaded machine where this moved by 6 %). Each
- * side's spread and the per-round ratios travel in `compare`. Where the peer did not run, the
- * ratio is NaN and the note says why.
+ * A row comparing ours with a peer from interleaved rounds: the ratio ours/peer is the median
+ * of the rounds' own ratios — each compares two runs made side by side, so load that comes and
+ * goes between rounds cancels (a ratio of the two medians moved by 19 % between runs on a
+ * loaded machine where this moved by 6 %) — taken over the quiet rounds where the load was
+ * recorded (bench/load.ts `quietRounds`: a burst of other work skews even a round's ratio, as
+ * it slows the two sides unequally). Each side's rate is from its median time over the same
+ * rounds. Both sides' spread, the per-round ratios and the load travel in `compare`. Where the
+ * peer did not run, the ratio is NaN and the note says why.
  */
 export function comparisonRow(
   name: string,
@@ -414,15 +483,19 @@ export function comparisonRow(
   threads: { ours: number; peer: number },
   note: string,
 ): BenchRow {
-  const [oMin, oMed, oMax] = spread(rounds.ours);
-  const [pMin, pMed, pMax] = spread(rounds.theirs);
-  const rate = items.ours / (oMed / 1000);
-  const peak = items.peer / (pMed / 1000);
   const n = Math.min(rounds.ours.length, rounds.theirs.length);
   const perRound = Array.from(
     { length: n },
     (_, i) => (items.ours / rounds.ours[i]) / (items.peer / rounds.theirs[i]),
   );
+  const load = rounds.load?.slice(0, n);
+  const used = load && load.length === n ? quietRounds(load) : perRound.map((_, i) => i);
+  const pick = (xs: number[]) => (n ? used.map((i) => xs[i]) : xs);
+  const [oMin, oMed, oMax] = spread(rounds.ours);
+  const [pMin, pMed, pMax] = spread(rounds.theirs);
+  const rate = items.ours / (median0(pick(rounds.ours)) / 1000);
+  const peak = items.peer / (median0(pick(rounds.theirs)) / 1000);
+  const ratio = n ? median(used.map((i) => perRound[i])) : NaN;
   const compare: Comparison = {
     rounds: rounds.ours.length,
     threads,
@@ -430,21 +503,84 @@ export function comparisonRow(
     peer: { name: peerName, rate: peak, msMedian: pMed, msMin: pMin, msMax: pMax },
     ratioPerRound: spread(perRound),
   };
+  if (load && load.length === n && n > 0) {
+    compare.quiet = { used: used.length, othersCores: load, ratioAllRounds: median(perRound) };
+  }
   const fmt = (a: number, b: number) => `${a.toFixed(0)}–${b.toFixed(0)} ms`;
   const theirs = rounds.theirs.length
     ? `; ${rounds.ours.length} rounds A B interleaved, ${threads.ours} vs ${threads.peer} ` +
       `threads: ours ${fmt(oMin, oMax)}, ${peerName} ${fmt(pMin, pMax)}, per-round ratio ` +
       `${compare.ratioPerRound[0].toFixed(2)}–${compare.ratioPerRound[2].toFixed(2)} (ratio: ` +
-      `their median)`
+      `their median${quietNote(compare)})`
     : `; ${peerName} skipped: ${rounds.peerError ?? "no rounds"}`;
   return {
     name,
-    ms: oMed,
+    ms: median0(pick(rounds.ours)),
     rate,
     peak,
     peakName: peerName,
-    ratio: n ? compare.ratioPerRound[1] : NaN,
+    ratio,
     note: note + theirs,
     compare,
+  };
+}
+
+/** Median, NaN for an empty list. */
+function median0(xs: number[]): number {
+  return xs.length ? median(xs) : NaN;
+}
+
+/** How the rounds were chosen, for the note: "over 5 quiet rounds; all 7: 0.61". */
+function quietNote(c: Comparison): string {
+  const q = c.quiet;
+  if (!q) return "";
+  const known = q.othersCores.filter((x): x is number => x !== null);
+  if (!known.length) return "; load not measurable";
+  const max = Math.max(...known);
+  const quiet = known.filter((x) => x <= QUIET_CORES).length;
+  const all = `all ${q.othersCores.length}: ${q.ratioAllRounds.toFixed(2)}`;
+  if (quiet === q.used) {
+    return quiet === q.othersCores.length
+      ? `; all rounds quiet, others ≤ ${max.toFixed(2)} cores`
+      : `, over the ${quiet} quiet rounds (others ≤ ${QUIET_CORES} cores; ${all})`;
+  }
+  return `, over the ${q.used} least loaded rounds: machine busy, others ` +
+    `${Math.min(...known).toFixed(2)}–${max.toFixed(2)} cores; ${all}`;
+}
+
+/**
+ * A compute row from interleaved rounds against the FMA peak: `rounds.ours` the milliseconds of
+ * one call doing `flops`, `peaks` the FMA peak (GFLOP/s) measured in the same round, so that
+ * each round's fraction of the peak compares two figures taken side by side. The row's ratio is
+ * the median of the rounds' fractions over the quiet rounds (`comparisonRow`), its GFLOP/s and
+ * peak the medians over the same rounds.
+ */
+export function peakComparisonRow(
+  name: string,
+  flops: number,
+  rounds: { ours: number[]; peaks: number[]; load?: (number | null)[] },
+  threads: number,
+  note: string,
+): BenchRow {
+  // The peak as the time it would take for the same work: the per-round ratio of rates is then
+  // achieved / peak.
+  const theirs = rounds.peaks.map((g) => flops / (g * 1e6));
+  const c = comparisonRow(
+    name,
+    { ours: 1, peer: 1 },
+    { ours: rounds.ours, theirs, load: rounds.load },
+    "fma peak",
+    { ours: threads, peer: threads },
+    note,
+  );
+  const { rate, ...row } = c;
+  return {
+    ...row,
+    gflops: (rate! * flops) / 1e9,
+    peak: (c.peak * flops) / 1e9,
+    note: c.note!.replace(/fma peak [0-9]+–[0-9]+ ms/, () => {
+      const g = rounds.peaks;
+      return `fma peak ${Math.min(...g).toFixed(1)}–${Math.max(...g).toFixed(1)} GFLOP/s`;
+    }),
   };
 }

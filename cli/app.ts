@@ -53,6 +53,8 @@ export async function buildApp(): Promise<string> {
       DIST_DIR,
       ...ENTRIES.map((e) => join(APP_DIR, e)),
     ],
+    // The checkout's config and lock, wherever `./bloom app` was run from (cli/args.ts moves there).
+    cwd: join(APP_DIR, ".."),
     stdout: "piped",
     stderr: "piped",
   }).output();

@@ -391,16 +391,46 @@ export async function requireOutputDir(flag: string, path: string): Promise<void
 }
 
 /**
+ * `message` with each "deno task NAME" (how the layers below cli/ name a
+ * command: they cannot know the wrapper) as the user runs it: `./bloom NAME`
+ * under the wrapper.
+ */
+export function asTyped(message: string): string {
+  return message.replace(/\bdeno task ([a-z][\w:-]*)/g, (_, task: string) => invocation(task));
+}
+
+/**
+ * `./bloom` runs a task from the checkout (`deno task` needs its config) and
+ * passes the folder it was called from as BLOOM_CWD: the command moves there,
+ * so its relative paths are the caller's. The variable is then dropped, so
+ * the processes it starts do not move too.
+ */
+function enterCallersFolder(): void {
+  let dir: string | undefined;
+  try {
+    dir = Deno.env.get("BLOOM_CWD");
+    if (dir) Deno.env.delete("BLOOM_CWD");
+  } catch { /* no env permission: stay */ }
+  if (!dir) return;
+  try {
+    Deno.chdir(dir);
+  } catch (e) {
+    throw new InputError(`cannot enter the folder ./bloom was run from, ${dir}: ${e}`);
+  }
+}
+
+/**
  * Runs a CLI main. Bad input (InputError, UsageError included) prints the
  * message alone and exits 2; any other error prints its message and exits 1,
  * with the stack when BLOOM_DEBUG is set.
  */
 export async function runMain(main: () => Promise<void | number>): Promise<never> {
   try {
+    enterCallersFolder();
     const code = await main();
     Deno.exit(typeof code === "number" ? code : 0);
   } catch (e) {
-    console.error(`error: ${e instanceof Error ? e.message : String(e)}`);
+    console.error(`error: ${asTyped(e instanceof Error ? e.message : String(e))}`);
     let debug: string | undefined;
     try {
       debug = Deno.env.get("BLOOM_DEBUG");

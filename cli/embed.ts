@@ -19,14 +19,13 @@ import { writeEmbeddingFigure } from "../eval/embedding_figure.ts";
 import { headKindOf } from "../eval/head_file.ts";
 import { KnnIndex } from "../eval/knn_index.ts";
 import { Probe } from "../eval/probe.ts";
-import { ParamArena } from "../graph/arena.ts";
 import { loadCheckpoint, openCheckpoint } from "../graph/checkpoint.ts";
-import { initialValue } from "../graph/init.ts";
-import { mulberry32 } from "../graph/random.ts";
+import { randomArena } from "../graph/init.ts";
 import { ARCHS, type VitArch, vitConfig, vitParamSpecs } from "../graph/vit.ts";
 import { getGpu } from "../kernels/runtime.ts";
 import { embedBatch, type EmbedModel } from "../pipelines/embed.ts";
-import { mergeParts, parsePart, runEmbed } from "../pipelines/embed_run.ts";
+import { mergeParts, parsePart, partPath, runEmbed } from "../pipelines/embed_run.ts";
+import { checkOutputFree } from "../pipelines/output_lock.ts";
 import { Interrupted } from "../pipelines/interrupt.ts";
 import { checkSource, openLoader } from "../pipelines/loader.ts";
 import { resolveWeights } from "../pipelines/weights/download.ts";
@@ -108,8 +107,8 @@ ImageNet-normalised, CLS token after the final norm (DINOv2's x_norm_clstoken), 
       type: "int",
       min: 14,
       multipleOf: 14,
-      default: 224,
-      help: "input side in pixels (the patch is 14)",
+      help: "input side in pixels, a multiple of the patch (14) (default 224, or the side a " +
+        "checkpoint from bloom train was trained at)",
     },
     part: {
       type: "string",
@@ -150,18 +149,22 @@ ImageNet-normalised, CLS token after the final norm (DINOv2's x_norm_clstoken), 
 
 type Flags = FlagValues<typeof EMBED.flags>;
 
+/** The input side when --size is not given: the paper's evaluation protocol. */
+const DEFAULT_SIZE = 224;
+
 /**
  * Checks the weights flags and the checkpoint's header (layout, shapes,
- * --arch) without loading a tensor.
+ * --arch) without loading a tensor. Returns the side a checkpoint from
+ * `bloom train` was trained at (it records it), which embeds it by default.
  */
-async function checkWeights(f: Flags): Promise<void> {
+async function checkWeights(f: Flags): Promise<number | undefined> {
   if (f.weights !== undefined && f["random-weights"]) {
     throw new UsageError("--weights and --random-weights: give one");
   }
   const sha = verifyHash(f["verify-sha256"], f.weights, "--weights");
   if (f.weights === undefined) {
     if (!f["random-weights"]) throw new UsageError(WEIGHTS_HELP);
-    return;
+    return undefined;
   }
   f.weights = await resolveWeights(f.weights, {
     offline: f.offline,
@@ -170,6 +173,11 @@ async function checkWeights(f: Flags): Promise<void> {
   if (sha !== undefined) await verifySha256(f.weights, sha);
   const ck = await openCheckpoint(f.weights, { arch: f.arch, heads: f.heads });
   ck.file.close();
+  const trained = Number(ck.meta["bloom.image_size"]);
+  const patch = ck.config.patch;
+  return Number.isSafeInteger(trained) && trained >= patch && trained % patch === 0
+    ? trained
+    : undefined;
 }
 
 /** Loads the weights (or builds random ones) onto the GPU. */
@@ -180,10 +188,7 @@ async function loadModel(f: Flags): Promise<{ model: EmbedModel; weights: string
     return { model: { arena: m.arena, config: m.config }, weights: f.weights };
   }
   const config = vitConfig(f.arch ?? "vit_small");
-  const specs = vitParamSpecs(config);
-  const arena = ParamArena.create(gpu, specs);
-  const rand = mulberry32(0);
-  for (const s of specs) arena.set(s.name, initialValue(s, rand));
+  const arena = randomArena(gpu, vitParamSpecs(config), 0);
   console.error(`warning: random ${config.arch} weights; the embeddings carry no meaning`);
   return { model: { arena, config }, weights: `random:${config.arch}` };
 }
@@ -246,14 +251,19 @@ async function figures(
   const e = await embedBatch(gpu, model, batch, { patchTokens: true, inputSize: size });
   const images = pixels.map((data) => ({ data, width: size, height: size, channels: 3 as const }));
   const path = join(dir, "patch_pca.png");
-  const weights = emb.meta.weights ? basename(emb.meta.weights) : "unknown weights";
+  const w = emb.meta.weights;
+  const weights = !w
+    ? `unknown weights, ${model.config.arch}`
+    : w.startsWith("random:")
+    ? `random ${model.config.arch} weights (meaningless)`
+    : `${basename(w)}, ${model.config.arch}`;
   await writePatchPcaFigure(path, images, {
     data: e.patchTokens!,
     images: pixels.length,
     tokens: e.patches,
     dim: model.config.dim,
   }, {
-    title: `Patch-token PCA (components 1-3 as RGB): ${weights}, ${model.config.arch}`,
+    title: `Patch-token PCA (components 1-3 as RGB): ${weights}`,
     labels: picks.map((i) => emb.labels?.[i] ?? null),
   });
   console.error(`wrote ${path}`);
@@ -295,8 +305,19 @@ if (import.meta.main) {
       : f.part === undefined
       ? undefined
       : parsePart(f.part, (k) => Deno.env.get(k));
-    await checkSource(f.input, "--input");
-    await checkWeights(f);
+    await checkSource(f.input, "--input", { path: f.out, flag: "--out" });
+    // Another run writing --out stops this one now, not after the weights load.
+    const target = part ? partPath(f.out, part.index, part.count) : f.out;
+    await checkOutputFree(target, "file", { wait: f.wait });
+    const trainedSize = await checkWeights(f);
+    // A model bloom trained at another side (the demo: 84 px) embeds at that side, as
+    // train --eval scored it; the released checkpoints at the protocol's 224.
+    const size = f.size ?? trainedSize ?? DEFAULT_SIZE;
+    if (f.size === undefined && size !== DEFAULT_SIZE) {
+      console.error(
+        `embed: ${size} px input, the side ${f.weights} was trained at (--size to change)`,
+      );
+    }
     const { model, weights } = await loadModel(f);
     const gpu = await getGpu();
     console.error(
@@ -317,7 +338,7 @@ if (import.meta.main) {
         batch: f.batch,
         pool: f.pool,
         patchTokens: f["patch-tokens"],
-        size: f.size,
+        size,
         part,
         workers: f.workers,
         followLinks: f["follow-links"],
@@ -349,7 +370,7 @@ if (import.meta.main) {
       out = f.out;
     }
     if (f.figures !== undefined) {
-      await figures(f.figures, out, f.input, model, f.size, {
+      await figures(f.figures, out, f.input, model, size, {
         by: f["color-by"],
         sourceBy: f["source-by"],
         head: f.head,

@@ -113,13 +113,14 @@ if (import.meta.main) {
     }
     const m = summary.manifest;
     const splits = Object.entries(m.counts).map(([s, c]) => `${s} ${c.samples}`).join(", ");
-    const done = `${summary.samples} samples (${splits || "none"}) in ${m.shards.length} shards`;
+    const shards = `${m.shards.length} shard${m.shards.length === 1 ? "" : "s"}`;
+    const done = `${summary.samples} samples (${splits || "none"}) in ${shards}`;
     if (summary.shardsWritten === 0 && summary.shardsSkipped > 0) {
       // A rerun of a finished ingest: no rate to speak of.
       console.log(
         `ingest: nothing left to do: ${summary.samples} images already ingested (${
           splits || "none"
-        }) in ${m.shards.length} shards, ${summary.errors} errors → ${summary.outDir}`,
+        }) in ${shards}, ${summary.errors} errors → ${summary.outDir}`,
       );
     } else {
       console.log(
@@ -127,7 +128,12 @@ if (import.meta.main) {
           `${summary.errors} errors, ${summary.rate.toFixed(1)} images/s → ${summary.outDir}`,
       );
     }
-    if (m.split) console.log(`ingest: split ${describeSplit(m.split)}`);
+    if (m.split && Object.keys(m.split.rows).some((s) => s !== "all")) {
+      console.log(`ingest: split ${describeSplit(m.split)}`);
+    } else if (m.split) {
+      // No train/test split: eval and train --eval will make their own (and say so).
+      console.log(`ingest: no train/test split (every sample in 'all'; --split 0.8 makes one)`);
+    }
     if (summary.errors > 0) console.log(`ingest: see ${summary.outDir}/errors.jsonl`);
     if (summary.samples === 0) {
       console.error(

@@ -19,6 +19,9 @@ import {
 import { verifySha256 } from "../data/hash.ts";
 import { DEVICES } from "../eval/run.ts";
 import { runPredict } from "../pipelines/predict_run.ts";
+import { resolveWeights } from "../pipelines/weights/download.ts";
+import { Interrupted } from "../pipelines/interrupt.ts";
+import { reportStopped, stopOnSignals } from "./interrupt.ts";
 
 /** `deno task predict`: its flags and help. */
 export const PREDICT = command({
@@ -48,8 +51,9 @@ export const PREDICT = command({
     },
     weights: {
       type: "string",
-      value: "FILE",
-      help: "the checkpoint the heads' embeddings came from (needed for image input)",
+      value: "NAME|FILE",
+      help: "the checkpoint the heads' embeddings came from (needed for image input): a name " +
+        "(dinobloom-s, …; downloaded and cached, docs/weights.md) or a file",
     },
     "attention-heads": {
       type: "int",
@@ -112,7 +116,7 @@ export const PREDICT = command({
     },
     threads: { type: "int", min: 1, max: 1024, help: "CPU threads of the kNN search" },
     quiet: { type: "boolean", help: "no progress on stderr" },
-    "no-autotune": { type: "boolean", help: "skip measuring kernel variants before embedding" },
+    "no-autotune": { type: "boolean", help: "skip measuring kernel variants (once per adapter)" },
     ...VERIFY_FLAGS,
     ...WAIT_FLAGS,
   },
@@ -123,30 +127,45 @@ if (import.meta.main) {
     await requireOutputDir("--out", f.out);
     if (f.summary) await requireOutputDir("--summary", f.summary);
     const sha = verifyHash(f["verify-sha256"], f.weights, "--weights");
+    if (f.weights !== undefined) {
+      f.weights = await resolveWeights(f.weights, { progress: { silent: f.quiet } });
+    }
     if (sha !== undefined) await verifySha256(f.weights!, sha);
-    const s = await runPredict({
-      heads: f.head,
-      input: f.input,
-      out: f.out,
-      weights: f.weights,
-      attentionHeads: f["attention-heads"],
-      summary: f.summary,
-      groupBy: f["group-by"],
-      classifier: f.classifier,
-      minConfidence: f["min-confidence"],
-      maxDistance: f["max-distance"],
-      excludeFlagged: f["exclude-flagged"],
-      features: f.features,
-      figures: f.figures,
-      images: f.images,
-      batch: f.batch,
-      workers: f.workers,
-      device: f.device,
-      threads: f.threads,
-      quiet: f.quiet,
-      autotune: !f["no-autotune"],
-      wait: f.wait,
-    });
+    // Ctrl-C, SIGTERM: keep the cells embedded so far, say how to resume.
+    const stop = stopOnSignals("predict", Deno.args, "the cells embedded so far");
+    let s;
+    try {
+      s = await runPredict({
+        signal: stop.signal,
+        heads: f.head,
+        input: f.input,
+        out: f.out,
+        weights: f.weights,
+        attentionHeads: f["attention-heads"],
+        summary: f.summary,
+        groupBy: f["group-by"],
+        classifier: f.classifier,
+        minConfidence: f["min-confidence"],
+        maxDistance: f["max-distance"],
+        excludeFlagged: f["exclude-flagged"],
+        features: f.features,
+        figures: f.figures,
+        images: f.images,
+        batch: f.batch,
+        workers: f.workers,
+        device: f.device,
+        threads: f.threads,
+        quiet: f.quiet,
+        autotune: !f["no-autotune"],
+        wait: f.wait,
+      });
+    } catch (e) {
+      if (!(e instanceof Interrupted)) throw e;
+      reportStopped("predict", Deno.args, e.kept);
+      return stop.exitCode();
+    } finally {
+      stop.close();
+    }
     const parts = [
       `${s.cells} cells in ${s.samples} samples`,
       s.flagged ? `${s.flagged} flagged out of distribution` : "",

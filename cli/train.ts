@@ -19,7 +19,7 @@ import { checkRunInputs, runTraining } from "../pipelines/train/run.ts";
 import { Interrupted } from "../pipelines/interrupt.ts";
 import { resumeHint, stopOnSignals } from "./interrupt.ts";
 import { resolveWeights } from "../pipelines/weights/download.ts";
-import type { Comm } from "../pipelines/mpi/comm.ts";
+import { type Comm, shareFromRoot } from "../pipelines/mpi/comm.ts";
 import { ranked } from "../pipelines/mpi/world.ts";
 import {
   command,
@@ -31,7 +31,10 @@ import {
   verifyHash,
   WAIT_FLAGS,
 } from "./args.ts";
+import { InputError } from "../data/errors.ts";
 import { exists } from "../data/file.ts";
+import { openLoader } from "../pipelines/loader.ts";
+import { checkOutputFree } from "../pipelines/output_lock.ts";
 import { verifySha256 } from "../data/hash.ts";
 
 /** `deno task train`: its flags and help. */
@@ -113,8 +116,30 @@ const PRESET_OF_ARCH: Partial<Record<VitArch | "custom", string>> = {
   vit_giant2: "dinobloom-g",
 };
 
-/** The training config the flags ask for; checks the --init checkpoint's header. */
-async function pickConfig(f: Flags): Promise<TrainConfig> {
+/**
+ * The preset `--init`'s architecture calls for, when neither --config nor --preset names one;
+ * checks the checkpoint's header. Rank 0 reads it and tells the other ranks, which never open
+ * --init (it may be on rank 0's machine only). Every rank calls this at the same point.
+ */
+async function presetOfInit(f: Flags, comm: Comm): Promise<string | undefined> {
+  let preset: string | null = null;
+  if (comm.rank === 0 && f.init !== undefined && f.config === undefined) {
+    const ck = await openCheckpoint(f.init);
+    ck.file.close();
+    if (f.preset === undefined) {
+      preset = PRESET_OF_ARCH[ck.config.arch] ?? null;
+      if (!preset) {
+        throw new UsageError(
+          `--init ${f.init} holds a custom-size ViT (dim ${ck.config.dim}); give --config with its shapes`,
+        );
+      }
+    }
+  }
+  return (await shareFromRoot(comm, preset)) ?? undefined;
+}
+
+/** The training config the flags ask for (`initPreset`: what --init's architecture calls for). */
+async function pickConfig(f: Flags, initPreset: string | undefined): Promise<TrainConfig> {
   if (f.config !== undefined && f.preset !== undefined) {
     throw new UsageError("--config and --preset: give one (a config names its preset)");
   }
@@ -128,20 +153,7 @@ async function pickConfig(f: Flags): Promise<TrainConfig> {
     }
     cfg = parseConfig(text, f.config);
   } else {
-    let preset = f.preset;
-    if (f.init !== undefined) {
-      const ck = await openCheckpoint(f.init);
-      ck.file.close();
-      if (preset === undefined) {
-        preset = PRESET_OF_ARCH[ck.config.arch];
-        if (!preset) {
-          throw new UsageError(
-            `--init ${f.init} holds a custom-size ViT (dim ${ck.config.dim}); give --config with its shapes`,
-          );
-        }
-      }
-    }
-    cfg = PRESETS[preset ?? "demo"]();
+    cfg = PRESETS[f.preset ?? initPreset ?? "demo"]();
   }
   if (f.batch !== undefined) {
     cfg = { ...cfg, batch: f.batch, microBatch: Math.min(cfg.microBatch, f.batch) };
@@ -149,6 +161,23 @@ async function pickConfig(f: Flags): Promise<TrainConfig> {
   if (f["micro-batch"] !== undefined) cfg = { ...cfg, microBatch: f["micro-batch"] };
   if (f.seed !== undefined) cfg = { ...cfg, seed: f.seed };
   return validateConfig(cfg, "training config");
+}
+
+/** InputError unless `data` holds at least one batch of images (when its size is known). */
+async function checkOneBatch(data: string, batch: number, followLinks: boolean): Promise<void> {
+  let n: number | null;
+  try {
+    n = (await openLoader(data, { batchSize: batch, followLinks })).length;
+  } catch (e) {
+    // The loader words its errors for library callers ("openLoader: …"); name the flag.
+    if (!(e instanceof InputError && e.message.startsWith("openLoader: "))) throw e;
+    throw new InputError(`--data: ${e.message.slice("openLoader: ".length)}`);
+  }
+  if (n !== null && n < batch) {
+    throw new InputError(
+      `--data ${data}: ${n} images are fewer than one batch of ${batch}; lower --batch or add data`,
+    );
+  }
 }
 
 if (import.meta.main) {
@@ -163,24 +192,25 @@ if (import.meta.main) {
     const out = f.out ??
       join("runs", `train-${new Date().toISOString().replace(/[:T]/g, "-").slice(0, 19)}`);
     // --out is rank 0's (the others write nothing); runTraining checks --data on every rank.
-    if (root) await checkRunInputs({ out, resume: f.resume, data: f.data, evalData: f.eval });
-    if (f.init !== undefined) {
-      // Rank 0 downloads a named checkpoint first; the others then find it in the cache.
-      if (!root) await comm.barrier();
-      f.init = await resolveWeights(f.init, {
-        offline: f.offline || !root,
-        progress: { silent: f.quiet || !root },
-      });
-      if (root) await comm.barrier();
+    if (root) {
+      await checkRunInputs({ out, resume: f.resume, data: f.data, evalData: f.eval });
+      // Another run writing --out stops this one now, not after the weights load.
+      await checkOutputFree(out, "directory", { wait: f.wait });
+    }
+    if (f.init !== undefined && root) {
+      // Only rank 0 reads --init (a name is downloaded first): the others receive the weights.
+      f.init = await resolveWeights(f.init, { offline: f.offline, progress: { silent: f.quiet } });
       if (sha !== undefined) await verifySha256(f.init, sha);
     }
-    const cfg = await pickConfig(f);
+    const cfg = await pickConfig(f, await presetOfInit(f, comm));
     if (root && f.init === undefined && !f.resume && cfg.vit.arch !== "custom") {
       console.error(
         `warning: no --init: the ${cfg.vit.arch} backbone starts from random weights; ` +
           "DinoBloom finetunes DINOv2's pretrained weights (pass --init with a DINOv2 hub checkpoint)",
       );
     }
+    // One step's images, counted before the GPU starts (runTraining checks each rank's share).
+    if (root && f.data !== undefined) await checkOneBatch(f.data, cfg.batch, f["follow-links"]);
     let data = f.data;
     let evalData = f.eval;
     if (data === undefined) {

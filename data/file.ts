@@ -242,7 +242,11 @@ export class AtomicFile {
     }
   }
 
-  /** Flushes, closes and renames `PATH.tmp` to `PATH`. */
+  /**
+   * Flushes `PATH.tmp` to disk, closes it, renames it to `PATH`, then fsyncs
+   * the folder, so that after a crash `PATH` is either the old file or the
+   * whole new one, and the rename itself is not lost.
+   */
   async commit(): Promise<void> {
     if (this.#done) return;
     this.#done = true;
@@ -254,6 +258,7 @@ export class AtomicFile {
       await Deno.remove(this.tmpPath).catch(() => {});
       throw ioError(this.path, `rename ${this.tmpPath} to ${this.path}`, e);
     }
+    await syncDirectory(dirname(this.path), this.path);
   }
 
   /** Closes and deletes `PATH.tmp`, leaving any existing `PATH` untouched (idempotent). */
@@ -288,11 +293,11 @@ export async function writeAtomically(
 /**
  * Writes a small text file (a manifest, a resume record) atomically and
  * durably: `PATH.tmp` is written, fsynced and renamed over `PATH`, then the
- * directory is fsynced so that the rename itself survives a crash.
+ * directory is fsynced so that the rename itself survives a crash
+ * (`AtomicFile.commit`).
  */
 export async function writeTextAtomic(path: string, text: string): Promise<void> {
   await writeAtomically(path, (out) => out.write(new TextEncoder().encode(text)));
-  await syncDirectory(dirname(path), path);
 }
 
 /** fsyncs directory `dir` (after a rename into it that `path` names). */

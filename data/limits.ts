@@ -92,6 +92,10 @@ export const COST = {
   char: 2,
 } as const;
 
+/** What to do about a cap: nothing bloom reads comes near one. */
+const LIMIT_FIX = "no checkpoint or array file comes near this (data/README.md, Caps): the file " +
+  "is damaged or crafted; check that it is the file you meant, or re-export it";
+
 /** LimitError for `found` past the cap `limit` of `field` in `file`. */
 export function limitError(
   file: string,
@@ -105,5 +109,6 @@ export function limitError(
     key,
     expected: `at most ${limit}`,
     found: String(found),
+    fix: LIMIT_FIX,
   });
 }

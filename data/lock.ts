@@ -172,6 +172,21 @@ export async function acquireLock(path: string, opts: LockOptions = {}): Promise
   }
 }
 
+/**
+ * Who holds the lock at `path` now, without taking it: the holder, or null
+ * when it is free or stale (acquireLock would take it over). For commands
+ * that check their output is free before long preparations, then take the
+ * lock; the answer may change in between.
+ */
+export async function currentHolder(
+  path: string,
+  opts: Pick<LockOptions, "staleMs" | "pollMs"> = {},
+): Promise<LockHolder | null> {
+  const h = await holderOf(path, path);
+  if (h === null) return null;
+  return (await isStale(path, h, opts.staleMs ?? 120_000, opts.pollMs ?? 250)) ? null : h;
+}
+
 async function thisProcess(what: string): Promise<LockHolder> {
   const procStart = await processStart(Deno.pid);
   return {

@@ -74,7 +74,10 @@ async function parse(file: RandomAccessFile): Promise<SafetensorsFile> {
   const lenBytes = await file.readAt(0, 8, "header length");
   const dv = new DataView(lenBytes.buffer);
   const n = dv.getUint32(4, true) * 4294967296 + dv.getUint32(0, true);
-  if (!(n <= file.size - 8) || n < 2 || n > MAX_HEADER_BYTES) {
+  if (n > MAX_HEADER_BYTES && n <= file.size - 8) {
+    throw limitError(path, "header length", "safetensors header", MAX_HEADER_BYTES, n);
+  }
+  if (!(n <= file.size - 8) || n < 2) {
     throw new CorruptFileError(
       n > file.size - 8
         ? "header is longer than the file (truncated or not safetensors)"

@@ -60,7 +60,7 @@ export async function splitRecord(
   ids: readonly string[],
   splits: readonly string[],
 ): Promise<SplitRecord> {
-  const rows: Record<string, number> = {};
+  const rows: Record<string, number> = Object.create(null); // split names are data ("constructor")
   for (const s of splits) rows[s] = (rows[s] ?? 0) + 1;
   const sorted = Object.fromEntries(Object.keys(rows).sort().map((k) => [k, rows[k]]));
   return { origin, sha256: await splitSha256(ids, splits), rows: sorted };

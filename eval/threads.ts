@@ -10,29 +10,36 @@
  * in thread order: deterministic for a given thread count, and equal to the
  * single-threaded sums up to rounding (~1e-16 relative).
  */
-import { checkKs, type Neighbors, type NeighborSearch, sortHeaps } from "./knn.ts";
-import { rowNormsSq } from "./blas.ts";
+import { checkKs, type Neighbors, type NeighborSearch } from "./knn.ts";
+import { simdAvailable } from "./screen_dots.ts";
 import { type Matrix, sameCols, toFloat64 } from "./matrix.ts";
+
+/** The element types a shared buffer can have. */
+export type SharedKind = "f64" | "f32" | "i32";
+/** The arrays a shared buffer can be viewed as. */
+export type SharedArray = Float64Array | Float32Array | Int32Array;
 
 /** A message to a worker. */
 export type WorkerRequest =
   & { id: number }
   & (
-    | { op: "share"; buf: number; kind: "f64" | "i32"; sab: SharedArrayBuffer }
+    | { op: "share"; buf: number; kind: SharedKind; sab: SharedArrayBuffer }
     | { op: "free"; bufs: number[] }
     | {
       op: "knn";
+      /** Training rows, float64 (or float32 when screened). */
       train: number;
-      trainNormSq: number;
       nTrain: number;
+      /** Query rows, float64 (or float32 when screened). */
       queries: number;
       q0: number;
       q1: number;
       d: number;
       ks: number[];
-      keys: number[];
+      /** Per k: the sorted neighbours' distances [queries·k] (f64) and rows (i32). */
+      distances: number[];
       indices: number[];
-      /** Screen in float32 SIMD first (eval/knn_screened.ts); same result. */
+      /** Screen with 16-bit codes in SIMD first (eval/knn_screened.ts); same result. */
       screened?: boolean;
     }
     | {
@@ -53,7 +60,7 @@ export type WorkerRequest =
 export type WorkerReply = { id: number; result: number } | { id: number; error: string };
 
 /** A buffer visible to every worker: `id` names it in jobs, `array` is the main thread's view. */
-export interface Shared<T extends Float64Array | Int32Array> {
+export interface Shared<T extends SharedArray> {
   id: number;
   array: T;
 }
@@ -120,20 +127,35 @@ export class EvalThreads {
   }
 
   /** Copies `data` into shared memory and registers it with every worker. */
-  async share<T extends Float64Array | Int32Array>(data: T): Promise<Shared<T>> {
-    const sab = new SharedArrayBuffer(data.byteLength);
-    const array = (data instanceof Float64Array ? new Float64Array(sab) : new Int32Array(sab)) as T;
-    array.set(data);
-    const id = this.#nextBuf++;
-    const kind = data instanceof Float64Array ? "f64" : "i32";
-    await Promise.all(
-      this.#workers.map((_, w) => this.call(w, { op: "share", buf: id, kind, sab })),
-    );
+  async share<T extends SharedArray>(data: T): Promise<Shared<T>> {
+    const { id, array, ready } = this.shareNow(data);
+    await ready;
     return { id, array };
   }
 
+  /**
+   * `share` without waiting: the buffer is registered by messages already
+   * posted, so jobs posted after this call may use it at once (a worker takes
+   * its messages in order); `ready` settles when every worker has it.
+   */
+  shareNow<T extends SharedArray>(data: T): Shared<T> & { ready: Promise<unknown> } {
+    const sab = new SharedArrayBuffer(data.byteLength);
+    const kind: SharedKind = data instanceof Float64Array
+      ? "f64"
+      : data instanceof Float32Array
+      ? "f32"
+      : "i32";
+    const array = sharedView(kind, sab) as T;
+    array.set(data);
+    const id = this.#nextBuf++;
+    const ready = Promise.all(
+      this.#workers.map((_, w) => this.call(w, { op: "share", buf: id, kind, sab })),
+    );
+    return { id, array, ready };
+  }
+
   /** Forgets shared buffers in every worker (the memory goes once the main views go too). */
-  async free(...bufs: Shared<Float64Array | Int32Array>[]): Promise<void> {
+  async free(...bufs: Shared<SharedArray>[]): Promise<void> {
     const ids = bufs.map((b) => b.id);
     await Promise.all(this.#workers.map((_, w) => this.call(w, { op: "free", bufs: ids })));
   }
@@ -149,6 +171,15 @@ export class EvalThreads {
   }
 }
 
+/** A view of `sab` as `kind`'s array. */
+export function sharedView(kind: SharedKind, sab: SharedArrayBuffer): SharedArray {
+  return kind === "f64"
+    ? new Float64Array(sab)
+    : kind === "f32"
+    ? new Float32Array(sab)
+    : new Int32Array(sab);
+}
+
 /** Splits [0, n) into at most `parts` contiguous non-empty ranges. */
 export function splitRange(n: number, parts: number): [number, number][] {
   const out: [number, number][] = [];
@@ -158,10 +189,48 @@ export function splitRange(n: number, parts: number): [number, number][] {
 }
 
 /**
+ * The reference set a pool's workers keep between screened searches: the
+ * shared copy of the last training matrix searched, and the array it was
+ * copied from. Workers keep its norms and codes under the same id, so the
+ * next search on the same reference (`predict` in blocks, eval's queries
+ * after the OOD sample) skips copying, norms and codes. One per pool: a new
+ * reference frees the last.
+ */
+const references = new WeakMap<EvalThreads, { source: SharedArray; shared: Shared<SharedArray> }>();
+
+/** Whether `a` and `b` hold the same values (the cached copy still matches its source). */
+function sameValues(a: SharedArray, b: SharedArray): boolean {
+  if (a.length !== b.length || a.constructor !== b.constructor) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** The shared training rows for a screened search: the pool's kept copy while unchanged. */
+function sharedReference(
+  threads: EvalThreads,
+  data: SharedArray,
+): Shared<SharedArray> & { ready: Promise<unknown> } {
+  const last = references.get(threads);
+  if (last && last.source === data && sameValues(last.shared.array, data)) {
+    return { ...last.shared, ready: Promise.resolve() };
+  }
+  if (last) {
+    references.delete(threads);
+    threads.free(last.shared).catch(() => {}); // posted before this search's messages
+  }
+  const shared = threads.shareNow(data);
+  references.set(threads, { source: data, shared });
+  return shared;
+}
+
+/**
  * A `NeighborSearch` that spreads the queries over the pool's workers.
  * Results are identical to `bruteForceNeighbors` (each query is scanned by
- * one thread in training order); `screened` screens in float32 SIMD first
- * (eval/knn_screened.ts: same result, 3–5× faster).
+ * one thread in training order); `screened` screens with integer codes in
+ * SIMD first (eval/knn_screened.ts: the same result, several times faster).
+ * Each worker sorts its own queries' neighbours; float32 features go to the
+ * screened workers as they are (their float64 values are exact), and the
+ * last reference stays with the pool for the next screened search.
  */
 export function threadedNeighborSearch(
   threads: EvalThreads,
@@ -171,38 +240,42 @@ export function threadedNeighborSearch(
     sameCols(train, queries, "kNeighbors");
     checkKs(ks, train.rows, "kNeighbors");
     const d = train.cols;
-    const y = toFloat64(train);
-    const x = toFloat64(queries);
-    const sy = await threads.share(y);
-    const sx = await threads.share(x);
-    const sn = await threads.share(rowNormsSq(y, train.rows, d));
-    const keys = await Promise.all(
-      ks.map((k) => threads.share(new Float64Array(queries.rows * k))),
-    );
-    const idx = await Promise.all(ks.map((k) => threads.share(new Int32Array(queries.rows * k))));
+    const screened = Boolean(opts.screened) && simdAvailable();
+    // Shares and jobs are posted together (one round trip, and the work starts before this
+    // returns its promise, so the caller's own work overlaps it). The float64 scan reads
+    // float64 arrays; the screened one reads either width.
+    const sy = screened ? sharedReference(threads, train.data) : threads.shareNow(toFloat64(train));
+    const sx = threads.shareNow(screened ? queries.data : toFloat64(queries));
+    const n = queries.rows;
+    const dist = ks.map((k) => threads.shareNow(new Float64Array(n * k)));
+    const idx = ks.map((k) => threads.shareNow(new Int32Array(n * k)));
+    const shared = [sx, ...dist, ...idx];
     try {
-      await Promise.all(
-        splitRange(queries.rows, threads.size).map(([q0, q1], w) =>
-          threads.call(w, {
-            op: "knn",
-            train: sy.id,
-            trainNormSq: sn.id,
-            nTrain: train.rows,
-            queries: sx.id,
-            q0,
-            q1,
-            d,
-            ks: [...ks],
-            keys: keys.map((b) => b.id),
-            indices: idx.map((b) => b.id),
-            screened: opts.screened,
-          })
-        ),
+      const jobs = splitRange(n, threads.size).map(([q0, q1], w) =>
+        threads.call(w, {
+          op: "knn",
+          train: sy.id,
+          nTrain: train.rows,
+          queries: sx.id,
+          q0,
+          q1,
+          d,
+          ks: [...ks],
+          distances: dist.map((b) => b.id),
+          indices: idx.map((b) => b.id),
+          screened,
+        })
       );
-      const xNorm = rowNormsSq(x, queries.rows, d);
-      return ks.map((k, j) => sortHeaps(k, keys[j].array, idx[j].array, xNorm));
+      await Promise.all([sy.ready, ...shared.map((b) => b.ready), ...jobs]);
+      // Copies: callers get ordinary (unshared) arrays.
+      return ks.map((k, j) => ({
+        k,
+        indices: idx[j].array.slice(),
+        distances: dist[j].array.slice(),
+      }));
     } finally {
-      await threads.free(sy, sx, sn, ...keys, ...idx);
+      // The pool keeps a screened search's reference (`references`).
+      await threads.free(...shared, ...(screened ? [] : [sy]));
     }
   };
 }

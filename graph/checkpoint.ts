@@ -8,6 +8,7 @@
 import { CheckpointError, LimitError, MissingKeyError } from "../data/errors.ts";
 import type { FileSource } from "../data/file.ts";
 import { openTensorFile } from "../data/open.ts";
+import { PthCheckpoint, PthDict } from "../data/pth.ts";
 import type { TensorFile, TensorRecord } from "../data/record.ts";
 import { bicubicResampleRef } from "../kernels/resample.ts";
 import type { Gpu } from "../kernels/runtime.ts";
@@ -38,6 +39,20 @@ export interface CheckpointContents {
   /** bloom's metadata, when bloom wrote the file. */
   meta: Record<string, string>;
   file: TensorFile;
+}
+
+/**
+ * What bloom records in the checkpoints it trains, beside the tensors: the
+ * attention heads (the tensors cannot tell 2 heads of 32 from 1 of 64) and
+ * the image side it trained at (embed's default input side for it). A
+ * safetensors file keeps them in its metadata, a `.pth` as top-level string
+ * entries beside `teacher` (DinoBloom's `torch.load(f)["teacher"]` ignores them).
+ */
+export function trainedCheckpointMeta(
+  vit: Pick<VitConfig, "heads">,
+  imageSize: number,
+): Record<string, string> {
+  return { "bloom.heads": String(vit.heads), "bloom.image_size": String(imageSize) };
 }
 
 /** Thrown when a checkpoint's keys or shapes do not fit the architecture. */
@@ -130,9 +145,10 @@ function blockDepth(path: string, bb: Map<string, TensorRecord>): number {
   }
   let depth = 0;
   while (present.has(depth)) depth++;
-  const beyond = [...present].filter((i) => i > depth);
-  if (beyond.length > 0) {
-    const last = Math.max(...beyond);
+  // A loop, not Math.max(...): a file may hold more block numbers than a call takes arguments.
+  let last = -1;
+  for (const i of present) if (i > last) last = i;
+  if (last > depth) {
     throw new MissingKeyError("transformer blocks are missing before a later block", {
       file: path,
       key: `blocks.${depth}.*`,
@@ -255,6 +271,12 @@ export async function openCheckpoint(
     const meta: Record<string, string> = {};
     const m = (file as { metadata?: Record<string, string> }).metadata;
     if (m) Object.assign(meta, m);
+    if (file instanceof PthCheckpoint && file.root instanceof PthDict) {
+      // A .pth bloom trained: its `bloom.*` strings sit beside `teacher` (trainedCheckpointMeta).
+      for (const [k, v] of file.root) {
+        if (typeof k === "string" && k.startsWith("bloom.") && typeof v === "string") meta[k] = v;
+      }
+    }
     if (meta["bloom.heads"]) config.heads = Number(meta["bloom.heads"]);
     if (opts.heads) config.heads = opts.heads;
     checkLimits(path, config);

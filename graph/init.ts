@@ -4,7 +4,8 @@
  * weights in training, `embed --random-weights`, the benchmarks and tests.
  */
 import type { TensorData } from "../data/record.ts";
-import type { ParamSpec } from "./arena.ts";
+import type { Gpu } from "../kernels/runtime.ts";
+import { ParamArena, type ParamSpec } from "./arena.ts";
 import { mulberry32, normal, type Random } from "./random.ts";
 import { type VitConfig, vitParamSpecs } from "./vit.ts";
 
@@ -36,6 +37,18 @@ export function initialValue(spec: ParamSpec, rand: Random, layerScale = 1e-5): 
     for (let i = 0; i < n; i++) out[i] = (2 * rand() - 1) * bound;
   } else for (let i = 0; i < n; i++) out[i] = trunc(0.02);
   return out;
+}
+
+/**
+ * A parameter arena on `gpu` for `specs`, each parameter its `initialValue`
+ * drawn in order from mulberry32(`seed`): the random weights of
+ * `embed --random-weights`, the benchmarks and the tests.
+ */
+export function randomArena(gpu: Gpu, specs: readonly ParamSpec[], seed = 0): ParamArena {
+  const arena = ParamArena.create(gpu, specs);
+  const rand = mulberry32(seed);
+  for (const s of specs) arena.set(s.name, initialValue(s, rand));
+  return arena;
 }
 
 /**

@@ -33,7 +33,7 @@
  * it is in.
  */
 import { splitSpans } from "./common/split.ts";
-import { GpuLimitError } from "./errors.ts";
+import { checkBindingBytes } from "./common/window.ts";
 import { flatMain, grid, kernel } from "./kernel.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
@@ -489,14 +489,14 @@ export function checkImageBatch(gpu: Gpu, op: string, images: GpuTensor, b: Imag
         `[${images.shape}]`,
     );
   }
-  if (images.size > gpu.limits.maxStorageBufferBindingSize) {
-    const per = b.size * b.size * 3;
-    throw new GpuLimitError(
-      `${op}: ${b.count} images of ${b.size}² px (${images.size} B) exceed ` +
-        `maxStorageBufferBindingSize (${gpu.limits.maxStorageBufferBindingSize} B); use batches ` +
-        `of at most ${Math.floor(gpu.limits.maxStorageBufferBindingSize / per)} images`,
-    );
-  }
+  const per = b.size * b.size * 3;
+  checkBindingBytes(
+    gpu,
+    op,
+    `${b.count} images of ${b.size}² px`,
+    images.size,
+    `use batches of at most ${Math.floor(gpu.limits.maxStorageBufferBindingSize / per)} images`,
+  );
 }
 
 /** Spans of `count` output items of `N`² RGB f32 pixels that each fit a binding. */
@@ -541,13 +541,15 @@ export function augmentCrops(
     );
   }
   const pixels = batch.count * S * S;
-  if (4 * pixels > gpu.limits.maxStorageBufferBindingSize) {
-    throw new GpuLimitError(
-      `${op}: the repacked batch (4 B per pixel, ${4 * pixels} B) exceeds ` +
-        `maxStorageBufferBindingSize (${gpu.limits.maxStorageBufferBindingSize} B); use batches ` +
-        `of at most ${Math.floor(gpu.limits.maxStorageBufferBindingSize / (4 * S * S))} images`,
-    );
-  }
+  checkBindingBytes(
+    gpu,
+    op,
+    "the repacked batch's pixels (4 B each)",
+    4 * pixels,
+    `use batches of at most ${
+      Math.floor(gpu.limits.maxStorageBufferBindingSize / (4 * S * S))
+    } images`,
+  );
   const spans = outputSpans(gpu, op, crops, N, chunkCrops);
   const out = gpu.empty([crops, 3, N, N]);
   const rgb = gpu.empty([pixels], "u32", "augment rgb words");

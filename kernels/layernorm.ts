@@ -9,9 +9,7 @@
  * dweight and dbias; a second kernel adds the partials in a fixed order.
  * No atomics, so the parameter gradients are bit-for-bit repeatable.
  */
-import { GpuLimitError } from "./errors.ts";
 import { grid, GRID_BUILTINS, type Kernel, kernel } from "./kernel.ts";
-import { fmtBytes } from "./pool.ts";
 import type { Gpu } from "./runtime.ts";
 import type { GpuTensor } from "./tensor.ts";
 import {
@@ -33,6 +31,7 @@ import {
   vecWidth,
 } from "./common/rows.ts";
 import { expectShape } from "./common/shape.ts";
+import { checkBindingBytes } from "./common/window.ts";
 import { Uniforms } from "./uniforms.ts";
 
 /** Options of the layer-norm kernels. */
@@ -378,15 +377,13 @@ export function layerNormBackward(
   const blocks = Math.ceil(rows / rowsPerBlock);
   const partRows = l.threads === 1 ? blocks * l.rowsPerGroup : blocks;
   const partBytes = partRows * 2 * cols * 4;
-  if (partBytes > gpu.limits.maxStorageBufferBindingSize) {
-    throw new GpuLimitError(
-      `${op}: the ${fmtBytes(partBytes)} of partial parameter gradients for [${x.shape}] ` +
-        `exceed maxStorageBufferBindingSize (${
-          fmtBytes(gpu.limits.maxStorageBufferBindingSize)
-        }); ` +
-        "run the backward on fewer rows at a time and add the dweight/dbias results",
-    );
-  }
+  checkBindingBytes(
+    gpu,
+    op,
+    `the partial parameter gradients for [${x.shape}]`,
+    partBytes,
+    "run the backward on fewer rows at a time and add the dweight/dbias results",
+  );
   const part = gpu.empty([partRows, 2, cols]);
   const k = bwdKernel(w, l, n);
   for (const c of rowChunks(gpu, op, rows, [cols * 4], rowsPerBlock)) {

@@ -144,15 +144,7 @@ export class BufferPool {
 
   /** Destroys free buffers, largest first, until at most `keepBytes` stay free. */
   trim(keepBytes = 0): void {
-    if (this.#stats.freeBytes <= keepBytes) return;
-    const sizes = [...this.#free.keys()].sort((a, b) => b - a);
-    for (const size of sizes) {
-      const list = this.#free.get(size)!;
-      while (list.length && this.#stats.freeBytes > keepBytes) {
-        list.pop()!.destroy();
-        this.#stats.freeBytes -= size;
-      }
-    }
+    this.#stats.freeBytes = trimFree(this.#free, this.#stats.freeBytes, keepBytes, (size) => size);
   }
 
   /** A snapshot of the counters. */
@@ -169,6 +161,29 @@ export class BufferPool {
     for (const b of this.#live) b.destroy();
     this.#live.clear();
   }
+}
+
+/**
+ * Destroys objects of the free lists `free` (by key; `bytesOf(key)` bytes
+ * each), largest first, until at most `keepBytes` of `freeBytes` stay free.
+ * Returns the free bytes left. The buffer and the texture pool both trim so.
+ */
+export function trimFree<K, T extends { destroy(): void }>(
+  free: Map<K, T[]>,
+  freeBytes: number,
+  keepBytes: number,
+  bytesOf: (key: K) => number,
+): number {
+  if (freeBytes <= keepBytes) return freeBytes;
+  const keys = [...free.keys()].sort((a, b) => bytesOf(b) - bytesOf(a));
+  for (const key of keys) {
+    const list = free.get(key)!;
+    while (list.length && freeBytes > keepBytes) {
+      list.pop()!.destroy();
+      freeBytes -= bytesOf(key);
+    }
+  }
+  return freeBytes;
 }
 
 function push(m: Map<number, GPUBuffer[]>, size: number, b: GPUBuffer) {

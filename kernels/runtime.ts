@@ -211,7 +211,9 @@ export class Gpu {
     this.#uniforms = this.#transientUniforms;
     device.addEventListener("uncapturederror", (ev) => {
       const e = (ev as GPUUncapturedErrorEvent).error;
-      this.#uncaptured.push(new GpuError(`uncaptured GPU error: ${e.message.trim()}`));
+      // Say which kind: a buffer created outside an error scope reports out of memory here.
+      const oom = e.constructor?.name === "GPUOutOfMemoryError" ? " (out of memory)" : "";
+      this.#uncaptured.push(new GpuError(`uncaptured GPU error${oom}: ${e.message.trim()}`));
     });
     device.lost.then((info) => {
       this.#lost = info;

@@ -30,8 +30,8 @@
  * Temperature, like the other scheduled values, is read from a one-element storage tensor so a
  * recorded step replays with the value the host writes before each replay.
  */
-import { F32_LOWEST } from "./common/rows.ts";
-import { splitSpans } from "./common/split.ts";
+import { F32_LOWEST, rowView } from "./common/rows.ts";
+import { type Span, splitSpans } from "./common/split.ts";
 import {
   bindingsWgsl,
   FLAT_WORKGROUP_INDEX,
@@ -363,10 +363,8 @@ fn main(${GRID_BUILTINS}) {
 
 // ------------------------------------------------------------------ planning
 
-/** One bound window of rows. */
-interface RowBlock {
-  rowBase: number;
-  nRows: number;
+/** One bound window of rows: rows [start, start + count). */
+interface RowBlock extends Span {
   /** Index of the block's first column slab. */
   slabBase: number;
   slabs: number;
@@ -399,14 +397,10 @@ function planRows(gpu: Gpu, op: string, rows: number, K: number, maxBindingBytes
   let slabBase = 0;
   for (const w of windows) {
     const slabs = Math.ceil(w.count / slabRows);
-    blocks.push({ rowBase: w.start, nRows: w.count, slabBase, slabs });
+    blocks.push({ start: w.start, count: w.count, slabBase, slabs });
     slabBase += slabs;
   }
   return { rows, K, slabRows, totalSlabs: slabBase, blocks };
-}
-
-function rowView(t: GpuTensor, b: RowBlock, K: number): GpuTensor {
-  return t.view(b.rowBase * K, [b.nRows * K]);
 }
 
 function checkLogits(op: string, logits: GpuTensor): [number, number] {
@@ -439,8 +433,8 @@ function colPartials(
       grid(Math.ceil(n / WG)),
       params({
         K: plan.K,
-        nRows: b.nRows,
-        rowBase: b.rowBase,
+        nRows: b.count,
+        rowBase: b.start,
         count,
         slabRows: plan.slabRows,
         slabBase: b.slabBase,
@@ -627,8 +621,8 @@ function* sinkhornPasses(
       gpu.dispatch(
         rowPartialKernel,
         [rowView(q, b, K), uk, rpart],
-        grid(b.nRows * slices),
-        params({ K, nRows: b.nRows, rowBase: b.rowBase, n: slices }),
+        grid(b.count * slices),
+        params({ K, nRows: b.count, rowBase: b.start, n: slices }),
       );
     }
     gpu.dispatch(
@@ -639,12 +633,12 @@ function* sinkhornPasses(
     );
   }
   for (const b of plan.blocks) {
-    const n = b.nRows * K;
+    const n = b.count * K;
     gpu.dispatch(
       scaleKernel(mode),
       [uk, w, ...countT, rowView(q, b, K)],
       grid(Math.ceil(n / WG)),
-      params({ K, rowBase: b.rowBase, count: countU, n }),
+      params({ K, rowBase: b.start, count: countU, n }),
     );
   }
   gpu.release(mx, cpart, uk, w, rpart, colSum);
@@ -684,8 +678,8 @@ export function centeredSoftmax(
     gpu.dispatch(
       centerPartialKernel,
       [rowView(logits, b, K), center, temp, partial],
-      grid(b.nRows * slices),
-      params({ K, nRows: b.nRows, rowBase: b.rowBase, n: slices }),
+      grid(b.count * slices),
+      params({ K, nRows: b.count, rowBase: b.start, n: slices }),
     );
   }
   gpu.dispatch(
@@ -698,8 +692,8 @@ export function centeredSoftmax(
     gpu.dispatch(
       centerWriteKernel,
       [rowView(logits, b, K), center, temp, stats, rowView(y, b, K)],
-      grid(Math.ceil((b.nRows * K) / WG)),
-      params({ K, nRows: b.nRows, rowBase: b.rowBase }),
+      grid(Math.ceil((b.count * K) / WG)),
+      params({ K, nRows: b.count, rowBase: b.start }),
     );
   }
   gpu.release(partial, stats);

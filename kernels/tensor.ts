@@ -9,11 +9,6 @@ export type DType = "f32" | "u32" | "i32";
 /** Bytes per element of each dtype. */
 export const DTYPE_BYTES: { readonly [D in DType]: number } = { f32: 4, u32: 4, i32: 4 };
 
-/** Typed array of each dtype, for uploads and read-backs. */
-export type TypedArrayOf<D extends DType> = D extends "f32" ? Float32Array
-  : D extends "u32" ? Uint32Array
-  : Int32Array;
-
 /** A host array of any dtype (what references of dtype-agnostic ops take). */
 export type HostArray = Float32Array | Uint32Array | Int32Array;
 

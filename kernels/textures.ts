@@ -12,6 +12,7 @@
  * kernels), which run in encoder order; so, unlike buffers, a released texture may be handed
  * out again at once, within the same submit.
  */
+import { trimFree } from "./pool.ts";
 
 /** The formats bloom binds: rgba32float (4 f32 per texel) and rgba32uint (8 packed halves). */
 export type TextureFormat = "rgba32float" | "rgba32uint";
@@ -114,15 +115,7 @@ export class TexturePool {
    * the open encoder may still be used by it.
    */
   trim(keepBytes = this.maxFreeBytes): void {
-    if (this.#freeBytes <= keepBytes) return;
-    const keys = [...this.#free.keys()].sort((a, b) => texBytes(b) - texBytes(a));
-    for (const key of keys) {
-      const list = this.#free.get(key)!;
-      while (list.length && this.#freeBytes > keepBytes) {
-        list.pop()!.destroy();
-        this.#freeBytes -= texBytes(key);
-      }
-    }
+    this.#freeBytes = trimFree(this.#free, this.#freeBytes, keepBytes, texBytes);
   }
 
   /** Destroys every free texture. */

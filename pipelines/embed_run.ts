@@ -9,6 +9,13 @@
  * while batch k+1 runs (`prepareEmbedBatch`). The GPU waits only for a
  * submit between batches.
  *
+ * Tuning never holds the first results back: the first batch runs on what is
+ * tuned so far (else the adapter class's shipped defaults), its rows are
+ * written, and only then are the kernels tuned (`tuneForVit`, cached for
+ * later runs) for the batches after it — skipped when there are none. Its
+ * budget grows with the work left (`tuneBudgetMs`), so a long run tunes what
+ * a short one leaves for later.
+ *
  * Resume: each batch's rows stream into the journal `OUT.partial/` as they
  * come back, committed after the first batch and then at most every
  * `checkpointSeconds` (every batch when batches are slower), and when the run
@@ -33,7 +40,7 @@ import {
   type Pooling,
   readEmbeddings,
 } from "../data/embeddings_file.ts";
-import { tuneForVit } from "../graph/tune.ts";
+import { DEFAULT_TUNE_BUDGET_MS, tuneForVit, type TuneReport } from "../graph/tune.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import {
   checkInputSide,
@@ -44,7 +51,7 @@ import {
 } from "./embed.ts";
 import { EmbedJournal, type RowMeta } from "./embed_journal.ts";
 import { ABORTED, Interrupted, whenAborted } from "./interrupt.ts";
-import { type Batch, openLoader } from "./loader.ts";
+import { type Batch, checkSource, openLoader } from "./loader.ts";
 import { splitOriginOf } from "./dataset/split_origin.ts";
 import { Progress } from "./progress.ts";
 import { lockOutput } from "./output_lock.ts";
@@ -78,8 +85,15 @@ export interface EmbedRunOptions {
   workers?: number;
   quiet?: boolean;
   log?: (line: string) => void;
-  /** Measure the kernel variants for this model first (once per adapter; cached). Default true. */
+  /**
+   * Measure the kernel variants for this model after the first batch, when more follow (once
+   * per adapter; cached). Default true.
+   */
   autotune?: boolean;
+  /** Test hook: runs instead of `tuneForVit` (given the run's log and the budget in ms). */
+  tuner?: (log: (line: string) => void, budgetMs: number) => Promise<TuneReport>;
+  /** Called after each batch's rows are written (the first batch's also committed). */
+  onRows?: (rows: number) => void;
   /** Test hook: fail after committing this many batches (a crash mid-run). */
   crashAfterBatches?: number;
   /**
@@ -102,9 +116,12 @@ export interface EmbedRunSummary {
   out: string;
   rows: number;
   dim: number;
+  /** Images embedded per second of the run, tuning left out. */
   imagesPerSecond: number;
   resumedRows: number;
   failed: number;
+  /** What tuning did (after the first batch), when it ran. */
+  tuning?: TuneReport;
 }
 
 /** The output path of part i of n: `feat.safetensors` → `feat.part-2-of-8.safetensors`. */
@@ -169,6 +186,7 @@ export async function runEmbed(gpu: Gpu, opts: EmbedRunOptions): Promise<EmbedRu
   const batchSize = opts.batch ?? 32;
   const checkpointMs = 1000 * (opts.checkpointSeconds ?? 2);
   const out = opts.part ? partPath(opts.out, opts.part.index, opts.part.count) : opts.out;
+  await checkSource(opts.input, "--input", { path: out, flag: "--out" });
   // Count the inputs once (cheap: paths or a manifest) to fix the part's range.
   // Quiet: the loader that embeds reports what enumeration refused, once.
   const probe = await openLoader(opts.input, {
@@ -210,21 +228,33 @@ export async function runEmbed(gpu: Gpu, opts: EmbedRunOptions): Promise<EmbedRu
   const sha = opts.weightsSha256 !== undefined
     ? Promise.resolve(opts.weightsSha256)
     : sha256File(opts.weights).catch(() => undefined);
-  let t0 = performance.now();
+  const t0 = performance.now();
   let embedded = 0;
   let failed = 0;
   let next = start;
+  let tuning: TuneReport | undefined;
+  let tuneMs = 0; // left out of the rate: it is the embedding's, not the tuning's
+  let tunePending = opts.autotune ?? true;
+  /**
+   * Tunes for the batches after the first (cached: later runs measure nothing again), given
+   * what the first batch took and how many images are left.
+   */
+  const tune = async (batchMs: number, imagesLeft: number) => {
+    tunePending = false;
+    const t = performance.now();
+    const budgetMs = tuneBudgetMs((batchMs / batchSize) * imagesLeft);
+    tuning = await (opts.tuner?.(log, budgetMs) ??
+      tuneForVit(gpu, opts.model.config, {
+        images: batchSize,
+        image: size,
+        training: false,
+        log,
+        budgetMs,
+      }));
+    tuneMs += performance.now() - t;
+  };
   try {
     if (start < range[1]) {
-      if (opts.autotune ?? true) {
-        await tuneForVit(gpu, opts.model.config, {
-          images: batchSize,
-          image: size,
-          training: false,
-          log,
-        });
-        t0 = performance.now(); // the rate is the embedding's, not the tuning's
-      }
       const loader = await openLoader(opts.input, {
         batchSize,
         size,
@@ -269,6 +299,7 @@ export async function runEmbed(gpu: Gpu, opts: EmbedRunOptions): Promise<EmbedRu
           await journal.commit(next);
           lastCommit = performance.now();
         }
+        opts.onRows?.(embedded);
         if (crash) throw new Error(`simulated crash after ${batches} batches`);
       };
       // Batches recorded or submitted, not yet read back (at most two: double buffering).
@@ -301,7 +332,20 @@ export async function runEmbed(gpu: Gpu, opts: EmbedRunOptions): Promise<EmbedRu
           pending.push(cur);
           const prev = pending.length > 1 ? pending[0] : null;
           if (!prev) {
+            const t = performance.now();
             cur.job.submit();
+            if (tunePending) {
+              // The first batch runs untuned and its rows are written at once; the kernels are
+              // then tuned for the rest, if there is a rest (a later, longer run tunes anyway).
+              const e = await readBack(cur);
+              if (!e) {
+                stopped = true;
+                break;
+              }
+              await keep(cur, e);
+              if (next < range[1]) await tune(performance.now() - t, range[1] - next);
+              else tunePending = false;
+            }
             continue;
           }
           const e = await readBack(prev);
@@ -373,7 +417,7 @@ export async function runEmbed(gpu: Gpu, opts: EmbedRunOptions): Promise<EmbedRu
     throw e;
   }
   await Deno.remove(partial, { recursive: true });
-  const seconds = (performance.now() - t0) / 1000;
+  const seconds = (performance.now() - t0 - tuneMs) / 1000;
   return {
     out,
     rows: w.rows,
@@ -381,7 +425,20 @@ export async function runEmbed(gpu: Gpu, opts: EmbedRunOptions): Promise<EmbedRu
     imagesPerSecond: embedded / Math.max(seconds, 1e-9),
     resumedRows,
     failed: failedRows.length,
+    ...(tuning ? { tuning } : {}),
   };
+}
+
+/**
+ * The tuning budget of a run with `workMs` of embedding left: a twentieth of it, at least the
+ * default (`DEFAULT_TUNE_BUDGET_MS`: a short run's tuning stays short, and what does not fit is
+ * left for later runs) and at most a minute. A run of thousands of images thus tunes every
+ * kernel shape in one go, for a few per cent of its time; the work left is estimated from the
+ * first batch, cold compiles included, so it errs long (unknown counts: the default).
+ */
+export function tuneBudgetMs(workMs: number): number {
+  if (!Number.isFinite(workMs)) return DEFAULT_TUNE_BUDGET_MS;
+  return Math.min(60_000, Math.max(DEFAULT_TUNE_BUDGET_MS, workMs / 20));
 }
 
 /** Each image's row metadata: its path, and its label, patient and ingest split where known. */
@@ -440,6 +497,17 @@ export async function mergeParts(
         "run them first",
     );
   }
+  // The parts' failures beside the merged file, written first as runEmbed writes a part's.
+  let failed = "";
+  for (let i = 0; i < count; i++) {
+    failed += await Deno.readTextFile(`${found.get(i)}.errors.jsonl`).catch((e) => {
+      if (e instanceof Deno.errors.NotFound) return "";
+      throw e;
+    });
+  }
+  const failedRows = failed.split("\n").filter((l) => l.trim()).length;
+  if (failedRows) await writeTextAtomic(`${out}.errors.jsonl`, failed);
+  else await Deno.remove(`${out}.errors.jsonl`).catch(() => {});
   const first = await readEmbeddings(found.get(0)!);
   const w = await createEmbeddingsWriter(out, {
     dim: first.dim,
@@ -450,6 +518,7 @@ export async function mergeParts(
       pool: first.meta.pool as Pooling,
       extra: {
         "bloom.parts": String(count),
+        ...(failedRows ? { "bloom.failed": String(failedRows) } : {}),
         // What saved heads check the embedding model by, kept from the parts.
         ...Object.fromEntries(
           ["bloom.size", "bloom.weights_sha256", "bloom.split", "bloom.split_sha256"].filter((k) =>

@@ -47,7 +47,7 @@ import {
   keyFromPath,
   type SampleSource,
 } from "./dataset/sample.ts";
-import { listDir, walkImages, walkScope } from "./dataset/walk.ts";
+import { isInside, listDir, realPathOf, walkImages, walkScope } from "./dataset/walk.ts";
 
 /** One batch: B images [B, S, S, 3] RGB bytes, row-major, plus their labels and keys. */
 export interface Batch {
@@ -215,14 +215,30 @@ async function enumerateFiles(
   return { samples: dedupeKeys(samples, errors), classes: [], errors };
 }
 
+/** A path a command writes (`--out`), and its flag, for `checkSource`. */
+export interface OutputPath {
+  path: string;
+  flag: string;
+}
+
 /**
  * Checks that `source` names something the loader can open, without reading
  * an image: the paths exist, several sources are all .tar shards, a folder
  * with shards has its manifest.json (a finished ingest). Commands call it
  * before they load weights or start the GPU; `openLoader` calls it too.
  * `what` starts the message (the flag, e.g. "--input").
+ *
+ * With `output`, a folder source that is walked (not a finished ingest) may
+ * not hold the output: the run's own files there (a `.partial` folder, a
+ * run directory) would be walked as input by its rerun or `--resume`, a
+ * folder of them even taken for a class, or turning a flat folder into
+ * class folders whose images are then refused. Refused, naming both flags.
  */
-export async function checkSource(source: string | string[], what = "openLoader:"): Promise<void> {
+export async function checkSource(
+  source: string | string[],
+  what = "openLoader:",
+  output?: OutputPath,
+): Promise<void> {
   const paths = Array.isArray(source) ? source : [source];
   if (paths.length === 0) throw new InputError(`${what} no source given`);
   if (paths.every((p) => p.endsWith(".tar"))) {
@@ -246,6 +262,13 @@ export async function checkSource(source: string | string[], what = "openLoader:
             `rerun the same deno task ingest command to complete it, or pass the .tar files`,
         );
       }
+    }
+    if (output && isInside(await realPathOf(output.path), await Deno.realPath(p))) {
+      throw new InputError(
+        `${output.flag} ${output.path} is inside ${what} ${p}: the run's own files would be ` +
+          `read back as images by a rerun or --resume (its folders taken for classes); ` +
+          `choose an ${output.flag} outside ${p}`,
+      );
     }
   } else if (!(await exists(p))) {
     throw new InputError(`${what} ${p} does not exist`);
@@ -393,10 +416,17 @@ async function* shardSamples(w: ShardWalk): AsyncGenerator<RawSample> {
       let meta: Record<string, unknown> = {};
       const json = s.files.get("json");
       if (json) {
+        let parsed: unknown;
         try {
-          meta = JSON.parse(dec.decode(json));
+          parsed = JSON.parse(dec.decode(json));
         } catch {
           onError(where, "sample json does not parse; kept without it");
+        }
+        // Consumers read fields of it: only an object is metadata (null, 5, [] are not).
+        if (typeof parsed === "object" && parsed !== null && !Array.isArray(parsed)) {
+          meta = parsed as Record<string, unknown>;
+        } else if (parsed !== undefined) {
+          onError(where, "sample json is not an object; kept without it");
         }
       }
       const clsBytes = s.files.get("cls");

@@ -8,7 +8,13 @@
  * A lock whose holder died is taken over (data/lock.ts says how).
  */
 import { join } from "node:path";
-import { acquireLock, describeHolder, type Lock, LockHeldError } from "../data/lock.ts";
+import {
+  acquireLock,
+  currentHolder,
+  describeHolder,
+  type Lock,
+  LockHeldError,
+} from "../data/lock.ts";
 
 /** What is locked: a run's output directory or one output file. */
 export type OutputKind = "directory" | "file";
@@ -56,4 +62,21 @@ export async function lockOutput(
     if (e instanceof LockHeldError) throw new OutputLockedError(e);
     throw e;
   }
+}
+
+/**
+ * Throws OutputLockedError when another run writes output `out` now (unless
+ * `wait`): commands call it with their other checks, before weights load or
+ * the GPU starts, so a second run stops at once. The run still takes the
+ * lock (`lockOutput`) when it starts writing.
+ */
+export async function checkOutputFree(
+  out: string,
+  kind: OutputKind,
+  opts: Pick<OutputLockOptions, "wait"> = {},
+): Promise<void> {
+  if (opts.wait) return;
+  const path = outputLockPath(out, kind);
+  const holder = await currentHolder(path);
+  if (holder) throw new OutputLockedError(new LockHeldError(path, holder));
 }

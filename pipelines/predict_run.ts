@@ -101,6 +101,11 @@ export interface PredictOptions {
   log?: (line: string) => void;
   /** Another run writes `out`: wait for it (default: stop, naming it; pipelines/output_lock.ts). */
   wait?: boolean;
+  /**
+   * Stops embedding the images (Ctrl-C): the rows read back are kept for the rerun, and
+   * `Interrupted` says so (pipelines/interrupt.ts).
+   */
+  signal?: AbortSignal;
 }
 
 /** What a run produced. */
@@ -290,7 +295,7 @@ async function obtainFeatures(
         `the heads were trained on (${describeEmbeddingModel(heads.embedding)})`,
     );
   }
-  await checkSource(opts.input, "--input");
+  await checkSource(opts.input, "--input", { path: opts.out, flag: "--out" });
   const model = await weightsModel(opts.weights, heads, opts.attentionHeads);
   checkSameEmbedding(heads.first, heads.embedding, `--weights ${opts.weights}`, model);
   const featuresPath = opts.features ?? sibling(opts.out, ".features.safetensors");
@@ -324,6 +329,7 @@ async function obtainFeatures(
       log,
       extraMeta: { "bloom.input": opts.input },
       wait: opts.wait,
+      signal: opts.signal,
       onError: (where, reason) => problems.push({ path: where, error: reason }),
     });
   } finally {
@@ -631,8 +637,17 @@ async function predictCells(
       for (let r0 = state.rows; r0 < n; r0 += block) {
         const r1 = Math.min(r0 + block, n);
         const x = matrix(emb.features.subarray(r0 * d, r1 * d), r1 - r0, d, emb.path);
-        const q = knn ? await knn.query(x) : null;
-        const p = isProbe ? (cellHead.head as Probe).predict(x) : q!;
+        // The kNN search starts on its worker threads; the probe runs meanwhile.
+        const searching = knn ? knn.query(x) : null;
+        let probed: ReturnType<Probe["predict"]> | null;
+        try {
+          probed = isProbe ? (cellHead.head as Probe).predict(x) : null;
+        } catch (e) {
+          await searching?.catch(() => {});
+          throw e;
+        }
+        const q = searching ? await searching : null;
+        const p = probed ?? q!;
         const lines: string[] = [];
         for (let i = 0; i < r1 - r0; i++) {
           const row = r0 + i;

@@ -61,6 +61,8 @@ export function formatDuration(seconds: number): string {
 export class Progress {
   readonly total: number;
   #count = 0;
+  /** Of `#count`, the items an earlier run did (resumed): not part of this run's rate. */
+  #resumed = 0;
   #extra = "";
   #opts: Required<Omit<ProgressOptions, "sink" | "format">> & {
     sink: ProgressSink | null;
@@ -68,6 +70,8 @@ export class Progress {
   };
   #start: number;
   #lastDraw = -Infinity;
+  /** Count and note of the last line drawn, so `done` does not print the same line twice. */
+  #lastDrawn: [number, string] | null = null;
   #drawnOnTty = false;
 
   constructor(total: number, opts: ProgressOptions = {}) {
@@ -91,10 +95,10 @@ export class Progress {
     return this.#count;
   }
 
-  /** Items per second since the start. */
+  /** Items per second since the start (items resumed from an earlier run left out). */
   rate(): number {
     const s = (this.#opts.now() - this.#start) / 1000;
-    return s > 0 ? this.#count / s : 0;
+    return s > 0 ? (this.#count - this.#resumed) / s : 0;
   }
 
   /** Seconds left at the current rate, or NaN when unknown. */
@@ -119,8 +123,11 @@ export class Progress {
     } else {
       parts.push(n(this.#count));
     }
-    parts.push(format ? `${format(this.rate())}/s` : `${this.rate().toFixed(1)} ${unit}/s`);
-    if (this.total > 0) parts.push(`ETA ${formatDuration(this.eta())}`);
+    // Nothing done by this run yet (only resumed items): no rate or ETA to speak of.
+    if (this.#count > this.#resumed || this.#resumed === 0) {
+      parts.push(format ? `${format(this.rate())}/s` : `${this.rate().toFixed(1)} ${unit}/s`);
+      if (this.total > 0) parts.push(`ETA ${formatDuration(this.eta())}`);
+    }
     if (this.#extra) parts.push(this.#extra);
     return parts.join("  ");
   }
@@ -130,6 +137,15 @@ export class Progress {
     this.#count += n;
     if (extra !== undefined) this.#extra = extra;
     this.#maybeDraw(false);
+  }
+
+  /**
+   * Adds `n` items an earlier run finished (a resumed run's): they count
+   * towards the total but not towards this run's rate.
+   */
+  resumed(n: number, extra?: string): void {
+    this.#resumed += n;
+    this.tick(n, extra);
   }
 
   /** Prints the final line (and ends the terminal line). */
@@ -146,7 +162,10 @@ export class Progress {
     const t = this.#opts.now();
     const gap = sink.isTerminal ? this.#opts.redrawMs : this.#opts.intervalMs;
     if (!force && t - this.#lastDraw < gap) return;
+    const [n, extra] = this.#lastDrawn ?? [NaN, ""];
+    if (force && !sink.isTerminal && n === this.#count && extra === this.#extra) return;
     this.#lastDraw = t;
+    this.#lastDrawn = [this.#count, this.#extra];
     if (sink.isTerminal) {
       sink.write(`\r${this.line()}\x1b[K`);
       this.#drawnOnTty = true;

@@ -18,16 +18,20 @@ import { blobSource, RandomAccessFile } from "../data/file.ts";
 import { openPth } from "../data/pth.ts";
 import { differentialCount } from "../eval/differential.ts";
 import { KNeighborsClassifier } from "../eval/knn.ts";
-import { embeddingModelFromMeta } from "../eval/head_file.ts";
 import { LogisticRegression } from "../eval/logreg.ts";
 import { matrix } from "../eval/matrix.ts";
 import { Probe } from "../eval/probe.ts";
+import { writePth } from "../data/pth_writer.ts";
+import { writeSafetensors } from "../data/safetensors.ts";
+import { randomVitWeights } from "../graph/init.ts";
 import { mulberry32 } from "../graph/random.ts";
-import { vitConfig } from "../graph/vit.ts";
+import { vitConfig, vitParamSpecs } from "../graph/vit.ts";
 import { decodeCell } from "../pipelines/dataset/images.ts";
 import { writeSyntheticImageFolder } from "../pipelines/synthetic.ts";
 import { buildApp, CONTENT_SECURITY_POLICY, DIST_DIR, handle } from "../cli/app.ts";
 import { makeAppSuite } from "../bench/app.ts";
+import { DeviceLostError, GpuError, GpuLimitError } from "../kernels/errors.ts";
+import { BufferPool } from "../kernels/pool.ts";
 import { getGpu } from "../kernels/runtime.ts";
 import { LOOSE_SAMPLE, placeCell, sortDropped } from "../app/cells.ts";
 import { knnPredict, probePredict } from "../app/classify.ts";
@@ -42,7 +46,10 @@ import {
   waitSettled,
   writeRandomCheckpoint,
 } from "../app/driver.ts";
+import { type EntryLike, looseFiles, walkEntries } from "../app/entries.ts";
 import { embeddingsCsv, embeddingsSafetensors, predictionsCsv } from "../app/export.ts";
+import { doesNotFit, endsJob, inHalves } from "../app/fit.ts";
+import { failureKind } from "../app/protocol.ts";
 import { galleryOrder } from "../app/gallery.ts";
 import { cellPixels, flattenRgba } from "../app/pixels.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
@@ -59,6 +66,7 @@ if (!CHROMIUM) {
 }
 const CLI = new URL("../cli/embed.ts", import.meta.url).pathname;
 const APP_CLI = new URL("../cli/app.ts", import.meta.url).pathname;
+const EVAL_CLI = new URL("../cli/eval.ts", import.meta.url).pathname;
 const dec = new TextDecoder();
 
 // ------------------------------------------------------------------ fixtures
@@ -290,6 +298,134 @@ Deno.test("app gallery: sorted by confidence or type, filtered by type and name"
   assertEquals(galleryOrder(cells, { ...view, text: "A.P" }).map((c) => c.id), [2]);
 });
 
+Deno.test("app folder drops: every directory read to its end, subfolders kept, unreadable parts named", async () => {
+  type Tree = { [name: string]: Tree | string | Error };
+  // readEntries answers in batches of two, then an empty one, as browsers do (in 100s).
+  const entry = (name: string, node: Tree | string | Error): EntryLike =>
+    typeof node === "string" || node instanceof Error
+      ? {
+        name,
+        isFile: true,
+        isDirectory: false,
+        file: (ok, fail) => typeof node === "string" ? ok(new File([node], name)) : fail(node),
+      }
+      : {
+        name,
+        isFile: false,
+        isDirectory: true,
+        createReader() {
+          const children = Object.entries(node).map(([n, c]) => entry(n, c));
+          let at = 0;
+          return {
+            readEntries(ok, fail) {
+              if (name === "locked") return fail(new DOMException("denied", "SecurityError"));
+              ok(children.slice(at, at += 2));
+            },
+          };
+        },
+      };
+  const { files, unreadable } = await walkEntries([
+    entry("smear1", {
+      blast: { "a.png": "A", "b.png": "B", "c.png": "C", "d.png": "D", "e.png": "E" },
+      lymphocyte: { "f.png": "F" },
+      locked: { "x.png": "X" },
+      "gone.png": new DOMException("A requested file could not be found", "NotFoundError"),
+    }),
+    entry("loose.jpg", "L"),
+  ]);
+  assertEquals(files.map((f) => f.path), [
+    "loose.jpg",
+    "smear1/blast/a.png",
+    "smear1/blast/b.png",
+    "smear1/blast/c.png",
+    "smear1/blast/d.png",
+    "smear1/blast/e.png",
+    "smear1/lymphocyte/f.png",
+  ]);
+  assertEquals(await files[5].file.text(), "E");
+  assertEquals(unreadable.map((u) => u.path), ["smear1/locked/", "smear1/gone.png"]);
+  assert(/could not be read \(A requested file could not be found\)/.test(unreadable[1].reason));
+  // And the folder rule: the subfolders are the labels of the sample "smear1".
+  const { cells } = sortDropped(files.map((f) => f.path));
+  assertEquals(cells.map((c) => [c.sample, c.label]).slice(0, 2), [
+    [LOOSE_SAMPLE, null],
+    ["smear1", "blast"],
+  ]);
+  assertEquals(looseFiles([new File([""], "b.png"), new File([""], "a.png")]).map((f) => f.path), [
+    "a.png",
+    "b.png",
+  ]);
+});
+
+Deno.test("app GPU failures: memory or a limit halves the batch down to one cell; a model that does not fit says so", async () => {
+  // The runtime's own errors, as the engine sees them.
+  const pool = new BufferPool({} as GPUDevice, 1024);
+  const tooBig = (() => {
+    try {
+      pool.acquire(4096, "gpu-write", "attention scores");
+    } catch (e) {
+      return e;
+    }
+  })();
+  const kinds = [
+    new GpuError("GPU out-of-memory error in submit #3 (matmul ×2): Out of memory"),
+    new GpuError("uncaptured GPU error (out of memory): Failed to allocate"),
+    new DeviceLostError("the GPU device was lost (destroyed): no detail"),
+    new GpuLimitError("attention variant {}: workgroup of 512 exceeds this adapter's 256"),
+    tooBig,
+    new GpuError("GPU validation error in submit #1 (x): Binding size is zero"),
+  ].map(failureKind);
+  assertEquals(kinds, ["oom", "oom", "lost", "limit", "limit", "other"]);
+
+  // A fake GPU that takes at most 3 cells at once: 10 cells go through as 2+3+… in order.
+  const runs: number[][] = [];
+  const fits = (max: number) => (part: readonly number[]) => {
+    runs.push([...part]);
+    if (part.length > max) {
+      return Promise.reject(new GpuError("GPU out-of-memory error in submit #1 (x): OOM"));
+    }
+    return Promise.resolve();
+  };
+  const cells = [...Array(10).keys()];
+  assertEquals(await inHalves(cells, fits(3)), 3);
+  const done = runs.filter((r) => r.length <= 3);
+  assertEquals(done.flat(), cells, "every cell once, in order");
+  // One cell too many: the error comes out (the job stops saying the model does not fit).
+  runs.length = 0;
+  await assertRejects(() => inHalves(cells, fits(0)), GpuError, "out-of-memory");
+  assertEquals(runs.at(-1)!.length, 1);
+  // Other failures are not retried.
+  let calls = 0;
+  await assertRejects(() =>
+    inHalves(cells, () => {
+      calls++;
+      return Promise.reject(new GpuError("GPU validation error"));
+    }), GpuError);
+  assertEquals(calls, 1);
+  assert(endsJob("oom") && endsJob("limit") && endsJob("lost") && !endsJob("other"));
+
+  // ViT-L on a small adapter: named, sized, with what to do.
+  const params = vitParamSpecs(vitConfig("vit_large")).reduce(
+    (n, s) => n + s.shape.reduce((a, b) => a * b, 1),
+    0,
+  );
+  const msg = doesNotFit(
+    { arch: "vit_large", params },
+    "SwiftShader",
+    224,
+    new GpuError("uncaptured GPU error (out of memory): Failed to allocate"),
+  );
+  assertEquals(
+    msg,
+    "vit_large (303.2 M parameters, 1.1 GiB of weights) does not fit this adapter " +
+      "(SwiftShader) at 224 px: out of GPU memory; use a smaller model or input side, or the " +
+      "command line on a larger GPU",
+  );
+  assert(
+    doesNotFit({ arch: "vit_giant2", params: 1.1e9 }, "x", 224, tooBig).includes("maxBufferSize"),
+  );
+});
+
 Deno.test("data: a Blob is read like the file (the page's dropped checkpoints); damage names it", async () => {
   const dir = await Deno.makeTempDir({ prefix: "bloom-app-blob-" });
   try {
@@ -312,10 +448,36 @@ Deno.test("data: a Blob is read like the file (the page's dropped checkpoints); 
   }
 });
 
-Deno.test("app build: the page bundles for the browser, self-contained (no node:, no sharp, no import)", async () => {
+Deno.test("app build: the page bundles bloom's own modules for the browser, self-contained, with no way to reach another host", async () => {
   await buildApp();
+  // The engine is built from the command line's modules (no fork): readers, kernels, model, embed.
+  const sources: string[] = JSON.parse(
+    await Deno.readTextFile(join(DIST_DIR, "worker.js.map")),
+  ).sources;
+  for (
+    const m of ["data/pth.ts", "data/safetensors.ts", "graph/checkpoint.ts", "kernels/attention.ts"]
+      .concat(["kernels/runtime.ts", "pipelines/embed.ts", "pipelines/dataset/resample.ts"])
+  ) {
+    assert(sources.some((s) => s.endsWith(`../${m}`)), `the engine bundle lacks ${m}`);
+  }
+  // The page's own files name nothing outside the server; the code has no network API at all.
+  const appDir = join(DIST_DIR, "..");
+  for (const f of ["index.html", "style.css"]) {
+    const text = await Deno.readTextFile(join(appDir, f));
+    const refs = [...text.matchAll(/(?:src|href)\s*=\s*"([^"]*)"|url\(([^)]*)\)|@import/g)]
+      .map((m) => m[1] ?? m[2] ?? m[0]);
+    const foreign = refs.filter((r) => /^(?:[a-z]+:)?\/\/|@import/i.test(r) && r !== "data:,");
+    assertEquals(foreign, [], `${f} refers to another host`);
+  }
   for (const f of ["main.js", "worker.js"]) {
     const js = await Deno.readTextFile(join(DIST_DIR, f));
+    const network = js.match(
+      /\bfetch\(|XMLHttpRequest|WebSocket|EventSource|sendBeacon|importScripts|RTCPeerConnection/g,
+    );
+    assertEquals(network, null, `${f} has a network API`);
+    const urls = (js.match(/\b(?:https?|wss?|ftp):\/\/[^\s"'`)]*/g) ?? [])
+      .filter((u) => u !== "http://www.w3.org/2000/svg"); // SVG's namespace, not a request
+    assertEquals(urls, [], `${f} names another host`);
     const imports = [...js.matchAll(/^\s*import\s[^;]*?from\s*["']([^"']+)["']/gm)].map((m) =>
       m[1]
     );
@@ -358,14 +520,23 @@ Deno.test("app server: only the page's files, with a policy that forbids other o
   assertEquals(post.status, 405);
 });
 
-Deno.test("app command: serves the page on 127.0.0.1 until stopped; a taken port is a usage error", async () => {
-  const start = (port: string) =>
+Deno.test("app command: serves the page on 127.0.0.1 until stopped, --open opens it; a taken port is a usage error", async () => {
+  // --open runs the desktop's opener (xdg-open; open on macOS): a stand-in records the URL.
+  const bin = await Deno.makeTempDir({ prefix: "bloom-app-opener-" });
+  const opened = join(bin, "opened");
+  for (const name of ["xdg-open", "open"]) {
+    await Deno.writeTextFile(join(bin, name), `#!/bin/sh\nprintf %s "$1" > '${opened}'\n`, {
+      mode: 0o755,
+    });
+  }
+  const start = (port: string, ...more: string[]) =>
     new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "--no-check", APP_CLI, "--port", port],
+      args: ["run", "-A", "--no-check", APP_CLI, "--port", port, ...more],
+      env: { PATH: `${bin}:${Deno.env.get("PATH") ?? ""}` },
       stdout: "piped",
       stderr: "piped",
     }).spawn();
-  const child = start("0");
+  const child = start("0", "--open");
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let text = "";
   while (!/http:\/\/\S+\//.test(text)) {
@@ -385,11 +556,20 @@ Deno.test("app command: serves the page on 127.0.0.1 until stopped; a taken port
     const second = await start(port).output();
     assertEquals(second.code, 2);
     assert(/port \d+ on 127\.0\.0\.1 is in use: pass --port/.test(dec.decode(second.stderr)));
+    if (Deno.build.os !== "windows") {
+      let got = "";
+      for (let i = 0; i < 100 && !got; i++) {
+        got = await Deno.readTextFile(opened).catch(() => "");
+        if (!got) await new Promise((r) => setTimeout(r, 50));
+      }
+      assertEquals(got, url, "--open handed the page's URL to the desktop's opener");
+    }
   } finally {
     child.kill("SIGTERM");
     await reader.cancel();
     await child.stderr.cancel();
     await child.status;
+    await Deno.remove(bin, { recursive: true });
   }
 });
 
@@ -468,7 +648,8 @@ pageTest(
     const cli = await readEmbeddings(join(dir, "cli.safetensors"));
 
     const page = s.page;
-    assert((await page.textContent("#adapter"))!.includes("WebGPU adapter"));
+    const adapter = await page.textContent("#adapter");
+    assert(/^WebGPU adapter: .*swiftshader.*binding ≤/i.test(adapter!), adapter!);
     assertEquals(await loadWeights(page, weights, { size, heads: 2, batch: 4 }), "loaded");
     const info = await page.textContent("#model-info");
     assert(info!.includes("custom") && info!.includes("parameters"), info!);
@@ -559,6 +740,9 @@ pageTest(
     assert((await page.getAttribute("#umap-hover img", "src"))!.startsWith("blob:"));
     await page.selectOption("#umap-colour", "sample");
     assert((await page.textContent("#umap svg"))!.includes(`cells (${cli.rows})`));
+    await page.selectOption("#umap-colour", "label");
+    const legend = (await page.textContent("#umap svg"))!;
+    assert(classes.every((c) => legend.includes(`${c} (4)`)), legend);
 
     // Patch-token PCA of one cell.
     await page.locator("#gallery figure.cell").first().click();
@@ -593,14 +777,17 @@ pageTest(
       self,
     );
     assertEquals(probed.cells.map((c) => c.predicted), cliProbe.labels);
-    // … and a probe saved by `eval --save` (eval/probe.ts), loaded from its file.
-    const saved = await Probe.fit(
-      matrix(ref.features, ref.rows, ref.dim),
-      ref.labels!,
-      embeddingModelFromMeta(ref.meta, ref.dim),
-    );
-    await saved.save(join(dir, "probe.safetensors"));
-    await page.setInputFiles("#probe-input", join(dir, "probe.safetensors"));
+    // … and the probe `bloom eval --save DIR` trained on the reference, loaded from its file.
+    const evalOut = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--no-check", EVAL_CLI, "--train", join(dir, "ref.safetensors")]
+        .concat(["--test", join(dir, "cli.safetensors"), "--protocol", "linear", "--device"])
+        .concat(["cpu", "--quiet", "--save", join(dir, "heads")]),
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert(evalOut.success, `eval CLI failed: ${dec.decode(evalOut.stderr)}`);
+    const saved = await Probe.load(join(dir, "heads", "probe.safetensors"));
+    await page.setInputFiles("#probe-input", join(dir, "heads", "probe.safetensors"));
     await page.waitForFunction(() => {
       const w = globalThis as unknown as PageWindow;
       return w.document.body.dataset.analysis === "done" &&
@@ -619,7 +806,7 @@ pageTest(
 );
 
 pageTest(
-  "app in Chromium: a real-size ViT-S (DINOv2 hub checkpoint) embeds like the CLI",
+  "app in Chromium: a real-size ViT-S (DINOv2 hub checkpoint) embeds like the CLI, with the same kNN predictions",
   async (s, dir) => {
     // DINOv2's own layout: 37×37 position grid, interpolated at run time to the 8×8 of 112 px.
     const weights = join(dir, "dinov2_vits14.pth");
@@ -649,6 +836,10 @@ pageTest(
     const snap0 = await snapshot(s.page);
     assertEquals(snap0.model?.arch, "vit_small");
     assert(Math.abs(snap0.model!.params - 22.06e6) < 0.1e6, `${snap0.model!.params} parameters`);
+    // kNN (k = 1) against the CLI's embeddings of the same cells, as a reference file.
+    await s.page.fill("#k", "1");
+    await s.page.selectOption("#reference", "file");
+    await s.page.setInputFiles("#reference-input", join(dir, "cli.safetensors"));
     await s.page.setInputFiles("#folder-input", join(dir, "cells"));
     await waitSettled(s.page);
     const got = await s.page.evaluate(() =>
@@ -665,12 +856,20 @@ pageTest(
     console.log(
       `  page vs CLI, vit_small at ${size} px: worst ${worst.toExponential(2)} relative`,
     );
+    // The page's kNN predictions are eval/knn.ts's on the CLI's embeddings.
+    const clf = new KNeighborsClassifier(matrix(cli.features, cli.rows, cli.dim), cli.labels!);
+    const want = await clf.predict(matrix(cli.features, cli.rows, cli.dim), 1);
+    const snap = await snapshot(s.page);
+    assertEquals(snap.method, "kNN, k = 1");
+    for (const c of snap.cells) {
+      assertEquals(c.predicted, String(want[rowOf(cli.paths, c.path)]), `kNN of ${c.path}`);
+    }
     assertEquals(s.foreignRequests(), []);
   },
 );
 
 pageTest(
-  "app in Chromium: wrong weights, non-images and corrupt images are named with the reason; a lost device is survived",
+  "app in Chromium: every weights format loads; wrong weights, non-images, corrupt images and out of memory are named with the reason; a lost device is survived",
   async (s, dir) => {
     const page = s.page;
 
@@ -703,7 +902,32 @@ pageTest(
     );
     assertEquals(await page.getAttribute("body", "data-model"), "failed");
 
-    assertEquals(await loadWeights(page, weights, { size: 28, heads: 2, batch: 1 }), "loaded");
+    // Every format the readers take: DinoBloom's {"teacher": …} .pth, timm-named safetensors,
+    // bloom's own (train's backbone.* safetensors), DINOv2's hub .pth last (used below).
+    const sd = randomVitWeights(TINY, 7, 0.05);
+    const prefixed = Object.fromEntries(Object.entries(sd).map(([k, v]) => [`backbone.${k}`, v]));
+    await writePth(join(dir, "dinobloom.pth"), { teacher: prefixed });
+    await writeSafetensors(join(dir, "timm.safetensors"), sd);
+    await writeSafetensors(join(dir, "teacher_final.safetensors"), prefixed);
+    const params = vitParamSpecs(TINY).reduce((n, p) => n + p.shape.reduce((a, b) => a * b, 1), 0);
+    for (
+      const [file, layout] of [
+        ["dinobloom.pth", "dinobloom"],
+        ["timm.safetensors", "timm"],
+        ["teacher_final.safetensors", "bloom"],
+        ["tiny.pth", "dinov2-hub"],
+      ]
+    ) {
+      assertEquals(
+        await loadWeights(page, join(dir, file), { size: 28, heads: 2, batch: 1 }),
+        "loaded",
+        `${file}: ${JSON.stringify((await snapshot(page)).messages.at(-1))}`,
+      );
+      const m = (await snapshot(page)).model!;
+      assertEquals([m.file, m.layout, m.arch, m.params], [file, layout, "custom", params]);
+      const info = await page.textContent("#model-info");
+      assert(info!.startsWith(`${file}: custom (${layout} layout) · ${params} parameters`), info!);
+    }
     // Dropped single files (a drop without folders): a text file, an empty and a corrupt "PNG".
     const good = await Deno.readFile(folder.files[0]);
     await page.evaluate(async (png) => {
@@ -747,15 +971,74 @@ pageTest(
     for (const [p, v] of Object.entries(before)) assertEquals(after[p], v, `${p} was recomputed`);
     const all = snap.messages.map((m) => m.text).join("\n");
     assert(/GPU device lost/.test(all) && /restarting the GPU engine/.test(all), all);
+    // A differential count per sample: the loose images and the folder, each summing to 100 %.
+    for (const sample of ["single images", "cells"]) {
+      const row = page.locator(`#differential tr[data-sample="${sample}"] td[data-class]`);
+      const pct = (await row.allTextContents()).map((t) => parseFloat(t.replace("–", "0")));
+      const n = snap.cells.filter((c) => c.sample === sample && c.predicted !== null).length;
+      assert(n > 0 && Math.abs(pct.reduce((a, b) => a + b, 0) - 100) < 0.2, `${sample}: ${pct}`);
+    }
+
+    // Weights that cannot be used: named, and the page goes on with the model it had.
+    const kept = await embeddings();
+    assertEquals(
+      await loadWeights(page, join(dir, "model.safetensors"), { size: 28, heads: 2 }),
+      "failed",
+    );
+    snap = await snapshot(page);
+    assertEquals(snap.model?.file, "tiny.pth");
+    assertEquals(
+      snap.messages.at(-1)?.text,
+      "model.safetensors is not in use; the page goes on with tiny.pth",
+    );
+    assertEquals(await embeddings(), kept);
+
+    // Out of GPU memory (simulated: SwiftShader has all of the host's memory). A batch of 8 on a
+    // device that takes 2 cells at once goes through in halves; the results are the same.
+    /** Writes a folder of synthetic cells of two types (40 px) and drops it on the page. */
+    const dropFolder = async (name: string, perClass: number, seed: number) => {
+      await writeSyntheticImageFolder(join(dir, name), {
+        perClass,
+        size: 40,
+        seed,
+        classes: ["lymphocyte", "neutrophil"],
+      });
+      await page.setInputFiles("#folder-input", join(dir, name));
+    };
+    const simulate = (cells: number | null) =>
+      page.evaluate((n) => (globalThis as unknown as PageWindow).bloom.simulateMemory(n), cells);
+    await page.fill("#batch-size", "8");
+    await simulate(2);
+    await dropFolder("halved", 3, 5); // the images of cells/, under another folder
+    await waitSettled(page);
+    const halved = await embeddings();
+    for (const p of Object.keys(kept).filter((p) => p.startsWith("cells/"))) {
+      const twin = halved[p.replace(/^cells\//, "halved/")];
+      assert(twin && relErr(twin, kept[p]) < TOL, `${p} in halves`);
+    }
+    // One cell is already too much: the cells are named with the reason, the job stops, and
+    // nothing computed before is lost.
+    await simulate(0);
+    await dropFolder("huge", 1, 9);
+    await waitSettled(page);
+    snap = await snapshot(page);
+    const huge = snap.cells.filter((c) => c.path.startsWith("huge/"));
+    assert(
+      huge.every((c) => /^GPU: .*does not fit this adapter/.test(c.error ?? "")),
+      JSON.stringify(huge),
+    );
+    const oom = snap.messages.map((m) => m.text).find((t) => t.includes("not embedded"));
+    assert(
+      /^2 cells not embedded \(huge\/\w+\/\w+\.png, huge\/\w+\/\w+\.png\): custom \(\d+ parameters, [\d.]+ KiB of weights\) does not fit this adapter \(.+\) at 28 px: out of GPU memory; use a smaller model or input side/
+        .test(oom ?? ""),
+      oom,
+    );
+    assertEquals(Object.keys(await embeddings()).length, Object.keys(halved).length);
+    await simulate(null);
+    await page.fill("#batch-size", "1");
 
     // Progress with rate and time left; Cancel stops after the batch in flight; the rest resumes.
-    await writeSyntheticImageFolder(join(dir, "more"), {
-      perClass: 12,
-      size: 40,
-      seed: 6,
-      classes: ["lymphocyte", "neutrophil"],
-    });
-    await page.setInputFiles("#folder-input", join(dir, "more"));
+    await dropFolder("more", 12, 6);
     await page.waitForFunction(
       () => {
         const w = globalThis as unknown as PageWindow;
@@ -778,6 +1061,22 @@ pageTest(
     await waitSettled(page);
     const resumed = (await snapshot(page)).cells.filter((c) => c.path.startsWith("more/"));
     assert(resumed.every((c) => c.embedded), "Embed remaining left cells out");
+
+    // A model too large for the adapter (simulated, as above) is refused at load, named with its
+    // size; the page says when it cannot reload the previous one either.
+    await simulate(0);
+    assertEquals(
+      await loadWeights(page, join(dir, "timm.safetensors"), { size: 28, heads: 2 }),
+      "failed",
+    );
+    const last = (await snapshot(page)).messages.slice(-2).map((m) => m.text);
+    assert(
+      /^timm\.safetensors: custom \(\d+ parameters, [\d.]+ KiB of weights\) does not fit this adapter \(.+\) at 28 px: out of GPU memory/
+        .test(last[0]),
+      last[0],
+    );
+    assert(last[1].startsWith("tiny.pth could not be loaded again: tiny.pth: custom"), last[1]);
+    assertEquals(await page.getAttribute("body", "data-engine"), "ready");
     assertEquals(s.foreignRequests(), []);
   },
 );
@@ -787,6 +1086,12 @@ pageTest("app in Chromium: without WebGPU the page says so and what to do", asyn
   const text = await s.page.textContent("#adapter");
   assert(/No WebGPU: this browser offers no WebGPU adapter\. Open the page/.test(text!), text!);
   assertEquals(s.foreignRequests(), []);
+  // The recorder sees every request of the browser: one to another host (here "localhost",
+  // not the page's 127.0.0.1) is caught, even from a second tab and even when it fails.
+  const other = await s.context.newPage();
+  await other.goto(s.url.replace("127.0.0.1", "localhost") + "dist/none.js").catch(() => {});
+  await other.close();
+  assertEquals(s.foreignRequests(), [s.url.replace("127.0.0.1", "localhost") + "dist/none.js"]);
 }, { adapter: "none" });
 
 Deno.test({

@@ -7,7 +7,7 @@
  * before any GPU work, with nothing created in --out.
  */
 import { join } from "node:path";
-import { command, type FlagSpec, parseFlags, usage, UsageError } from "../cli/args.ts";
+import { asTyped, command, type FlagSpec, parseFlags, usage, UsageError } from "../cli/args.ts";
 import { APP } from "../cli/app.ts";
 import { EMBED } from "../cli/embed.ts";
 import { EVAL } from "../cli/eval.ts";
@@ -16,7 +16,9 @@ import { PREDICT } from "../cli/predict.ts";
 import { TRAIN } from "../cli/train.ts";
 import { WEIGHTS_CLI } from "../cli/weights.ts";
 import { closest, editDistance } from "../pipelines/suggest.ts";
+import { writeSyntheticImageFolder } from "../pipelines/synthetic.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { noGpuPreload } from "./helpers.ts";
 
 const dec = new TextDecoder();
 const root = new URL("..", import.meta.url).pathname;
@@ -224,6 +226,22 @@ Deno.test("every command's --help runs and names the command as the user typed i
   assert(/^export BLOOM_CLI="\$0"$/m.test(wrapper), "./bloom sets BLOOM_CLI");
 });
 
+Deno.test("asTyped: a command the layers below name is shown as the user runs it", () => {
+  const was = Deno.env.get("BLOOM_CLI");
+  try {
+    Deno.env.set("BLOOM_CLI", "./bloom");
+    assertEquals(
+      asTyped("x holds shards but no manifest.json; rerun the same deno task ingest command"),
+      "x holds shards but no manifest.json; rerun the same ./bloom ingest command",
+    );
+    Deno.env.set("BLOOM_CLI", "");
+    assertEquals(asTyped("write one with `deno task embed`"), "write one with `deno task embed`");
+  } finally {
+    if (was === undefined) Deno.env.delete("BLOOM_CLI");
+    else Deno.env.set("BLOOM_CLI", was);
+  }
+});
+
 Deno.test("runMain: bad input exits 2 with the message alone; other errors exit 1", async () => {
   const dir = await Deno.makeTempDir({ prefix: "bloom-args-" });
   const script = join(dir, "main.ts");
@@ -265,21 +283,6 @@ runMain(() => {
   await Deno.remove(dir, { recursive: true });
 });
 
-/**
- * A --preload script after which any touch of WebGPU fails the process (exit
- * 1, "the GPU was touched"): a run that exits 2 under it did no GPU work.
- */
-async function noGpuPreload(dir: string): Promise<string> {
-  const path = join(dir, "no_gpu.js");
-  await Deno.writeTextFile(
-    path,
-    `Object.defineProperty(Navigator.prototype, "gpu", {
-  get() { throw new Error("the GPU was touched before the flags were checked"); },
-});`,
-  );
-  return path;
-}
-
 Deno.test("flags first: bad paths and combinations exit 2 before any GPU work, nothing in --out", async () => {
   const dir = await Deno.makeTempDir({ prefix: "bloom-flags-first-" });
   // Any touch of WebGPU fails the process with exit 1: a pass proves no GPU work started.
@@ -287,6 +290,12 @@ Deno.test("flags first: bad paths and combinations exit 2 before any GPU work, n
   const cells = join(dir, "cells");
   await Deno.mkdir(join(cells, "A"), { recursive: true });
   await Deno.writeTextFile(join(dir, "bad.pth"), "not a checkpoint");
+  const few = join(dir, "few");
+  await writeSyntheticImageFolder(few, {
+    perClass: 1,
+    size: 28,
+    classes: ["basophil", "eosinophil", "monocyte"],
+  });
   const out = (name: string) => join(dir, name);
   const cases: [string, string[], RegExp, string | null][] = [
     [
@@ -346,6 +355,13 @@ Deno.test("flags first: bad paths and combinations exit 2 before any GPU work, n
       /--config and --preset: give one/,
       "t6",
     ],
+    [
+      "cli/train.ts",
+      ["--data", few, "--out", out("t7")],
+      /--data .*few: 3 images are fewer than one batch of 32; lower --batch or add data/,
+      "t7",
+    ],
+    ["cli/train.ts", ["--data", cells, "--out", out("t8")], /--data: no images found in/, "t8"],
     ["cli/train.ts", ["--presett", "demo"], /did you mean --preset\?/, null],
     [
       "cli/eval.ts",
@@ -391,15 +407,19 @@ Deno.test("train: a ViT preset without --init warns that it starts from random w
   // The warning comes after the checks and before the GPU, which stops these runs there.
   const noGpu = await noGpuPreload(dir);
   const cells = join(dir, "cells");
-  await Deno.mkdir(join(cells, "A"), { recursive: true });
+  await writeSyntheticImageFolder(cells, {
+    perClass: 1,
+    size: 28,
+    classes: ["basophil", "eosinophil"],
+  });
   const opts = { preload: noGpu };
   const [vit, demo, init] = await Promise.all([
     run(
       "cli/train.ts",
-      ["--preset", "dinobloom-s", "--data", cells, "--out", join(dir, "a")],
+      ["--preset", "dinobloom-s", "--data", cells, "--batch", "2", "--out", join(dir, "a")],
       opts,
     ),
-    run("cli/train.ts", ["--data", cells, "--out", join(dir, "b")], opts),
+    run("cli/train.ts", ["--data", cells, "--batch", "2", "--out", join(dir, "b")], opts),
     run("cli/train.ts", ["--preset", "dinobloom-s", "--init", join(dir, "w.pth")], opts),
   ]);
   assertEquals(vit.code, 1, vit.stderr);

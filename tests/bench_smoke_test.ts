@@ -272,7 +272,8 @@ done`;
     "ours",
     "peer",
   ]);
-  assertEquals(rounds, { ours: [10, 10, 10], theirs: [5, 5, 5] });
+  assertEquals([rounds.ours, rounds.theirs], [[10, 10, 10], [5, 5, 5]]);
+  assertEquals(rounds.load?.length, 3); // other processes' cores in each round (bench/load.ts)
   // Both sides' rates, spread and per-round ratios travel with the row.
   const row = comparisonRow("r", { ours: 8, peer: 4 }, rounds, "fake", { ours: 2, peer: 2 }, "n");
   assertEquals([row.rate, row.peak, row.ratio], [800, 800, 1]); // ratio: the rounds' median

@@ -47,7 +47,6 @@ import {
   unaryRef,
 } from "../kernels/elementwise.ts";
 import { erfRef, geluRef } from "../kernels/gelu.ts";
-import type { Gpu } from "../kernels/runtime.ts";
 import { type GpuTensor, numel } from "../kernels/tensor.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { finiteDifference, gpuTest, Rng } from "./helpers.ts";
@@ -68,10 +67,6 @@ function arr(v: unknown): Float32Array {
 }
 function sect(name: string): Json {
   return fixture[name] as Json;
-}
-
-async function read(gpu: Gpu, t: GpuTensor): Promise<Float32Array> {
-  return await gpu.readF32(t);
 }
 
 // ----------------------------------------------------------------- binary
@@ -133,7 +128,7 @@ gpuTest("elementwise: NaN and Inf propagate through binary ops like torch", asyn
   const ta = gpu.tensor(a);
   const tb = gpu.tensor(b);
   for (const op of ["add", "sub", "mul", "div", "max", "min"] as BinaryOp[]) {
-    const got = await read(gpu, binary(gpu, op, ta, tb));
+    const got = await gpu.readF32(binary(gpu, op, ta, tb));
     // Runtime division by 0 gives ±Inf or NaN, as IEEE says.
     assertClose(got, binaryRef(op, a, [10], b, [10]), { rtol: 3e-7, atol: 0 }, op);
   }
@@ -274,7 +269,7 @@ gpuTest("elementwise: unary ops match the reference over wide ranges", async (gp
   // tanh near 0 keeps relative accuracy (llvmpipe's builtin tanh does not).
   const small = new Float32Array([1e-8, -1e-6, 1e-4, 3e-3, 0.1, 0.62, 0.63]);
   const ts = gpu.tensor(small);
-  assertClose(await read(gpu, unary(gpu, "tanh", ts)), unaryRef("tanh", small), {
+  assertClose(await gpu.readF32(unary(gpu, "tanh", ts)), unaryRef("tanh", small), {
     rtol: 3e-7,
     atol: 0,
   }, "tanh small");
@@ -286,7 +281,7 @@ gpuTest("elementwise: unary edge values (NaN, ±Inf, 0, negatives)", async (gpu)
   const x = new Float32Array([NaN, Infinity, -Infinity, 0, -0, -1, 1e-30, 80, -80]);
   const t = gpu.tensor(x);
   for (const { op } of UNARY_CASES) {
-    const got = await read(gpu, unary(gpu, op, t));
+    const got = await gpu.readF32(unary(gpu, op, t));
     // Only the classes matter here: NaN, ±Inf and exact zeros must agree with IEEE/torch.
     const want = unaryRef(op, x);
     for (let i = 0; i < x.length; i++) {
@@ -326,7 +321,7 @@ gpuTest("elementwise: unaryBackward matches the reference and finite differences
     const tx = gpu.tensor(x);
     const ty = unary(gpu, op, tx);
     const tdy = gpu.tensor(dy);
-    const dx = await read(gpu, unaryBackward(gpu, op, tdy, tx, ty));
+    const dx = await gpu.readF32(unaryBackward(gpu, op, tdy, tx, ty));
     assertClose(dx, unaryBackwardRef(op, dy, x), { rtol: 3e-6, atol: 1e-7 }, `${op} vs ref`);
     const fd = finiteDifference((v) => v.reduce((s, xi, i) => s + dy[i] * F64[op](xi), 0), x);
     assertClose(dx, fd, { rtol: 1e-3, atol: 1e-4 }, `${op} vs FD`);
@@ -338,17 +333,17 @@ gpuTest("elementwise: affine, fill and addInPlace", async (gpu) => {
   const x = rng.floats(37, -10, 10);
   const t = gpu.tensor(x);
   // One multiply and one add, possibly fused: within 1 ulp.
-  assertClose(await read(gpu, affine(gpu, t, 0.37, -2)), affineRef(x, 0.37, -2), {
+  assertClose(await gpu.readF32(affine(gpu, t, 0.37, -2)), affineRef(x, 0.37, -2), {
     rtol: 2e-7,
     atol: 1e-6,
   });
-  assertEquals([...await read(gpu, affine(gpu, t, -1))], [...x.map((v) => -v)]);
+  assertEquals([...await gpu.readF32(affine(gpu, t, -1))], [...x.map((v) => -v)]);
   for (const v of [0, 1.5, NaN, -Infinity]) {
     const f = fill(gpu, [2, 3], v);
-    assertEquals([...await read(gpu, f)], new Array(6).fill(v));
+    assertEquals([...await gpu.readF32(f)], new Array(6).fill(v));
     gpu.release(f);
   }
-  assertEquals([...await read(gpu, fill(gpu, [], 7))], [7]);
+  assertEquals([...await gpu.readF32(fill(gpu, [], 7))], [7]);
   assertEquals(fill(gpu, [0, 4], 1).shape, [0, 4]);
 
   const acc0 = rng.floats(37);
@@ -356,9 +351,9 @@ gpuTest("elementwise: affine, fill and addInPlace", async (gpu) => {
   addInPlace(gpu, acc, t);
   addInPlace(gpu, acc, t, -0.5);
   const want = addInPlaceRef(addInPlaceRef(acc0, x), x, -0.5);
-  assertClose(await read(gpu, acc), want, { rtol: 2e-7, atol: 1e-6 });
+  assertClose(await gpu.readF32(acc), want, { rtol: 2e-7, atol: 1e-6 });
   addInPlace(gpu, acc, acc, 1); // acc += acc: the same buffer, bound once
-  assertClose(await read(gpu, acc), want.map((v) => 2 * v), { rtol: 2e-7, atol: 1e-6 });
+  assertClose(await gpu.readF32(acc), want.map((v) => 2 * v), { rtol: 2e-7, atol: 1e-6 });
   const big = gpu.tensor(rng.floats(64));
   assertThrows(
     () => addInPlace(gpu, big.view(0, [32]), big.view(16, [32])),
@@ -378,23 +373,23 @@ gpuTest("elementwise: gelu, silu and their backward vs references over [-12, 12]
   const tx = gpu.tensor(x);
   const tdy = gpu.tensor(dy);
   const absGelu = Float32Array.from(x, (v) => 2e-7 * (1 + Math.abs(v) / 2));
-  const g = await read(gpu, gelu(gpu, tx));
+  const g = await gpu.readF32(gelu(gpu, tx));
   const gr = Float32Array.from(x, geluRef);
   for (let i = 0; i < x.length; i++) {
     assertClose([g[i]], [gr[i]], { rtol: 1e-6, atol: absGelu[i] }, `gelu(${x[i]})`);
   }
   // Far negative: relative accuracy survives (erfc branch), unlike 1 + erf cancelling to 0.
   const tail = gpu.tensor(new Float32Array([-6, -8, -10]));
-  assertClose(await read(gpu, gelu(gpu, tail)), [-6, -8, -10].map(geluRef), {
+  assertClose(await gpu.readF32(gelu(gpu, tail)), [-6, -8, -10].map(geluRef), {
     rtol: 1e-6,
     atol: 0,
   });
-  assertClose(await read(gpu, geluBackward(gpu, tdy, tx)), geluBackwardRef(dy, x), {
+  assertClose(await gpu.readF32(geluBackward(gpu, tdy, tx)), geluBackwardRef(dy, x), {
     rtol: 2e-6,
     atol: 5e-7,
   }, "gelu backward");
-  assertClose(await read(gpu, silu(gpu, tx)), siluRef(x), { rtol: 2e-6, atol: 1e-7 }, "silu");
-  assertClose(await read(gpu, siluBackward(gpu, tdy, tx)), siluBackwardRef(dy, x), {
+  assertClose(await gpu.readF32(silu(gpu, tx)), siluRef(x), { rtol: 2e-6, atol: 1e-7 }, "silu");
+  assertClose(await gpu.readF32(siluBackward(gpu, tdy, tx)), siluBackwardRef(dy, x), {
     rtol: 2e-6,
     atol: 2e-7,
   }, "silu backward");
@@ -408,10 +403,10 @@ gpuTest("elementwise: activation gradients vs finite differences", async (gpu) =
   const tdy = gpu.tensor(dy);
   const phi = (v: number) => 0.5 * (1 + erfRef(v / Math.SQRT2));
   const fdGelu = finiteDifference((v) => v.reduce((s, xi, i) => s + dy[i] * xi * phi(xi), 0), x);
-  assertClose(await read(gpu, geluBackward(gpu, tdy, tx)), fdGelu, { rtol: 1e-3, atol: 1e-4 });
+  assertClose(await gpu.readF32(geluBackward(gpu, tdy, tx)), fdGelu, { rtol: 1e-3, atol: 1e-4 });
   const sig = (v: number) => 1 / (1 + Math.exp(-v));
   const fdSilu = finiteDifference((v) => v.reduce((s, xi, i) => s + dy[i] * xi * sig(xi), 0), x);
-  assertClose(await read(gpu, siluBackward(gpu, tdy, tx)), fdSilu, { rtol: 1e-3, atol: 1e-4 });
+  assertClose(await gpu.readF32(siluBackward(gpu, tdy, tx)), fdSilu, { rtol: 1e-3, atol: 1e-4 });
   // SwiGLU on [3, 2·4].
   const h = 4;
   const x12 = rng.floats(3 * 2 * h, -3, 3);
@@ -428,7 +423,7 @@ gpuTest("elementwise: activation gradients vs finite differences", async (gpu) =
     }
     return s;
   }, x12);
-  assertClose(await read(gpu, swigluBackward(gpu, tds, t12)), fdSw, { rtol: 1e-3, atol: 1e-4 });
+  assertClose(await gpu.readF32(swigluBackward(gpu, tds, t12)), fdSw, { rtol: 1e-3, atol: 1e-4 });
   gpu.release(tx, tdy, t12, tds);
 });
 
@@ -441,8 +436,8 @@ gpuTest("elementwise: swiglu on vec4 and odd widths, views and errors", async (g
     const tdy = gpu.tensor(dy, [shape[0], hh]);
     const y = swiglu(gpu, t);
     assertEquals(y.shape, [shape[0], hh]);
-    assertClose(await read(gpu, y), swigluRef(x12, hh), { rtol: 2e-6, atol: 1e-7 }, "swiglu");
-    assertClose(await read(gpu, swigluBackward(gpu, tdy, t)), swigluBackwardRef(dy, x12, hh), {
+    assertClose(await gpu.readF32(y), swigluRef(x12, hh), { rtol: 2e-6, atol: 1e-7 }, "swiglu");
+    assertClose(await gpu.readF32(swigluBackward(gpu, tdy, t)), swigluBackwardRef(dy, x12, hh), {
       rtol: 2e-6,
       atol: 2e-7,
     }, "swiglu backward");
@@ -463,9 +458,9 @@ gpuTest("elementwise: PyTorch golden values (gelu, silu, swiglu, broadcasting)",
     const x = arr(s.x);
     const tx = gpu.tensor(x);
     const tdy = gpu.tensor(arr(s.dy));
-    assertClose(await read(gpu, fwd(gpu, tx)), arr(s.y), { rtol: 1e-5, atol: 1e-6 }, `${name}`);
+    assertClose(await gpu.readF32(fwd(gpu, tx)), arr(s.y), { rtol: 1e-5, atol: 1e-6 }, `${name}`);
     assertClose(
-      await read(gpu, bwd(gpu, tdy, tx)),
+      await gpu.readF32(bwd(gpu, tdy, tx)),
       arr(s.dx),
       { rtol: 1e-5, atol: 1e-6 },
       `${name} dx`,
@@ -476,8 +471,8 @@ gpuTest("elementwise: PyTorch golden values (gelu, silu, swiglu, broadcasting)",
   const shape = sw.shape as number[];
   const t12 = gpu.tensor(arr(sw.x12), shape);
   const tdy = gpu.tensor(arr(sw.dy), [shape[0], shape[1] / 2]);
-  assertClose(await read(gpu, swiglu(gpu, t12)), arr(sw.y), { rtol: 1e-5, atol: 1e-6 }, "swiglu");
-  assertClose(await read(gpu, swigluBackward(gpu, tdy, t12)), arr(sw.dx12), {
+  assertClose(await gpu.readF32(swiglu(gpu, t12)), arr(sw.y), { rtol: 1e-5, atol: 1e-6 }, "swiglu");
+  assertClose(await gpu.readF32(swigluBackward(gpu, tdy, t12)), arr(sw.dx12), {
     rtol: 1e-5,
     atol: 1e-6,
   }, "swiglu dx12");
@@ -489,11 +484,11 @@ gpuTest("elementwise: PyTorch golden values (gelu, silu, swiglu, broadcasting)",
   for (const op of ["add", "sub", "mul", "div", "max"] as BinaryOp[]) {
     const g = bc[op] as Json;
     const y = binary(gpu, op, ta, tb);
-    assertClose(await read(gpu, y), arr(g.y), { rtol: 1e-6, atol: 1e-7 }, `${op} forward`);
+    assertClose(await gpu.readF32(y), arr(g.y), { rtol: 1e-6, atol: 1e-7 }, `${op} forward`);
     const tdy = gpu.tensor(arr(g.dy), y.shape);
     const { da, db } = binaryBackward(gpu, op, tdy, ta, tb);
-    assertClose(await read(gpu, da!), arr(g.da), { rtol: 1e-5, atol: 1e-6 }, `${op} da`);
-    assertClose(await read(gpu, db!), arr(g.db), { rtol: 1e-5, atol: 1e-6 }, `${op} db`);
+    assertClose(await gpu.readF32(da!), arr(g.da), { rtol: 1e-5, atol: 1e-6 }, `${op} da`);
+    assertClose(await gpu.readF32(db!), arr(g.db), { rtol: 1e-5, atol: 1e-6 }, `${op} db`);
     gpu.release(y, tdy, da!, db!);
   }
   gpu.release(t12, tdy, ta, tb);
@@ -516,9 +511,12 @@ gpuTest("elementwise: maps split over the binding limit give the same results", 
     limits.maxStorageBufferBindingSize = saved;
   }
   assert(gpu.stats().dispatches - before >= 9, "each map ran in several windows");
-  assertClose(await read(gpu, outs[0]), Float32Array.from(x, geluRef), { rtol: 1e-6, atol: 1e-6 });
-  assertEquals([...await read(gpu, outs[1])], [...binaryRef("add", x, [12, 500], b, [500])]);
-  assertClose(await read(gpu, outs[2]), binaryRef("div", x, [12, 500], b, [500]), {
+  assertClose(await gpu.readF32(outs[0]), Float32Array.from(x, geluRef), {
+    rtol: 1e-6,
+    atol: 1e-6,
+  });
+  assertEquals([...await gpu.readF32(outs[1])], [...binaryRef("add", x, [12, 500], b, [500])]);
+  assertClose(await gpu.readF32(outs[2]), binaryRef("div", x, [12, 500], b, [500]), {
     rtol: 3e-7,
     atol: 0,
   });

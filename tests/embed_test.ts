@@ -201,11 +201,13 @@ Deno.test({
   sanitizeResources: false,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "bloom-embed-cli-" });
+    const input = join(dir, "in"); // an --out inside --input is refused
+    await Deno.mkdir(input);
     const out = ["--out", join(dir, "x.safetensors")];
-    const random = ["--random-weights", "--input", dir, ...out];
+    const random = ["--random-weights", "--input", input, ...out];
     // [arguments, exit code, what stderr must name]
     const cases: [string[], number, string[]][] = [
-      [["--input", dir, ...out], 2, ["DinoBloom-S.pth", "--random-weights"]],
+      [["--input", input, ...out], 2, ["DinoBloom-S.pth", "--random-weights"]],
       [[...random, "--size", "100"], 2, ["--size", "14"]],
       [[...random, "--part", "5/3"], 2, ["--part"]],
       [[...random, "--part", "/4"], 2, ["JOB_COMPLETION_INDEX"]],

@@ -155,6 +155,36 @@ Deno.test("patch PCA figure: size, decodable, colours follow the components", as
   });
 });
 
+Deno.test("patch PCA figure: a title above, each cell's label above its tile", async () => {
+  const tokens = quadrantTokens(2, 8);
+  const white = {
+    data: new Uint8Array(20 * 20 * 3).fill(255),
+    width: 20,
+    height: 20,
+    channels: 3 as const,
+  };
+  const opts = { cellSize: 64, columns: 2, gap: 4 };
+  const plain = await patchPcaFigure([white, white], tokens, opts);
+  const fig = await patchPcaFigure([white, white], tokens, {
+    ...opts,
+    title: "Patch-token PCA: DinoBloom-S.pth, vit_small",
+    labels: ["Neutrophil", null],
+  });
+  // A 26 px title band and a 16 px label band above the inputs; nothing else moves.
+  assertEquals([fig.width, fig.height], [plain.width, plain.height + 26 + 16]);
+  const img = await decode(fig.png);
+  const dark = (x: number, y: number, w: number, h: number) =>
+    Math.min(...regionStats(img, x, y, w, h).mean) < 250;
+  assert(dark(4, 4, 120, 18), "no title text drawn");
+  assert(dark(4, 30, 64, 14), "no label over the first cell");
+  assert(!dark(72, 30, 64, 14), "a label over the unlabelled cell");
+  await assertRejects(
+    () => patchPcaFigure([white, white], tokens, { ...opts, labels: ["one"] }),
+    RangeError,
+    "1 labels for 2 images",
+  );
+});
+
 Deno.test("patch PCA foreground threshold: border tokens black, centred cell coloured", () => {
   const rng = new Rng(5);
   const dim = 6, images = 2;

@@ -17,6 +17,15 @@ export async function readFixture(name: string): Promise<any> {
   return JSON.parse(await Deno.readTextFile(new URL(`./fixtures/${name}`, import.meta.url)));
 }
 
+/** The checkpoint and array fixtures (`scripts/fixtures/checkpoints.py`), a folder path ending in "/". */
+export const CHECKPOINT_FIXTURES = new URL("./fixtures/checkpoints/", import.meta.url).pathname;
+
+/** `CHECKPOINT_FIXTURES`'s `expected.json`: what each fixture file holds. */
+// deno-lint-ignore no-explicit-any
+export function checkpointFixturesExpected(): any {
+  return JSON.parse(Deno.readTextFileSync(CHECKPOINT_FIXTURES + "expected.json"));
+}
+
 /** Decodes a base64 fixture array to bytes. */
 export function bytes(b64: string): Uint8Array {
   const bin = atob(b64);

@@ -12,11 +12,16 @@ import type { GpuTensor } from "../kernels/tensor.ts";
 /**
  * Registers a test that needs the GPU. WebGPU keeps async ops and resources
  * open across tests by design (the device is shared per process), so Deno's
- * sanitizers are off for these.
+ * sanitizers are off for these. `ignore` skips it (an oracle that is absent).
  */
-export function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void> | void): void {
+export function gpuTest(
+  name: string,
+  fn: (gpu: Gpu) => Promise<void> | void,
+  opts: { ignore?: boolean } = {},
+): void {
   Deno.test({
     name,
+    ignore: opts.ignore,
     sanitizeOps: false,
     sanitizeResources: false,
     fn: async () => {
@@ -113,6 +118,13 @@ export async function withTemp(fn: (dir: string) => Promise<void>): Promise<void
   }
 }
 
+/** A temporary folder for a whole test module, removed when the process exits. */
+export function moduleTempDir(prefix: string): string {
+  const dir = Deno.makeTempDirSync({ prefix });
+  globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+  return dir;
+}
+
 /** Everything an async iterable yields, in order. */
 export async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];
@@ -142,4 +154,20 @@ export async function hasPython(...modules: string[]): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/**
+ * Writes a `--preload` script into `dir` that fails the process (exit 1,
+ * "the GPU was touched …") at its first touch of WebGPU: a command run with
+ * it that ends otherwise did its checks before any GPU work.
+ */
+export async function noGpuPreload(dir: string): Promise<string> {
+  const path = `${dir}/no_gpu.js`;
+  await Deno.writeTextFile(
+    path,
+    `Object.defineProperty(Navigator.prototype, "gpu", {
+  get() { throw new Error("the GPU was touched before the flags were checked"); },
+});`,
+  );
+  return path;
 }

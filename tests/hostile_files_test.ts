@@ -7,8 +7,10 @@
  * 3. pickle calls that copy a stored blob on every call;
  * 11. self-nesting `_rebuild_from_type_v2`, and ranks past the cap;
  * 8. tar sizes that are huge, negative or past the stream;
- * 12. dtype names like "constructor", and manifests of null, without
- *     shards, or naming `../../x`.
+ * 12. dtype names like "constructor", manifests of null, without shards,
+ *     or naming `../../x`, and atomic writes that fsync file and folder.
+ * Besides: data/README.md's caps table against the code, and a crafted file
+ * past each cap no finding above reaches.
  */
 import {
   CheckpointError,
@@ -22,10 +24,20 @@ import { LIMITS } from "../data/limits.ts";
 import { openNpy } from "../data/npy.ts";
 import { PickleTuple, TensorRef, unpickle } from "../data/pickle.ts";
 import { openPth } from "../data/pth.ts";
-import { encodeSafetensors, openSafetensors } from "../data/safetensors.ts";
+import type { TensorRecord } from "../data/record.ts";
+import { encodeSafetensors, MAX_HEADER_BYTES, openSafetensors } from "../data/safetensors.ts";
 import { readTar, readTarFile, TarFormatError } from "../data/tar.ts";
-import { openCheckpoint } from "../graph/checkpoint.ts";
+import { ZipReader } from "../data/zip.ts";
+import { inferConfig, openCheckpoint } from "../graph/checkpoint.ts";
+import { VIT_LIMITS } from "../graph/vit.ts";
+import { RLE_MAX_PIXELS_PER_BYTE } from "../pipelines/dataset/bmp.ts";
+import {
+  MAX_IMAGE_FILE_BYTES,
+  MAX_IMAGE_PIXELS,
+  PIXEL_BUDGET,
+} from "../pipelines/dataset/decode_budget.ts";
 import { readManifest } from "../pipelines/dataset/manifest.ts";
+import { MAX_ANNOTATION_BYTES, MAX_XML_DEPTH } from "../pipelines/dataset/voc.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import {
   chunks,
@@ -35,6 +47,7 @@ import {
   PickleOps,
   pthBytes,
   tarHeader,
+  zipBytes,
 } from "./fuzz/build.ts";
 import { measure } from "./fuzz/measure.ts";
 import { collect } from "./helpers.ts";
@@ -516,4 +529,295 @@ Deno.test("hostile: an unpickled tensor's shape tuple shared by many tensors sta
   assertEquals(v.length, 20_000);
   assert(performance.now() - t0 < 2000, "linear in the pickle");
   assert(!(v[0] instanceof PickleTuple));
+});
+
+// --- 2. block numbers past a gap, more of them than a call takes arguments -----------------
+
+Deno.test("hostile 2: 250,000 block numbers past a gap are a missing block, not a RangeError", () => {
+  // A 20 MB safetensors header holds this many keys; Math.max(...keys) overflowed the stack.
+  const rec = (name: string, shape: number[]) => ({ name, shape, dtype: "f32", numel: 0 });
+  const bb = new Map<string, unknown>([
+    ["patch_embed.proj.weight", rec("patch_embed.proj.weight", [4, 3, 2, 2])],
+    ["pos_embed", rec("pos_embed", [1, 5, 4])],
+    ["blocks.0.mlp.fc1.weight", rec("blocks.0.mlp.fc1.weight", [8, 4])],
+  ]);
+  for (let i = 2; i < 250_002; i++) bb.set(`blocks.${i}.x`, rec(`blocks.${i}.x`, [0]));
+  assertThrows(
+    () => inferConfig("many_blocks.safetensors", bb as Map<string, TensorRecord>),
+    MissingKeyError,
+    "many_blocks.safetensors: blocks.1.*: transformer blocks are missing before a later block " +
+      "(expected every block 0..250001",
+  );
+});
+
+// --- the caps table of data/README.md --------------------------------------------------------
+
+Deno.test("caps: data/README.md's table states the limits the code enforces", async () => {
+  const readme = await Deno.readTextFile(new URL("../data/README.md", import.meta.url));
+  const caps = readme.slice(readme.indexOf("\n## Caps\n"), readme.indexOf("\n## Fixtures\n"));
+  const table = new Map(
+    caps.split("\n").filter((l) => /^\| (?!-)/.test(l)).map((l) => {
+      const [cap, limit] = l.split("|").slice(1, 3).map((c) => c.trim());
+      return [cap, limit];
+    }),
+  );
+  const n = (v: number) => v.toLocaleString("en-US");
+  const expected: [string, string][] = [
+    ["allocation budget", `${LIMITS.budgetFixed >> 20} MiB + ${LIMITS.budgetPerByte} × bytes`],
+    ["tensor name (dict keys joined by `.`)", `${n(LIMITS.nameChars)} characters`],
+    ["container nesting", `${LIMITS.nesting} levels`],
+    ["tensor rank", `${LIMITS.rank}`],
+    ["`_rebuild_from_type_v2` nesting", `${LIMITS.rebuildNesting} levels`],
+    ["storage key", `${LIMITS.storageKeyChars} characters`],
+    ["all tensors of a file together", "the allocation budget"],
+    ["deflated entry, inflated", "the allocation budget"],
+    ["safetensors header", `${n(MAX_HEADER_BYTES)} bytes`],
+    ["tar member", `${LIMITS.tarMemberBytes >> 20} MiB, and the file left`],
+    ["tar member path (PAX, GNU)", `${n(LIMITS.pathChars)} characters`],
+    ["image pixels (any decoder)", `${n(MAX_IMAGE_PIXELS)} (2^${Math.log2(MAX_IMAGE_PIXELS)})`],
+    ["image file read", `${MAX_IMAGE_FILE_BYTES >> 20} MiB`],
+    ["RLE BMP pixels per byte of stream", `${RLE_MAX_PIXELS_PER_BYTE}`],
+    ["pixel memory of all decodes at once", `${PIXEL_BUDGET.total / 2 ** 30} GiB, leased`],
+    ["VOC annotation file", `${MAX_ANNOTATION_BYTES >> 20} MiB, ${MAX_XML_DEPTH} levels deep`],
+  ];
+  for (const [cap, limit] of expected) assertEquals([cap, table.get(cap)], [cap, limit]);
+  assertEquals(table.size - 1, expected.length, "every row of the table is checked (and the head)");
+  const V = VIT_LIMITS;
+  const vit = `dim ${n(V.dim)}, depth ${V.depth}, heads ${V.heads}, MLP width ` +
+    `${n(V.mlpHidden)}, patch ${V.patch}, registers ${V.registers}, position grid ${V.posGrid}`;
+  assert(readme.replace(/\s+/g, " ").includes(`(\`VIT_LIMITS\`: ${vit})`), vit);
+});
+
+/** A safetensors file of one tensor `x` whose header entry is `entry`. */
+function safetensorsWith(entry: Record<string, unknown>, dataBytes = 4): Uint8Array {
+  const h = new TextEncoder().encode(JSON.stringify(entry));
+  const file = new Uint8Array(8 + h.length + dataBytes);
+  new DataView(file.buffer).setBigUint64(0, BigInt(h.length), true);
+  file.set(h, 8);
+  return file;
+}
+
+/** An .npy (v1) whose header dict is `dict`, then `data`. */
+function npyWith(dict: string, data = new Uint8Array(8)): Uint8Array {
+  const pad = 64 * Math.ceil((10 + dict.length + 1) / 64) - 10;
+  const header = new TextEncoder().encode(dict.padEnd(pad - 1) + "\n");
+  const pre = Uint8Array.of(0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, 1, 0, 0, 0);
+  new DataView(pre.buffer).setUint16(8, header.length, true);
+  return concat(pre, header, data);
+}
+
+Deno.test("caps: a file past each remaining cap is refused, naming the file, the field and the limit", async () => {
+  // Tensor name (safetensors): 1,025 characters.
+  const long = "n".repeat(LIMITS.nameChars + 1);
+  await refused(
+    () =>
+      openSafetensors(
+        memorySource(
+          "name.safetensors",
+          safetensorsWith({ [long]: { dtype: "F32", shape: [1], data_offsets: [0, 4] } }),
+        ),
+      ),
+    LimitError,
+    "name.safetensors",
+    /nnnn…: tensor name length exceeds bloom's limit \(expected at most 1024, found 1025\)/,
+  );
+  // Rank (npy): 65 dimensions, while 64 read.
+  const npyOfRank = (rank: number) =>
+    npyWith(`{'descr': '<f4', 'fortran_order': False, 'shape': (${"1, ".repeat(rank)}), }`);
+  await refused(
+    () => openNpy(memorySource("rank.npy", npyOfRank(LIMITS.rank + 1))),
+    LimitError,
+    "rank.npy",
+    /shape: rank exceeds bloom's limit \(expected at most 64, found 65\)/,
+  );
+  using npy = await openNpy(memorySource("rank64.npy", npyOfRank(LIMITS.rank)));
+  assertEquals([...npy.tensors.values()][0].shape.length, LIMITS.rank);
+  // Storage key (.pth): 257 characters.
+  const key = "7".repeat(LIMITS.storageKeyChars + 1);
+  await refused(
+    () =>
+      openPth(
+        memorySource(
+          "key.pth",
+          pthBytes(new PickleOps().proto().tensor(key, 1, [1]).done(), { [key]: f32(1) }).bytes,
+        ),
+      ),
+    LimitError,
+    "key.pth",
+    /length of a storage key exceeds bloom's limit \(expected at most 256, found 257\)/,
+  );
+  // All tensors together (.pth): stride-0 views of one float, each as large as the file.
+  const views = (count: number) => {
+    const p = new PickleOps().proto().global("torch._utils", "_rebuild_tensor_v2").put(0).pop();
+    p.storage("0", 1).put(1).pop();
+    p.mark().int(250_000).tuple().put(2).pop().mark().int(0).tuple().put(3).pop();
+    p.emptyList();
+    for (let i = 0; i < count; i++) {
+      p.get(0).mark().get(1).int(0).get(2).get(3).bool(false).emptyDict().tuple().reduce()
+        .append();
+    }
+    // 1 MiB of padding makes each 1,000,000-byte view fit the file on its own.
+    return pthBytes(p.done(), { "0": f32(1), pad: new Uint8Array(1 << 20) }).bytes;
+  };
+  // Budget: 64 MiB + 48 × ~1.05 MB ≈ 117.6 MB, so 100 views fit and 200 do not.
+  using fits = await openPth(memorySource("views100.pth", views(100)));
+  assertEquals(fits.tensors.size, 100);
+  await refused(
+    () => openPth(memorySource("views200.pth", views(200))),
+    LimitError,
+    "views200.pth",
+    /: bytes of all tensors together exceeds bloom's limit \(expected at most \d+, found \d+\)/,
+  );
+  // Deflated entry (zip): its stated size past the budget of a 200-byte file.
+  const z = zipBytes([{ name: "archive/data.pkl", data: new Uint8Array(100), deflate: true }]);
+  new DataView(z.bytes.buffer).setUint32(z.entries[0].central + 24, 200 << 20, true);
+  await refused(
+    () => ZipReader.open(memorySource("inflate.pth", z.bytes)),
+    LimitError,
+    "inflate.pth",
+    /archive\/data\.pkl: deflated entry inflates past bloom's limit for this file \(expected at most \d+ bytes/,
+  );
+  // Safetensors header: 150 MB claimed in a (virtual) 200 MB file; nothing but 8 bytes is read.
+  const head = new Uint8Array(8);
+  new DataView(head.buffer).setBigUint64(0, 150_000_000n, true);
+  const huge = {
+    name: "header.safetensors",
+    size: 200_000_000,
+    read(offset: number, into: Uint8Array) {
+      into.set(head.subarray(offset, offset + into.length));
+      return Promise.resolve(into.length);
+    },
+  };
+  await refused(
+    () => openSafetensors(huge),
+    LimitError,
+    "header.safetensors",
+    /header length: safetensors header exceeds bloom's limit \(expected at most 100000000, found 150000000\)/,
+  );
+  // Tar member path (GNU long name): 5,000 characters; the tar reader's errors skip the shard.
+  const name = new TextEncoder().encode("p".repeat(5000));
+  const gnu = concat(
+    tarHeader({ name: "././@LongLink", size: name.length, type: "L" }),
+    name,
+    new Uint8Array(512 - (name.length % 512)),
+    tarHeader({ name: "a.png", size: 0 }),
+    new Uint8Array(1024),
+  );
+  await refused(
+    () => collect(readTar(chunks(gnu), { name: "gnu.tar", size: gnu.length })),
+    TarFormatError,
+    "gnu.tar",
+    /member name exceeds bloom's limit \(expected at most 4096, found 5000\)/,
+  );
+  // Model depth: blocks 0..128 all present (129 > VIT_LIMITS.depth), before any parameter.
+  const deep = `${TMP}/deep.safetensors`;
+  await Deno.writeFile(deep, encodeSafetensors(deep, tinyBackbone({}, VIT_LIMITS.depth + 1)));
+  await refused(
+    () => openCheckpoint(deep),
+    LimitError,
+    deep,
+    /depth: expected an integer in 1\.\.128, found 129/,
+  );
+});
+
+// --- 12. small atomic writes fsync the file and its folder ------------------------------------
+
+/** Whether strace can trace a child here (installed, and ptrace allowed). */
+const CAN_STRACE = (() => {
+  if (Deno.build.os !== "linux") return false;
+  try {
+    return new Deno.Command("strace", { args: ["-f", "-qq", "-e", "trace=none", "true"] })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+})();
+
+/**
+ * The file syscalls of `strace -f` output in order: which path each fsync
+ * or fdatasync flushed (fds followed through openat and F_DUPFD), and each
+ * rename.
+ */
+function fileEvents(log: string): ({ sync: string } | { from: string; to: string })[] {
+  const fds = new Map<number, string>();
+  const pending = new Map<string, string>();
+  const out: ({ sync: string } | { from: string; to: string })[] = [];
+  for (const raw of log.split("\n")) {
+    const m = /^(\d+)\s+(.*)$/.exec(raw);
+    if (!m) continue;
+    let call = m[2];
+    // A call split by another thread's: "<unfinished ...>" now, "<... X resumed>" later.
+    if (call.endsWith("<unfinished ...>")) {
+      pending.set(m[1], call.slice(0, -"<unfinished ...>".length).trimEnd());
+      continue;
+    }
+    const resumed = /^<\.\.\. \w+ resumed>(.*)$/.exec(call);
+    if (resumed) call = (pending.get(m[1]) ?? "") + resumed[1];
+    let r: RegExpExecArray | null;
+    if ((r = /^open(?:at)?\((?:AT_FDCWD, )?"([^"]*)".*= (\d+)$/.exec(call))) {
+      fds.set(Number(r[2]), r[1]);
+    } else if ((r = /^(?:fcntl\((\d+), F_DUPFD\w*|dup[23]?\((\d+)).*= (\d+)$/.exec(call))) {
+      fds.set(Number(r[3]), fds.get(Number(r[1] ?? r[2])) ?? "?");
+    } else if ((r = /^f(?:data)?sync\((\d+)\)\s+= 0$/.exec(call))) {
+      out.push({ sync: fds.get(Number(r[1])) ?? "?" });
+    } else if (
+      (r = /^rename(?:at2?)?\((?:AT_FDCWD, )?"([^"]*)", (?:AT_FDCWD, )?"([^"]*)".*= 0$/.exec(call))
+    ) {
+      out.push({ from: r[1], to: r[2] });
+    }
+  }
+  return out;
+}
+
+Deno.test({
+  name: "hostile 12: atomic writes fsync the file before the rename and its folder after it",
+  ignore: !CAN_STRACE,
+  fn: async () => {
+    const dir = `${TMP}/durable`;
+    await Deno.mkdir(dir);
+    const url = (p: string) => JSON.stringify(new URL(p, import.meta.url).href);
+    const script = `${TMP}/durable.ts`;
+    await Deno.writeTextFile(
+      script,
+      `import { writeTextAtomic } from ${url("../data/file.ts")};
+import { writeSafetensors } from ${url("../data/safetensors.ts")};
+const dir = Deno.args[0];
+await writeTextAtomic(dir + "/manifest.json", "{}\\n");
+await writeSafetensors(dir + "/w.safetensors", { x: { dtype: "f32", shape: [2], data: new Float32Array(2) } });
+`,
+    );
+    const log = `${TMP}/durable.strace`;
+    const r = await new Deno.Command("strace", {
+      args: [
+        "-f",
+        "-qq",
+        "-o",
+        log,
+        "-e",
+        "trace=open,openat,fsync,fdatasync,rename,renameat,renameat2,fcntl,dup,dup2,dup3",
+        Deno.execPath(),
+        "run",
+        "--no-config",
+        "-A",
+        script,
+        dir,
+      ],
+      stderr: "piped",
+    }).output();
+    assert(r.success, new TextDecoder().decode(r.stderr));
+    const events = fileEvents(await Deno.readTextFile(log));
+    for (const file of [`${dir}/manifest.json`, `${dir}/w.safetensors`]) {
+      const at = events.findIndex((e) => "to" in e && e.to === file);
+      assert(at >= 0, `${file} is renamed into place: ${JSON.stringify(events)}`);
+      assertEquals((events[at] as { from: string }).from, `${file}.tmp`);
+      assert(
+        events.slice(0, at).some((e) => "sync" in e && e.sync === `${file}.tmp`),
+        `${file}.tmp is flushed before its rename`,
+      );
+      assert(
+        events.slice(at + 1).some((e) => "sync" in e && e.sync === dir),
+        `${dir} is flushed after the rename of ${file}`,
+      );
+    }
+  },
 });

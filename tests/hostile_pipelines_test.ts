@@ -13,8 +13,7 @@ import { crc32 } from "../data/crc32.ts";
 import { InputError } from "../data/errors.ts";
 import { readEmbeddings } from "../data/embeddings_file.ts";
 import { tarEnd, tarEntry } from "../data/tar.ts";
-import { initialValue } from "../graph/init.ts";
-import { mulberry32 } from "../graph/random.ts";
+import { randomArena } from "../graph/init.ts";
 import { vitParamSpecs } from "../graph/vit.ts";
 import { BmpError, decodeBmp, RLE_MAX_PIXELS_PER_BYTE } from "../pipelines/dataset/bmp.ts";
 import { ByteBudget, MAX_IMAGE_PIXELS, PIXEL_BUDGET } from "../pipelines/dataset/decode_budget.ts";
@@ -24,16 +23,18 @@ import { readManifest } from "../pipelines/dataset/manifest.ts";
 import { parseCsvRows } from "../pipelines/dataset/csv.ts";
 import { parseVocXml, squareCrop } from "../pipelines/dataset/voc.ts";
 import { runEmbed } from "../pipelines/embed_run.ts";
+import { buildManifest } from "../pipelines/ingest/manifest_writer.ts";
 import { runIngest } from "../pipelines/ingest/run.ts";
-import { openLoader } from "../pipelines/loader.ts";
+import { STATE_DIR } from "../pipelines/ingest/state.ts";
+import { SPLIT_ORIGIN_KEY, splitOriginOf } from "../pipelines/dataset/split_origin.ts";
+import { checkSource, openLoader } from "../pipelines/loader.ts";
 import type { EmbedModel } from "../pipelines/embed.ts";
 import type { Gpu } from "../kernels/runtime.ts";
-import { ParamArena } from "../graph/arena.ts";
 import { CONFIG_LIMITS, parseConfig, PRESETS, validateConfig } from "../pipelines/train/config.ts";
 import { checkRunInputs, runTraining } from "../pipelines/train/run.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { collect, gpuTest, withTemp } from "./helpers.ts";
-import { tinyTrainConfig, tinyVit } from "./fixtures.ts";
+import { TINY_EMBED_VIT, tinyTrainConfig } from "./fixtures.ts";
 import { concat } from "./fuzz/build.ts";
 
 const enc = new TextEncoder();
@@ -279,6 +280,10 @@ Deno.test("finding 9: VOC annotations parse in linear time; malformed ones are n
     ],
     ["8000 objects", "<annotation>" + OBJECT.repeat(n / OBJECT.length) + "</annotation>", null],
   ];
+  // Against a legit annotation of the same size (warm), so a loaded machine moves both: the
+  // rescanning parser took 37 s on 1 MB, hundreds of times this bound.
+  const legit = hostile[hostile.length - 1][1];
+  const base = Math.min(timed(() => parseVocXml(legit)), timed(() => parseVocXml(legit)));
   for (const [name, xml, re] of hostile) {
     let msg = "";
     const ms = timed(() => {
@@ -288,7 +293,10 @@ Deno.test("finding 9: VOC annotations parse in linear time; malformed ones are n
         msg = (e as Error).message;
       }
     });
-    assert(ms < 1000, `${name}: ${ms.toFixed(0)} ms`);
+    assert(
+      ms < 3 * base + 300,
+      `${name}: ${ms.toFixed(0)} ms (a legit 1 MB: ${base.toFixed(0)} ms)`,
+    );
     if (re) assert(re.test(msg), `${name}: '${msg}'`);
     else assertEquals(msg, "", name);
   }
@@ -411,11 +419,17 @@ Deno.test("finding 10: bad CSV and list rows go to errors.jsonl with file and li
     ]);
     assertEquals((await readManifest(join(dir, "o2"))).splits.all.sort(), ["a", "b"]);
   });
-  // A quote left open early: one pass to the end, one re-read from the next line, not more.
+  // A quote left open early: one pass to the end, one re-read from the next line, not more
+  // (timed against the same text with the quote closed, read once).
   const text = "Image Path,Label\n" + 'x.png,"A\n' + "y.png,B\n".repeat(100_000);
+  const closed = text.replace('"A\n', '"A"\n');
+  const base = Math.min(timed(() => parseCsvRows(closed)), timed(() => parseCsvRows(closed)));
   let parsed: ReturnType<typeof parseCsvRows> | undefined;
   const ms = timed(() => (parsed = parseCsvRows(text)));
-  assert(ms < 1500, `${ms.toFixed(0)} ms`);
+  assert(
+    ms < 6 * base + 300,
+    `${ms.toFixed(0)} ms (the text without the open quote: ${base.toFixed(0)} ms)`,
+  );
   assertEquals(parsed!.bad.map((r) => r.line), [2]);
   assertEquals(parsed!.rows.length, 100_001);
 });
@@ -658,12 +672,8 @@ gpuTest(
 
 /** A tiny random DINOv2-layout model on the GPU. */
 function tinyModel(gpu: Gpu): EmbedModel {
-  const config = tinyVit({ dim: 16, mlpHidden: 32 });
-  const rand = mulberry32(3);
-  const specs = vitParamSpecs(config);
-  const arena = ParamArena.create(gpu, specs);
-  for (const s of specs) arena.set(s.name, initialValue(s, rand));
-  return { arena, config };
+  const config = TINY_EMBED_VIT;
+  return { arena: randomArena(gpu, vitParamSpecs(config), 3), config };
 }
 
 gpuTest(
@@ -709,3 +719,169 @@ gpuTest(
     });
   },
 );
+
+Deno.test("finding 12: class and split names like 'constructor' are counted, not Object's properties", async () => {
+  await withTemp(async (dir) => {
+    const img = await png(20);
+    const names = ["constructor", "toString", "__proto__", "hasOwnProperty", "A"];
+    await writeTree(join(dir, "in"), Object.fromEntries(names.map((c) => [`${c}/x.png`, img])));
+    const s = await runIngest(
+      { input: join(dir, "in"), layout: "imagefolder", out: join(dir, "out"), minSize: 4 },
+      { progress: false },
+    );
+    const counts = (await readManifest(join(dir, "out"))).counts.all;
+    assertEquals(JSON.stringify(counts), JSON.stringify(s.manifest.counts.all));
+    assertEquals(counts.samples, 5);
+    assertEquals(Object.entries(counts.perClass), [...names].sort().map((c) => [c, 1]));
+  });
+  // Split names come from the data too (mil split folders, embeddings' split columns).
+  const rec = (split: string, keys: string[]) => ({
+    name: `${split}-000000.tar`,
+    split,
+    planHash: "",
+    samples: keys.length,
+    bytes: 1,
+    sha256: "",
+    keys,
+    cls: keys.map(() => 0),
+    errors: [],
+  });
+  const m = await buildManifest(
+    [rec("constructor", ["a", "b"]), rec("__proto__", ["c"])],
+    ["toString"],
+    { size: 8, format: "png" },
+    0,
+    { trainSize: null, seed: 0, byPatient: false },
+  );
+  assertEquals(JSON.parse(JSON.stringify(m.counts)), {
+    constructor: { samples: 2, perClass: { toString: 2 } },
+    ["__proto__"]: { samples: 1, perClass: { toString: 1 } },
+  });
+  assertEquals(m.split!.rows, { ["__proto__"]: 1, constructor: 2 });
+});
+
+Deno.test("finding 12: a manifest without params, and sample json that is not an object, are no TypeErrors", async () => {
+  await withTemp(async (dir) => {
+    const img = await png(8);
+    const member = (k: string, json: string) => [
+      tarEntry(`${k}.png`, img),
+      tarEntry(`${k}.json`, enc.encode(json)),
+    ];
+    await Deno.writeFile(
+      join(dir, "train-000000.tar"),
+      concat(
+        ...member("a", "null"),
+        ...member("b", "5"),
+        ...member("c", "[1]"),
+        ...member("d", `{"source": "d.png"}`),
+        ...member("e", "{oops"),
+        tarEnd(),
+      ),
+    );
+    // Written by hand (or by another tool): no params, no split record.
+    await Deno.writeTextFile(
+      join(dir, "manifest.json"),
+      JSON.stringify({
+        format: "bloom-webdataset",
+        version: 1,
+        classes: [],
+        size: 8,
+        counts: { train: { samples: 5, perClass: {} } },
+        shards: [{ name: "train-000000.tar", split: "train", samples: 5, bytes: 1, sha256: "" }],
+      }),
+    );
+    assertEquals(await splitOriginOf(dir), {
+      [SPLIT_ORIGIN_KEY]: `ingest manifest ${dir}: its split folders`,
+    });
+    const errors: string[] = [];
+    const loader = await openLoader(dir, {
+      batchSize: 8,
+      onError: (w, why) => errors.push(`${w.slice(dir.length + 1)}: ${why}`),
+    });
+    const [batch] = await collect(loader.batches());
+    assertEquals(batch.keys, ["a", "b", "c", "d", "e"]);
+    assertEquals(batch.meta, [{}, {}, {}, { source: "d.png" }, {}]);
+    assertEquals(errors, [
+      "train-000000.tar:a: sample json is not an object; kept without it",
+      "train-000000.tar:b: sample json is not an object; kept without it",
+      "train-000000.tar:c: sample json is not an object; kept without it",
+      "train-000000.tar:e: sample json does not parse; kept without it",
+    ]);
+    // A params that is there must be an object.
+    const m = JSON.parse(await Deno.readTextFile(join(dir, "manifest.json")));
+    await Deno.writeTextFile(join(dir, "manifest.json"), JSON.stringify({ ...m, params: 3 }));
+    await assertRejects(() => readManifest(dir), InputError, "'params' must be an object");
+  });
+});
+
+Deno.test("runs restart: a damaged shard record is redone on rerun, not trusted into a TypeError", async () => {
+  await withTemp(async (dir) => {
+    await cellFolder(join(dir, "in"), 4, 0);
+    const opts = {
+      input: join(dir, "in"),
+      layout: "imagefolder" as const,
+      out: join(dir, "out"),
+      shardSize: 2,
+      minSize: 4,
+    };
+    const first = await runIngest(opts, { progress: false });
+    assertEquals([first.shardsWritten, first.samples], [2, 4]);
+    const records = [...Deno.readDirSync(join(dir, "out", STATE_DIR))].map((e) => e.name).sort();
+    assertEquals(records, ["all-000000.tar.json", "all-000001.tar.json"]);
+    const [r0, r1] = records.map((n) => join(dir, "out", STATE_DIR, n));
+    await Deno.writeTextFile(r0, "null");
+    const rec = JSON.parse(await Deno.readTextFile(r1));
+    await Deno.writeTextFile(r1, JSON.stringify({ ...rec, keys: 5 }));
+    const again = await runIngest(opts, { progress: false });
+    assertEquals([again.shardsWritten, again.shardsSkipped, again.samples], [2, 0, 4]);
+    assertEquals(again.manifest.counts.all.samples, 4);
+    assertEquals(JSON.parse(await Deno.readTextFile(r1)).keys, rec.keys);
+    // Whole records are still trusted: a third run rewrites nothing.
+    const third = await runIngest(opts, { progress: false });
+    assertEquals([third.shardsWritten, third.shardsSkipped], [0, 2]);
+  });
+});
+
+Deno.test("finding 7: an --out inside a walked --input or --data is refused for embed, predict and train too", async () => {
+  await withTemp(async (dir) => {
+    const cells = join(dir, "cells");
+    await writeTree(cells, { "1.png": await png(), "2.png": await png() });
+    await writeTree(dir, { "list.txt": "cells/1.png\n" });
+    // Why: a run directory inside a flat folder turns it into class folders on --resume, and
+    // its images, now outside any class, are refused.
+    await Deno.mkdir(join(cells, "run", "checkpoints"), { recursive: true });
+    await assertRejects(
+      () => openLoader(cells, { batchSize: 2, onError: () => {} }),
+      InputError,
+      "no images found",
+    );
+    await Deno.remove(join(cells, "run"), { recursive: true });
+    assertEquals((await openLoader(cells, { batchSize: 2 })).length, 2);
+    await Deno.symlink(cells, join(dir, "link"));
+    for (const out of [join(cells, "run"), cells, join(dir, "link", "run")]) {
+      await assertRejects(
+        () => checkRunInputs({ out, data: cells }),
+        InputError,
+        `--out ${out} is inside --data ${cells}: the run's own files would be read back`,
+      );
+      await assertRejects(
+        () => checkRunInputs({ out, data: join(dir, "list.txt"), evalData: cells }),
+        InputError,
+        `is inside --eval ${cells}`,
+      );
+    }
+    const emb = join(cells, "emb.safetensors");
+    await assertRejects(
+      () => checkSource(cells, "--input", { path: emb, flag: "--out" }),
+      InputError,
+      `--out ${emb} is inside --input ${cells}`,
+    );
+    // Beside the input, or inside a finished ingest (read by its manifest, never walked): fine.
+    assertEquals(await checkRunInputs({ out: join(dir, "run"), data: cells }), "new");
+    await checkSource(cells, "--input", { path: join(dir, "emb.safetensors"), flag: "--out" });
+    const shards = join(dir, "shards");
+    await Deno.mkdir(shards);
+    await Deno.writeTextFile(join(shards, "manifest.json"), "{}");
+    await checkSource(shards, "--input", { path: join(shards, "emb.safetensors"), flag: "--out" });
+  });
+});

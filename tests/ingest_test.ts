@@ -952,6 +952,29 @@ Deno.test("orderedMap: input order, bounded concurrency and window, errors at th
   );
 });
 
+Deno.test("progress: items resumed from an earlier run count towards the total, not the rate", () => {
+  let t = 0;
+  const p = new Progress(100, { unit: "images", label: "ingest", now: () => t, silent: true });
+  t = 1000;
+  p.resumed(60, "resumed 3 shards");
+  // A fully resumed run printed 200000 images/s (or 0.0): no rate until this run does one.
+  assertEquals(p.line(), "ingest:  60/100 images (60.0%)  resumed 3 shards");
+  t = 2000;
+  p.tick(20);
+  assertEquals(p.line(), "ingest:  80/100 images (80.0%)  10.0 images/s  ETA 2s  resumed 3 shards");
+
+  // In a log, the final line is not the last periodic line again.
+  const log: string[] = [];
+  const q = new Progress(4, {
+    now: () => t,
+    sink: { write: (s) => log.push(s), isTerminal: false },
+  });
+  t = 4000;
+  q.tick(4);
+  q.done();
+  assertEquals(log, ["4/4 items (100.0%)  2.0 items/s  ETA 0s\n"]);
+});
+
 Deno.test("progress: count/total, rate and ETA; one redrawn line on a TTY, periodic lines otherwise", () => {
   let t = 0;
   const tty: string[] = [];

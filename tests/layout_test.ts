@@ -28,16 +28,11 @@ import {
   transposeRef,
 } from "../kernels/layout/mod.ts";
 import { collapseDims, stridedMap } from "../kernels/strided_map.ts";
-import type { Gpu } from "../kernels/runtime.ts";
 import { numel } from "../kernels/tensor.ts";
 import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
 import { finiteDifference, gpuTest, Rng } from "./helpers.ts";
 
 const rng = new Rng(7);
-
-async function f32(gpu: Gpu, t: Parameters<Gpu["readF32"]>[0]): Promise<Float32Array> {
-  return await gpu.readF32(t);
-}
 
 gpuTest("layout: shape helpers broadcast and collapse", () => {
   assertEquals(broadcastShapes("t", [3, 1, 5], [4, 1], [5]), [3, 4, 5]);
@@ -73,7 +68,11 @@ gpuTest(
       const y = permute(gpu, t, perm);
       assertEquals(y.shape, perm.map((p) => shape[p]));
       // Exact: permute moves bits.
-      assertEquals([...await f32(gpu, y)], [...permuteRef(x, shape, perm)], `[${shape}] ${perm}`);
+      assertEquals(
+        [...await gpu.readF32(y)],
+        [...permuteRef(x, shape, perm)],
+        `[${shape}] ${perm}`,
+      );
       gpu.release(t, y);
     }
     assertThrows(() => permute(gpu, gpu.zeros([2, 2]), [0, 0]), RangeError, "not a permutation");
@@ -103,10 +102,10 @@ gpuTest("layout: slice, sliceBackward and concat match the references", async (g
   const t = gpu.tensor(x, shape);
   for (const [axis, start, len] of [[0, 1, 2], [1, 2, 3], [2, 1, 5], [-1, 0, 6], [1, 5, 0]]) {
     const y = slice(gpu, t, axis, start, len);
-    assertEquals([...await f32(gpu, y)], [...sliceRef(x, shape, axis, start, len)]);
+    assertEquals([...await gpu.readF32(y)], [...sliceRef(x, shape, axis, start, len)]);
     const back = sliceBackward(gpu, y, shape, axis, start);
-    assertEquals([...await f32(gpu, back)], [
-      ...sliceBackwardRef(await f32(gpu, y), shape, axis, start),
+    assertEquals([...await gpu.readF32(back)], [
+      ...sliceBackwardRef(await gpu.readF32(y), shape, axis, start),
     ]);
     gpu.release(y, back);
   }
@@ -118,14 +117,14 @@ gpuTest("layout: slice, sliceBackward and concat match the references", async (g
   const ts = parts.map((s, i) => gpu.tensor(xs[i], s));
   const c = concat(gpu, ts, 1);
   assertEquals(c.shape, [3, 6, 6]);
-  assertEquals([...await f32(gpu, c)], [...concatRef(xs, parts, 1)]);
+  assertEquals([...await gpu.readF32(c)], [...concatRef(xs, parts, 1)]);
   const c0 = concat(gpu, [t, t], 0);
-  assertEquals([...await f32(gpu, c0)], [...concatRef([x, x], [shape, shape], 0)]);
+  assertEquals([...await gpu.readF32(c0)], [...concatRef([x, x], [shape, shape], 0)]);
   const odd = [gpu.tensor(rng.floats(6), [2, 3]), gpu.tensor(rng.floats(2), [2, 1])];
   const c2 = concat(gpu, odd, -1);
   assertEquals(
-    [...await f32(gpu, c2)],
-    [...concatRef([await f32(gpu, odd[0]), await f32(gpu, odd[1])], [[2, 3], [2, 1]], -1)],
+    [...await gpu.readF32(c2)],
+    [...concatRef([await gpu.readF32(odd[0]), await gpu.readF32(odd[1])], [[2, 3], [2, 1]], -1)],
   );
   assertThrows(() => concat(gpu, [t, ts[0]], 0), RangeError, /does not match xs\[0\]/);
   gpu.release(t, c, c0, c2, ...ts, ...odd);
@@ -143,7 +142,7 @@ gpuTest("layout: sliceBackward is the gradient of slice (finite differences)", a
   const dy = gpu.tensor(w, [2, 2, 3]);
   const dx = sliceBackward(gpu, dy, shape, 1, 2);
   // FD with h = 1e-3 on a linear function: only f32 rounding of x ± h remains.
-  assertClose(await f32(gpu, dx), fd, { rtol: 1e-3, atol: 1e-4 });
+  assertClose(await gpu.readF32(dx), fd, { rtol: 1e-3, atol: 1e-4 });
   gpu.release(dy, dx);
 });
 
@@ -156,18 +155,18 @@ gpuTest("layout: gatherRows and scatterRows match the references", async (gpu) =
     const ti = gpu.tensor(idx);
     const g = gatherRows(gpu, tx, ti);
     assertEquals(g.shape, [idx.length, d]);
-    assertEquals([...await f32(gpu, g)], [...gatherRowsRef(x, d, idx)]);
+    assertEquals([...await gpu.readF32(g)], [...gatherRowsRef(x, d, idx)]);
     // Accumulate: duplicates summed (3 sources for row 3); float64 reference, 3-term f32 sum.
     const s = scatterRows(gpu, g, ti, n, { accumulate: true });
-    const want = scatterRowsRef(await f32(gpu, g), d, idx, n, { accumulate: true });
-    assertClose(await f32(gpu, s), want, { rtol: 1e-6, atol: 1e-7 });
+    const want = scatterRowsRef(await gpu.readF32(g), d, idx, n, { accumulate: true });
+    assertClose(await gpu.readF32(s), want, { rtol: 1e-6, atol: 1e-7 });
     // Unique indices without accumulate: a plain scatter.
     const uniq = gpu.tensor(new Uint32Array([4, 1, 7]));
     const src = gpu.tensor(rng.floats(3 * d), [3, d]);
     const s2 = scatterRows(gpu, src, uniq, n);
     assertEquals(
-      [...await f32(gpu, s2)],
-      [...scatterRowsRef(await f32(gpu, src), d, [4, 1, 7], n)],
+      [...await gpu.readF32(s2)],
+      [...scatterRowsRef(await gpu.readF32(src), d, [4, 1, 7], n)],
     );
     gpu.release(tx, ti, g, s, uniq, src, s2);
   }
@@ -184,8 +183,8 @@ gpuTest(
     const src = rng.normals(m * d, 10);
     const ts = gpu.tensor(src, [m, d]);
     const ti = gpu.tensor(idx);
-    const a = await f32(gpu, scatterRows(gpu, ts, ti, n, { accumulate: true }));
-    const b = await f32(gpu, scatterRows(gpu, ts, ti, n, { accumulate: true }));
+    const a = await gpu.readF32(scatterRows(gpu, ts, ti, n, { accumulate: true }));
+    const b = await gpu.readF32(scatterRows(gpu, ts, ti, n, { accumulate: true }));
     assertEquals([...a], [...b], "bit-identical on repeat");
     // Sums of ~8 terms of size 10 in f32: within 8 ulps of the float64 sum.
     assertClose(a, scatterRowsRef(src, d, idx, n, { accumulate: true }), {
@@ -221,16 +220,16 @@ gpuTest("layout: maskRows and its backward (reference, NaN isolation, FD)", asyn
     const tm = gpu.tensor(mask);
     const tt = gpu.tensor(token);
     const y = maskRows(gpu, tx, tm, tt);
-    const got = await f32(gpu, y);
+    const got = await gpu.readF32(y);
     assertEquals([...got], [...maskRowsRef(x, d, mask, token)]);
     assert(got.every((v) => !Number.isNaN(v)), "masked NaN replaced");
     const dy = rng.floats(n * d);
     const tdy = gpu.tensor(dy, [n, d]);
     const { dx, dtoken } = maskRowsBackward(gpu, tdy, tm);
     const ref = maskRowsBackwardRef(dy, d, mask);
-    assertEquals([...await f32(gpu, dx)], [...ref.dx]);
+    assertEquals([...await gpu.readF32(dx)], [...ref.dx]);
     // Three f32 terms vs a float64 sum.
-    assertClose(await f32(gpu, dtoken), ref.dtoken, { rtol: 1e-6, atol: 1e-7 });
+    assertClose(await gpu.readF32(dtoken), ref.dtoken, { rtol: 1e-6, atol: 1e-7 });
     // FD on the token: L = Σ dy · maskRows(x, mask, token).
     const fd = finiteDifference((v) => {
       const out = maskRowsRef(Float32Array.from(x), d, mask, Float32Array.from(v));
@@ -238,7 +237,7 @@ gpuTest("layout: maskRows and its backward (reference, NaN isolation, FD)", asyn
       for (let i = 0; i < out.length; i++) if (!Number.isNaN(out[i])) s += out[i] * dy[i];
       return s;
     }, token);
-    assertClose(await f32(gpu, dtoken), fd, { rtol: 1e-3, atol: 1e-4 });
+    assertClose(await gpu.readF32(dtoken), fd, { rtol: 1e-3, atol: 1e-4 });
     gpu.release(tx, tm, tt, y, tdy, dx, dtoken);
   }
   // Many rows: dtoken takes several column-sum stages.
@@ -250,7 +249,7 @@ gpuTest("layout: maskRows and its backward (reference, NaN isolation, FD)", asyn
   const tm = gpu.tensor(mask);
   const { dx, dtoken } = maskRowsBackward(gpu, tdy, tm);
   // ~1200 terms of size 1 summed blockwise in f32: error well under 1e-5 absolute.
-  assertClose(await f32(gpu, dtoken), maskRowsBackwardRef(dy, d, mask).dtoken, {
+  assertClose(await gpu.readF32(dtoken), maskRowsBackwardRef(dy, d, mask).dtoken, {
     rtol: 1e-5,
     atol: 1e-5,
   });
@@ -285,8 +284,8 @@ gpuTest("layout: the strided map splits work over the binding limit", async (gpu
     await gpu.sync();
     limits.maxStorageBufferBindingSize = saved;
     const want = x.map((v, i) => Math.fround(v + b[i % 1000]));
-    assertEquals([...await f32(gpu, y)], [...want]);
-    assertEquals([...await f32(gpu, flat)], [...x]);
+    assertEquals([...await gpu.readF32(y)], [...want]);
+    assertEquals([...await gpu.readF32(flat)], [...x]);
     gpu.release(flat);
   } finally {
     limits.maxStorageBufferBindingSize = saved;

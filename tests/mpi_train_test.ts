@@ -5,7 +5,9 @@
  * of 4). After 2 steps the losses, gradient norms, and student and teacher
  * weights agree within 1e-5 relative, with Sinkhorn-Knopp and with centring;
  * `--resume` continues a 2-rank run on 1 rank and a 1-rank run on 2 ranks
- * along the uninterrupted trajectory. The remaining differences are summation
+ * along the uninterrupted trajectory; accumulation composes with ranks (2 ranks
+ * × 2 micro-batches of 2 = 1 rank × 4 of 2); every rank's skipped images reach
+ * rank 0's errors.jsonl; and `train --init FILE` needs the file on rank 0 only. The remaining differences are summation
  * order (MPI's sum of the ranks' partial sums against one sum over the
  * batch): a few f32 ulps, measured ≤ 1.3e-6 per tensor. Weights compare
  * norm-relative per tensor, except the key bias (see sameWeights).
@@ -87,8 +89,8 @@ async function sameWeights(got: string, want: string, label: string) {
   }
 }
 
-/** The runs both tests compare, launched once. */
-let shared: Promise<{ dir: string; data: string }> | null = null;
+/** The runs the tests compare, launched once. */
+let shared: Promise<{ dir: string; data: string; bad: string[] }> | null = null;
 
 function job(dir: string, data: string, name: string, over: Partial<RunOptions> = {}): RunOptions {
   const centering = name.startsWith("ce") ? "centering" : "sinkhorn_knopp";
@@ -102,29 +104,49 @@ function job(dir: string, data: string, name: string, over: Partial<RunOptions> 
   };
 }
 
-function launchAll(): Promise<{ dir: string; data: string }> {
+/** The synthetic cells plus 8 files that do not decode, spread over the class folders. */
+async function withBadImages(dir: string): Promise<{ data: string; bad: string[] }> {
+  const data = await synthesize(dir);
+  const classes = [...Deno.readDirSync(dir)].filter((e) => e.isDirectory).map((e) => e.name);
+  const bad: string[] = [];
+  for (let i = 0; i < 8; i++) {
+    const path = join(dir, classes[i % classes.length], `broken-${i}.png`);
+    await Deno.writeTextFile(path, `not a png ${i}`);
+    bad.push(path);
+  }
+  return { data, bad: bad.sort() };
+}
+
+function launchAll(): Promise<{ dir: string; data: string; bad: string[] }> {
   shared ??= (async () => {
     const dir = await Deno.makeTempDir({ prefix: "bloom-mpi-train-" });
     const data = await synthesize(join(dir, "data"));
-    // One process: batch 8 in two micro-batches of 4; a 4-step run for the resume test.
+    const withBad = await withBadImages(join(dir, "with-bad"));
+    const m2 = { config: tinyConfig({ microBatch: 2 }) };
+    // One process: batch 8 in two micro-batches of 4 (and four of 2); a 4-step run for resuming.
     const one = await writeJobs(dir, "one", [
       job(dir, data, "sk-1"),
       job(dir, data, "ce-1"),
+      job(dir, data, "sk-1-m2", m2),
       job(dir, data, "sk-1-long", { steps: 4 }),
     ]);
     let r = await run(workerCommand(1, one));
     assertEquals(r.code, 0, r.output);
-    // Two ranks of 4; and the 1-rank 2-step run resumed to 4 steps on 2 ranks.
+    // Two ranks of 4 (and of two micro-batches of 2); the 1-rank 2-step run resumed to 4 steps on
+    // 2 ranks; 3 steps (a whole data pass and more) over data with images that do not decode.
     await copyDir(join(dir, "sk-1"), join(dir, "sk-1-then-2"));
     const two = await writeJobs(dir, "two", [
       job(dir, data, "sk-2"),
       job(dir, data, "ce-2"),
+      job(dir, data, "sk-2-m2", m2),
       job(dir, data, "sk-1-then-2", { steps: 4, resume: true }),
+      job(dir, withBad.data, "sk-2-bad", { steps: 3 }),
     ]);
     r = await run(workerCommand(2, two));
     assertEquals(r.code, 0, r.output);
     assert(r.output.includes("2 ranks, 4 images each per step"), r.output);
-    return { dir, data };
+    await Deno.writeTextFile(join(dir, "two.log"), r.output);
+    return { dir, data, bad: withBad.bad };
   })();
   return shared;
 }
@@ -147,6 +169,26 @@ mpiTest("mpi train: 2 ranks × 4 equal 1 rank × 8 by accumulation (centring)", 
   const { dir } = await launchAll();
   await sameMetrics(join(dir, "ce-2"), join(dir, "ce-1"), "centering");
   await sameWeights(join(dir, "ce-2"), join(dir, "ce-1"), "centering");
+});
+
+mpiTest(
+  "mpi train: accumulation composes with ranks (2 ranks × 2 × 2 = 1 rank × 4 × 2)",
+  async () => {
+    const { dir } = await launchAll();
+    // KoLeo is a per-micro-batch term, so both sides use micro-batches of 2.
+    await sameMetrics(join(dir, "sk-2-m2"), join(dir, "sk-1-m2"), "accumulation × ranks");
+    await sameWeights(join(dir, "sk-2-m2"), join(dir, "sk-1-m2"), "accumulation × ranks");
+  },
+);
+
+mpiTest("mpi train: images any rank skipped are in rank 0's errors.jsonl, once each", async () => {
+  const { dir, bad } = await launchAll();
+  const lines = (await Deno.readTextFile(join(dir, "sk-2-bad", "errors.jsonl"))).trim().split("\n");
+  const paths = lines.map((l) => JSON.parse(l).path as string);
+  // 3 steps read the whole first pass: every broken file was met by one rank or the other.
+  assertEquals([...paths].sort(), bad, "each broken file once");
+  const log = await Deno.readTextFile(join(dir, "two.log"));
+  assert(/skipped \S+broken-\d\.png \(rank 1\): /.test(log), "rank 1 met some: " + log);
 });
 
 mpiTest(
@@ -192,6 +234,32 @@ mpiTest("mpi embed: 2 ranks embed a part each, rank 0 merges: the one-process fi
   assertEquals(b.rows, 20);
   assertEquals(b.paths, a.paths, "input order");
   assertEquals(b.features, a.features, "the same numbers");
+});
+
+mpiTest("mpi train: the train command needs --init on rank 0 only", async () => {
+  const { dir, data } = await launchAll();
+  const config = join(dir, "tiny.json");
+  await Deno.writeTextFile(config, JSON.stringify(tinyConfig()));
+  const cli = new URL("../cli/train.ts", import.meta.url).pathname;
+  const out = join(dir, "init-on-rank-0");
+  const train = (init: string) => [
+    Deno.execPath(),
+    "run",
+    "-A",
+    cli,
+    ...["--config", config, "--init", init, "--data", data, "--out", out],
+    ...["--steps", "1", "--no-autotune", "--quiet"],
+  ];
+  // MPMD: rank 1's --init names a file its machine does not have (only rank 0 reads it).
+  const argv = [
+    ...mpirunArgs(1, train(join(dir, "sk-1", "teacher_final.pth"))),
+    ":",
+    ...["-np", "1", ...train(join(dir, "not-on-this-node", "teacher_final.pth"))],
+  ];
+  const r = await run(argv);
+  assertEquals(r.code, 0, r.output);
+  assert(r.output.includes("2 ranks, 4 images each per step"), r.output);
+  await Deno.stat(join(out, "teacher_final.pth"));
 });
 
 mpiTest("mpi train: --resume continues on another number of ranks (1 → 2, 2 → 1)", async () => {

@@ -4,7 +4,9 @@
  * comparing ranks' facts, and — on n in-process "ranks" that meet in memory
  * (tests/mpi_loopback.ts) — the cross-rank Sinkhorn-Knopp and centring
  * against the one-process references over all rows, and the bucketed gradient
- * sum. tests/mpi_train_test.ts runs the real thing under mpirun.
+ * sum; rank 0's merge of the ranks' embedding parts with their failures; and
+ * the deployment examples (deploy/) against the command line they drive.
+ * tests/mpi_train_test.ts runs the real thing under mpirun.
  */
 import { join } from "node:path";
 import { ParamArena } from "../graph/arena.ts";
@@ -29,9 +31,14 @@ import { localMasks, rankBatch } from "../pipelines/mpi/shard.ts";
 import { RunGuard } from "../pipelines/mpi/stop.ts";
 import { crossReduce } from "../pipelines/mpi/tensors.ts";
 import { writeSyntheticImageFolder } from "../pipelines/synthetic.ts";
+import { mergeParts, partPath } from "../pipelines/embed_run.ts";
+import { readEmbeddings, writeEmbeddings } from "../data/embeddings_file.ts";
+import { parseFlags } from "../cli/args.ts";
+import { TRAIN } from "../cli/train.ts";
+import { PRESETS } from "../pipelines/train/config.ts";
 import { batchMasks, MaskingGenerator, masksFrom } from "../pipelines/train/masking.ts";
 import { openLoader } from "../pipelines/loader.ts";
-import { assert, assertClose, assertEquals, assertThrows } from "./assert.ts";
+import { assert, assertClose, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { gpuTest, Rng } from "./helpers.ts";
 import { loopback } from "./mpi_loopback.ts";
 
@@ -319,4 +326,85 @@ Deno.test("mpi stop: a write renamed whole just before the signal is named as th
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("mpi embed merge: the parts' failures go beside the merged file", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "bloom-mpi-merge-" });
+  try {
+    const out = join(dir, "cells.safetensors");
+    const meta = { arch: "vit_small", weights: "w.pth", pool: "cls" as const };
+    // Rank r's part: rows of its images; ranks 0 and 2 also had images that did not decode.
+    const failures = [
+      `{"path":"a/bad.png","reason":"x"}\n`,
+      "",
+      `{"path":"c/bad.png","reason":"y"}\n`,
+    ];
+    for (let r = 0; r < 3; r++) {
+      const part = partPath(out, r, 3);
+      const features = Float32Array.from([r, r + 0.5]);
+      await writeEmbeddings(part, { dim: 2, features, paths: [`img-${r}.png`], meta });
+      if (failures[r]) await Deno.writeTextFile(`${part}.errors.jsonl`, failures[r]);
+    }
+    await Deno.writeTextFile(`${out}.errors.jsonl`, "a stale list from an earlier merge\n");
+    assertEquals(await mergeParts(out), { rows: 3, parts: 3 });
+    assertEquals(await Deno.readTextFile(`${out}.errors.jsonl`), failures.join(""));
+    const merged = await readEmbeddings(out);
+    assertEquals(merged.paths, ["img-0.png", "img-1.png", "img-2.png"]);
+    assertEquals(merged.meta["bloom.failed"], "2");
+    // No failures anywhere: no errors file beside the merge (a stale one goes).
+    for (const r of [0, 2]) await Deno.remove(`${partPath(out, r, 3)}.errors.jsonl`);
+    await mergeParts(out);
+    await assertRejects(() => Deno.stat(`${out}.errors.jsonl`), Deno.errors.NotFound);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** The launched `./bloom train …` of a deployment file: its flags, shell variables left out. */
+function trainArgs(text: string): string[] {
+  const joined = text.replace(/\\\n\s*/g, " ");
+  const line = joined.split("\n").find((l) => /(srun|mpirun) .*\.\/bloom train\s+--/.test(l));
+  assert(line, "a launched ./bloom train command");
+  return line.slice(line.indexOf("./bloom train") + "./bloom train".length).trim().split(/\s+/)
+    .filter((t) => !t.startsWith('"${') && !t.startsWith("$resume"))
+    .map((t) => t.replace(/^"(.*)"$/, "$1"));
+}
+
+/** The flags parsed, and the global batch split over `ranks` as the run will split it. */
+function checkTrain(args: string[], ranks: number, where: string) {
+  const f = parseFlags(TRAIN, args);
+  assert(f !== "help", where);
+  assert(f.preset && f.init && f.batch && f["micro-batch"], `${where}: ${args.join(" ")}`);
+  const cfg = { ...PRESETS[f.preset](), batch: f.batch, microBatch: f["micro-batch"] };
+  const share = rankBatch(cfg, { rank: ranks - 1, size: ranks });
+  assertEquals(share.global, ranks * share.micro * share.accumulation, where);
+  return { f, share };
+}
+
+Deno.test("mpi deploy: the sbatch script and the MPIJob run train commands that parse and split", async () => {
+  const root = new URL("../deploy/", import.meta.url).pathname;
+  const sbatch = await Deno.readTextFile(join(root, "slurm/train.sbatch"));
+  const bash = await new Deno.Command("bash", { args: ["-n", join(root, "slurm/train.sbatch")] })
+    .output();
+  assert(bash.success, new TextDecoder().decode(bash.stderr));
+  const directive = (name: string) =>
+    Number(new RegExp(`#SBATCH --${name}=(\\d+)`).exec(sbatch)![1]);
+  const slurmRanks = directive("nodes") * directive("ntasks-per-node");
+  assertEquals(directive("gpus-per-task"), 1, "one GPU per rank");
+  assert(/srun [^\n]*--kill-on-bad-exit=1/.test(sbatch), "a dead rank ends the step");
+  const s = checkTrain(trainArgs(sbatch), slurmRanks, "train.sbatch");
+  assertEquals([slurmRanks, s.share.local, s.share.accumulation], [32, 38, 1]);
+
+  const job = await Deno.readTextFile(join(root, "kubernetes/mpijob.yaml"));
+  const workers = Number(/Worker:\s*\n\s*replicas: (\d+)/.exec(job)![1]);
+  assertEquals(Number(/mpirun [^\n]*-np (\d+)/.exec(job)![1]), workers, "one rank per worker");
+  assert(/slotsPerWorker: 1\b/.test(job) && /nvidia\.com\/gpu: 1\b/.test(job), "one GPU per rank");
+  assert(/NVIDIA_DRIVER_CAPABILITIES[\s\S]*?graphics/.test(job), "Vulkan in the container");
+  const k = checkTrain(trainArgs(job), workers, "mpijob.yaml");
+  assertEquals([workers, k.share.local, k.share.accumulation], [8, 152, 4]);
+
+  // The image carries the library bloom opens first under Open MPI's mpirun.
+  const docker = await Deno.readTextFile(join(root, "Dockerfile"));
+  assert(/openmpi-bin/.test(docker) && /libopenmpi3/.test(docker), "Open MPI in the image");
+  assertEquals(libraryCandidates("openmpi")[0], "libmpi.so.40");
 });

@@ -15,13 +15,12 @@ import { createNpyWriter, openNpy, readNpy, writeNpy } from "../data/npy.ts";
 import { openTensorFile } from "../data/open.ts";
 import type { TensorData } from "../data/record.ts";
 import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
-import { Rng } from "./helpers.ts";
-import { hex, num } from "./fixtures.ts";
+import { moduleTempDir, Rng } from "./helpers.ts";
+import { CHECKPOINT_FIXTURES, checkpointFixturesExpected, hex, num } from "./fixtures.ts";
 
-const FIX = new URL("./fixtures/checkpoints/", import.meta.url).pathname;
-const EXPECTED = JSON.parse(Deno.readTextFileSync(FIX + "expected.json"));
-const TMP = Deno.makeTempDirSync({ prefix: "bloom-npy-test-" });
-globalThis.addEventListener("unload", () => Deno.removeSync(TMP, { recursive: true }));
+const FIX = CHECKPOINT_FIXTURES;
+const EXPECTED = checkpointFixturesExpected();
+const TMP = moduleTempDir("bloom-npy-test-");
 
 Deno.test("npy: numpy's files read exactly (v1.0 and v2.0 headers)", async () => {
   const exp = EXPECTED.npy as Record<

@@ -10,7 +10,9 @@
  *   first had removed);
  * - a rerun with nothing left says so instead of printing a rate; a rerun
  *   with another `--split` warns which finished shards it replaces;
- * - embed's and predict's file outputs lock `FILE.lock` beside them.
+ * - embed's and predict's file outputs lock `FILE.lock` beside them;
+ * - embed and train stop at once when their output is being written, before
+ *   any weights load or GPU work, naming the holder (with `--wait` they go on).
  */
 import { hostname } from "node:os";
 import { join } from "node:path";
@@ -18,6 +20,7 @@ import { readManifest } from "../pipelines/dataset/manifest.ts";
 import { lockOutput, OutputLockedError, outputLockPath } from "../pipelines/output_lock.ts";
 import { writeSyntheticImageFolder } from "../pipelines/synthetic.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { noGpuPreload } from "./helpers.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const dec = new TextDecoder();
@@ -181,4 +184,44 @@ Deno.test("file outputs lock FILE.lock beside them; a holder elsewhere is named"
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("embed and train: a locked output stops them before any GPU work, naming the holder", async () => {
+  await withCells(async (dir, cells) => {
+    // Any touch of WebGPU fails the process: a refusal under it came before any GPU work.
+    const noGpu = await noGpuPreload(dir);
+    const run = async (script: string, args: string[]) => {
+      const o = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "--no-check", "--preload", noGpu, join(root, script), ...args],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      return { code: o.code, stderr: dec.decode(o.stderr) };
+    };
+    const file = join(dir, "cells.safetensors");
+    const runDir = join(dir, "run");
+    const held = [await lockOutput(file, "file"), await lockOutput(runDir, "directory")];
+    try {
+      const embedArgs = ["--random-weights", "--input", cells, "--out", file, "--quiet"];
+      const trainArgs = ["--data", cells, "--batch", "2", "--out", runDir, "--quiet"];
+      const [embed, train, embedWait] = await Promise.all([
+        run("cli/embed.ts", embedArgs),
+        run("cli/train.ts", trainArgs),
+        // With --wait the check is left to the lock: this run goes on (here, to the GPU).
+        run("cli/embed.ts", [...embedArgs, "--wait"]),
+      ]);
+      for (const [r, what] of [[embed, `file ${file}`], [train, `directory ${runDir}`]] as const) {
+        assertEquals(r.code, 1, r.stderr);
+        assert(
+          r.stderr.includes(`output ${what} is being written by process ${Deno.pid}`),
+          r.stderr,
+        );
+        assert(r.stderr.includes("--wait"), r.stderr);
+        assert(!r.stderr.includes("GPU was touched"), r.stderr);
+      }
+      assert(embedWait.stderr.includes("GPU was touched"), embedWait.stderr);
+    } finally {
+      for (const h of held) await h.release();
+    }
+  });
 });

@@ -35,6 +35,7 @@ import { Probe } from "../eval/probe.ts";
 import { loadCheckpoint } from "../graph/checkpoint.ts";
 import { getGpu } from "../kernels/runtime.ts";
 import { runEmbed } from "../pipelines/embed_run.ts";
+import { Interrupted } from "../pipelines/interrupt.ts";
 import { runPredict } from "../pipelines/predict_run.ts";
 import { writeSyntheticImageFolder } from "../pipelines/synthetic.ts";
 import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
@@ -299,6 +300,25 @@ Deno.test({
       JSON.stringify(errors),
     );
     assert(errors.some((e) => String(e.path).endsWith("broken.png")), JSON.stringify(errors));
+
+    // Ctrl-C while the cells are embedded: Interrupted, saying what it kept; no predictions.
+    await assertRejects(
+      () =>
+        runPredict({
+          heads: [join(dir, "heads", "probe.safetensors")],
+          input: join(dir, "heldout"),
+          weights,
+          attentionHeads: 2,
+          out: join(dir, "stopped.csv"),
+          quiet: true,
+          autotune: false,
+          log: () => {},
+          signal: AbortSignal.abort(),
+        }),
+      Interrupted,
+      "kept 0 of 12 rows",
+    );
+    await assertRejects(() => Deno.stat(join(dir, "stopped.csv")), Deno.errors.NotFound);
     await Deno.remove(dir, { recursive: true });
   },
 });

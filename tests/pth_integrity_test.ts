@@ -13,9 +13,9 @@ import { openPth } from "../data/pth.ts";
 import { ZipReader } from "../data/zip.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { memorySource, PickleOps, pthBytes } from "./fuzz/build.ts";
-import { hex } from "./fixtures.ts";
+import { CHECKPOINT_FIXTURES, hex } from "./fixtures.ts";
 
-const FIX = new URL("./fixtures/checkpoints/", import.meta.url).pathname;
+const FIX = CHECKPOINT_FIXTURES;
 const GOOD = Deno.readFileSync(FIX + "state_dict.pth");
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -184,6 +184,8 @@ Deno.test("integrity: --verify-sha256 refuses a checkpoint whose hash differs, b
   assertThrows(() => parseSha256("abc", "--verify-sha256"), InputError, /64 hex digits/);
   // The commands refuse it with exit code 2, naming the file and both hashes.
   const dir = await Deno.makeTempDir({ prefix: "bloom-sha-test-" });
+  const input = `${dir}/in`; // an --out inside --input is refused
+  await Deno.mkdir(input);
   try {
     const run = async (args: string[]) => {
       const out = await new Deno.Command(Deno.execPath(), {
@@ -202,7 +204,7 @@ Deno.test("integrity: --verify-sha256 refuses a checkpoint whose hash differs, b
       "--verify-sha256",
       wrong,
       "--input",
-      dir,
+      input,
       "--out",
       `${dir}/e.safetensors`,
     ]);
@@ -224,7 +226,7 @@ Deno.test("integrity: --verify-sha256 refuses a checkpoint whose hash differs, b
       "--head",
       dir,
       "--input",
-      dir,
+      input,
       "--out",
       `${dir}/p.csv`,
       "--weights",

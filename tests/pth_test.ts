@@ -22,13 +22,12 @@ import type { TensorData, TensorRecord } from "../data/record.ts";
 import { checkEntryName, ZipReader } from "../data/zip.ts";
 import { ZipWriter } from "../data/zip_writer.ts";
 import { assert, assertClose, assertEquals, assertRejects, assertThrows } from "./assert.ts";
-import { Rng } from "./helpers.ts";
-import { hex, num } from "./fixtures.ts";
+import { moduleTempDir, Rng } from "./helpers.ts";
+import { CHECKPOINT_FIXTURES, checkpointFixturesExpected, hex, num } from "./fixtures.ts";
 
-const FIX = new URL("./fixtures/checkpoints/", import.meta.url).pathname;
-const EXPECTED = JSON.parse(Deno.readTextFileSync(FIX + "expected.json"));
-const TMP = Deno.makeTempDirSync({ prefix: "bloom-pth-test-" });
-globalThis.addEventListener("unload", () => Deno.removeSync(TMP, { recursive: true }));
+const FIX = CHECKPOINT_FIXTURES;
+const EXPECTED = checkpointFixturesExpected();
+const TMP = moduleTempDir("bloom-pth-test-");
 
 interface Expected {
   dtype: string;

@@ -1,7 +1,9 @@
 /** The GPU runtime: start-up, pool, batching, uniforms, errors, timing, replay. */
 import { GpuError, GpuLimitError, ShaderCompileError } from "../kernels/errors.ts";
 import { FLAT_WORKGROUP_INDEX, grid, kernel } from "../kernels/kernel.ts";
-import { sizeClass } from "../kernels/pool.ts";
+import { checkBindingBytes } from "../kernels/common/window.ts";
+import { sizeClass, trimFree } from "../kernels/pool.ts";
+import { TexturePool } from "../kernels/textures.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
 import { assert, assertClose, assertEquals, assertRejects, assertThrows } from "./assert.ts";
@@ -288,3 +290,42 @@ gpuTest(
     gpu.release(src, out);
   },
 );
+
+Deno.test("pools: free lists are trimmed largest first down to the bytes kept", () => {
+  const destroyed: string[] = [];
+  const item = (name: string) => ({ destroy: () => void destroyed.push(name) });
+  const free = new Map([[100, [item("a"), item("b")]], [300, [item("c")]], [200, [item("d")]]]);
+  assertEquals(trimFree(free, 700, 1000, (k) => k), 700, "under the cap: nothing destroyed");
+  assertEquals(destroyed, []);
+  assertEquals(trimFree(free, 700, 150, (k) => k), 100);
+  assertEquals(destroyed, ["c", "d", "b"]);
+  assertEquals([...free.values()].flat().length, 1);
+  // The texture pool keeps (and trims) its free textures the same way, by texel bytes.
+  const device = {
+    createTexture: (d: { size: [number, number] }) => ({
+      width: d.size[0],
+      height: d.size[1],
+      createView: () => ({}),
+      destroy: () => void destroyed.push(`${d.size[0]}x${d.size[1]}`),
+    }),
+  } as unknown as GPUDevice;
+  const pool = new TexturePool(device, Infinity);
+  const [small, large] = [pool.acquire(2, 2, "rgba32float"), pool.acquire(8, 4, "rgba32float")];
+  pool.release(small);
+  pool.release(large);
+  destroyed.length = 0;
+  pool.trim(2 * 2 * 16);
+  assertEquals(destroyed, ["8x4"], "the larger texture goes first");
+  assertEquals(pool.acquire(2, 2, "rgba32float").texture, small.texture, "the kept one is reused");
+  assertEquals(pool.created, 2);
+});
+
+Deno.test("bindings: what cannot be split and is over the binding limit is named, with the fix", () => {
+  const gpu = { limits: { maxStorageBufferBindingSize: 1024 } } as Gpu;
+  checkBindingBytes(gpu, "op", "the rows", 1024, "use fewer");
+  assertThrows(
+    () => checkBindingBytes(gpu, "op", "the rows", 1025, "use fewer"),
+    GpuLimitError,
+    "op: the rows take 1025 B, over the 1 KiB of maxStorageBufferBindingSize; use fewer",
+  );
+});

@@ -16,13 +16,12 @@ import { openPth } from "../data/pth.ts";
 import type { TensorData, TensorRecord } from "../data/record.ts";
 import { openSafetensors, writeSafetensors } from "../data/safetensors.ts";
 import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
-import { Rng } from "./helpers.ts";
-import { hex, num } from "./fixtures.ts";
+import { moduleTempDir, Rng } from "./helpers.ts";
+import { CHECKPOINT_FIXTURES, checkpointFixturesExpected, hex, num } from "./fixtures.ts";
 
-const FIX = new URL("./fixtures/checkpoints/", import.meta.url).pathname;
-const EXPECTED = JSON.parse(Deno.readTextFileSync(FIX + "expected.json"));
-const TMP = Deno.makeTempDirSync({ prefix: "bloom-st-test-" });
-globalThis.addEventListener("unload", () => Deno.removeSync(TMP, { recursive: true }));
+const FIX = CHECKPOINT_FIXTURES;
+const EXPECTED = checkpointFixturesExpected();
+const TMP = moduleTempDir("bloom-st-test-");
 
 Deno.test("safetensors: fixture reads exactly (values, dtypes, metadata)", async () => {
   const exp = EXPECTED["model.safetensors"];

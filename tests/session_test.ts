@@ -1,18 +1,21 @@
 /**
  * The README's typical session, verbatim: the commands of its no-weights
  * block (ingest with a split, ingest a VOC set, embed with random weights,
- * eval, train with --eval, embed with the trained teacher), each run as
- * `./bloom` runs it (`deno task TASK`: the task's script with the checkout's
- * config), in a temporary folder, on generated cells. Only sizes shrink:
- * flags appended per task (smaller images, two training steps); the
- * commands and their own flags are the README's, read from it.
+ * eval, train with --eval, embed with the trained teacher), each run through
+ * the checkout's `bloom` script from a temporary folder of the user's, as
+ * the README says (the script runs the task in the checkout; relative paths
+ * are the user's folder's), on generated cells. Only sizes shrink: flags
+ * appended per task (smaller images, two training steps); the commands and
+ * their own flags are the README's, read from it.
  *
  * Checks that one split runs from end to end: the features file carries
  * ingest's split; eval's test set is ingest's test set (its support per
  * class is the manifest's test counts) and its JSON and Markdown name the
  * split's origin and hash, the manifest's; train's kNN lines in
- * metrics.jsonl do too. And that the README's weights block is the same
- * session with named weights.
+ * metrics.jsonl do too. That the steps agree: the last command embeds the
+ * model train scored (its heads, its image side), so eval's 20-NN on it is
+ * train's last kNN score. That nothing lands in the checkout. And that the
+ * README's weights block is the same session with named weights.
  */
 import { join } from "node:path";
 import sharp from "npm:sharp@0.34.5";
@@ -25,7 +28,32 @@ import { assert, assertEquals } from "./assert.ts";
 const root = new URL("..", import.meta.url).pathname;
 const dec = new TextDecoder();
 
-/** The `./bloom` command lines of the README's typical-session block holding `marker`. */
+/** What the session writes, relative to the folder it runs in. */
+const OUTPUTS = [
+  "data/acevedo",
+  "data/bccd",
+  "acevedo.safetensors",
+  "figs",
+  "table.md",
+  "metrics.json",
+  "runs/s1",
+  "acevedo-s1.safetensors",
+  "s1.json",
+];
+
+/** The session's outputs present in the checkout (where relative paths went before `bloom` kept the caller's folder). */
+function outputsInCheckout(): string[] {
+  return OUTPUTS.filter((p) => {
+    try {
+      Deno.statSync(join(root, p));
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** The `bloom` command lines of the README's typical-session block holding `marker`. */
 function sessionBlock(readme: string, marker: string): string[][] {
   const at = readme.indexOf("## A typical session");
   assert(at >= 0, "README has no '## A typical session'");
@@ -33,9 +61,7 @@ function sessionBlock(readme: string, marker: string): string[][] {
   const block = [...section.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1])
     .find((b) => b.includes(marker));
   assert(block, `no sh block with ${marker} in the README's typical session`);
-  return block.split("\n").filter((l) => l.startsWith("./bloom ")).map((l) =>
-    l.trim().split(/\s+/)
-  );
+  return block.split("\n").filter((l) => l.startsWith("bloom ")).map((l) => l.trim().split(/\s+/));
 }
 
 /** Flags appended per task so the session runs in seconds on llvmpipe (sizes only). */
@@ -77,7 +103,7 @@ Deno.test("README's typical session, verbatim: one split from ingest to eval and
       .replace(" --init dinov2-vits14", "")
   );
   assertEquals(withWeights, session.map((c) => c.join(" ")));
-  const tasks = JSON.parse(await Deno.readTextFile(join(root, "deno.json"))).tasks;
+  const before = outputsInCheckout();
 
   const dir = await Deno.makeTempDir({ prefix: "bloom-session-" });
   try {
@@ -93,30 +119,25 @@ Deno.test("README's typical session, verbatim: one split from ingest to eval and
     });
     await writeVoc(inputs.BCCD, 8);
 
-    for (const [, task, ...flags] of session) {
-      // `./bloom TASK` is `deno task TASK`: "deno run -A cli/TASK.ts" in the checkout's config.
-      const [deno, ...taskArgs] = tasks[task].split(" ");
-      assertEquals(deno, "deno");
-      const script = taskArgs.pop()!;
-      const args = [
-        ...taskArgs,
-        "--config",
-        join(root, "deno.json"),
-        join(root, script),
-        ...flags.map((f) => inputs[f] ?? f),
-        ...SMALL[task],
-      ];
-      const out = await new Deno.Command(Deno.execPath(), {
-        args,
+    /** `bloom TASK ARGS` (the README's PATH line: the checkout's script) in the user's folder. */
+    const bloom = async (task: string, args: string[]) => {
+      const out = await new Deno.Command("bash", {
+        args: [join(root, "bloom"), task, ...args],
         cwd: dir,
         stdout: "piped",
         stderr: "piped",
-        env: { BLOOM_CLI: "./bloom" },
+        env: { BLOOM_CWD: "", BLOOM_CLI: "" },
       }).output();
-      assert(
-        out.success,
-        `./bloom ${task} ${flags.join(" ")} failed (${out.code}):\n${dec.decode(out.stderr)}`,
-      );
+      const stderr = dec.decode(out.stderr);
+      assert(out.success, `bloom ${task} ${args.join(" ")} failed (${out.code}):\n${stderr}`);
+      // First runs used to show Deno's "Ignored build scripts" box for npm:sharp.
+      assert(!/build script/i.test(stderr), stderr);
+      return stderr;
+    };
+    for (const [, task, ...flags] of session) {
+      // The trained teacher embeds at its own side (the point of the check below), not --size.
+      const small = flags.includes("--weights") ? ["--no-autotune", "--quiet"] : SMALL[task];
+      await bloom(task, [...flags.map((f) => inputs[f] ?? f), ...small]);
     }
 
     const m = await readManifest(join(dir, "data/acevedo"));
@@ -163,7 +184,31 @@ Deno.test("README's typical session, verbatim: one split from ingest to eval and
       assertEquals([k.split.origin, k.split.sha256], [origin, m.split!.sha256]);
     }
 
-    // The rest of the session's outputs.
+    // The last command embedded the model train scored: its heads and its image side (the
+    // demo's 84 px, not the default 224), so eval's 20-NN on it is train's last kNN score.
+    const last = knn[knn.length - 1];
+    assertEquals(last.k, 20);
+    const s1 = await readEmbeddings(join(dir, "acevedo-s1.safetensors"));
+    assertEquals(s1.meta["bloom.size"], "84");
+    await bloom("eval", [
+      "--train",
+      "acevedo-s1.safetensors",
+      "--protocol",
+      "knn",
+      "--out",
+      "s1.json",
+    ]);
+    const s1Report: EvalReport = JSON.parse(await Deno.readTextFile(join(dir, "s1.json")));
+    const nn20 = s1Report.rows.find((r) => r.protocol === "20-NN")!.runs[0];
+    assertEquals(s1Report.split?.sha256, m.split!.sha256);
+    assertEquals(
+      [nn20.accuracy, nn20.balancedAccuracy],
+      [last.accuracy, last.balancedAccuracy],
+      "eval's 20-NN on the trained teacher's embeddings vs train's last kNN",
+    );
+
+    // The rest of the session's outputs, all in the user's folder and none in the checkout.
+    assertEquals(outputsInCheckout(), before, "outputs the session left in the checkout");
     const bccd = await readManifest(join(dir, "data/bccd"));
     assertEquals([bccd.classes, bccd.samples], [["WBC"], 8]);
     const tuned = await readEmbeddings(join(dir, "acevedo-s1.safetensors"));

@@ -38,8 +38,16 @@ Deno.test("split hash: SHA-256 of the sorted id<TAB>split lines, whatever the ro
   assertEquals(carriedSplit(["all", "all"]), null);
 });
 
-/** 60 cells of three classes in 6-d, row i labelled by i % 3; `splits` per row or none. */
-async function file(path: string, splits: string[] | null, labels?: string[]) {
+/**
+ * 60 cells of three classes in 6-d, row i labelled by i % 3; `splits` per row or none; only
+ * the rows `keep` keeps (a file of part of the cells).
+ */
+async function file(
+  path: string,
+  splits: string[] | null,
+  labels?: string[],
+  keep: (row: number) => boolean = () => true,
+) {
   const rng = new Rng(3);
   const rows = 60;
   const lab = labels ?? Array.from({ length: rows }, (_, i) => ["neu", "lym", "mon"][i % 3]);
@@ -50,13 +58,14 @@ async function file(path: string, splits: string[] | null, labels?: string[]) {
         rng.normal();
     }
   }
+  const kept = lab.flatMap((_, i) => (keep(i) ? [i] : []));
   await writeEmbeddings(path, {
-    features,
+    features: Float32Array.from(kept.flatMap((i) => [...features.subarray(i * 6, i * 6 + 6)])),
     dim: 6,
-    paths: lab.map((l, i) => `${l}/cell${i}.png`),
-    labels: lab,
-    splits,
-    keys: splits ? lab.map((l, i) => `${l}_cell${i}`) : null,
+    paths: kept.map((i) => `${lab[i]}/cell${i}.png`),
+    labels: kept.map((i) => lab[i]),
+    splits: splits && kept.map((i) => splits[i]),
+    keys: splits ? kept.map((i) => `${lab[i]}_cell${i}`) : null,
     meta: {
       arch: "vit_small",
       weights: "w.pth",
@@ -118,6 +127,38 @@ Deno.test("eval tests on the rows the file marks test, and says where the split 
     // --resplit ignores a carried split.
     const re = await runEval({ ...opts, train: carried, resplit: true });
     assertEquals(re.split?.origin, "eval: stratified 80/20, seed 42 (--resplit)");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("--test files and --folds record their split; an ingest's two halves hash as its split", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "bloom-split-" });
+  try {
+    const splits = Array.from({ length: 60 }, (_, i) => (i < 45 ? "train" : "test"));
+    const whole = join(dir, "whole.safetensors");
+    const [tr, te] = [join(dir, "train.safetensors"), join(dir, "test.safetensors")];
+    await file(whole, splits);
+    await file(tr, splits, undefined, (i) => i < 45);
+    await file(te, splits, undefined, (i) => i >= 45);
+    // The carried split of one file, and its train and test cells as two files (as embedding
+    // ingest's two shards gives): the same membership, so the same hash and the same numbers.
+    const carried = await runEval({ ...opts, train: whole });
+    const files = await runEval({ ...opts, train: tr, test: te });
+    assertEquals(files.split?.origin, `files: --train ${tr}, --test ${te}`);
+    assertEquals(files.split?.rows, { test: 15, train: 45 });
+    assertEquals(files.split?.sha256, carried.split?.sha256);
+    assertEquals(
+      files.rows.map((r) => [r.protocol, r.accuracy.mean]),
+      carried.rows.map((r) => [r.protocol, r.accuracy.mean]),
+    );
+    // --folds: eval's own folds, named, each row's fold its membership.
+    const folds = await runEval({ ...opts, train: whole, folds: 3, protocols: ["knn"] });
+    assertEquals(
+      folds.split?.origin,
+      "eval: 3-fold stratified cross-validation, seed 42 (--folds: the file's ingest split not used)",
+    );
+    assertEquals(folds.split?.rows, { fold1: 20, fold2: 20, fold3: 20 });
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

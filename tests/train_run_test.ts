@@ -82,9 +82,11 @@ gpuTest(
         ck.tensors.has("teacher.dino_head.last_layer.weight_v"),
     );
     ck.close();
-    const m = await loadCheckpoint(gpu, join(a, "teacher_final.pth"), { heads: 2 });
+    // Its heads (2 of dim 16: the tensors alone read as 1 of 32) and image side come with it.
+    const m = await loadCheckpoint(gpu, join(a, "teacher_final.pth"));
     assertEquals(m.layout, "dinobloom");
     assertEquals(m.config.dim, 32);
+    assertEquals([m.config.heads, m.meta["bloom.image_size"]], [2, String(micro.imageSize)]);
     m.arena.destroy();
     const ckpts = [...Deno.readDirSync(join(a, "checkpoints"))].map((e) => e.name).sort();
     assertEquals(ckpts, ["teacher_0000002.pth", "teacher_0000004.pth"]);
@@ -233,6 +235,15 @@ gpuTest(
     });
     const [before, after] = [r.knn[0], r.knn[r.knn.length - 1]];
     assertEquals([before.step, after.step], [0, 60]);
+    // A folder carries no split: train --eval makes one, and every score says which.
+    for (const k of r.knn) {
+      assertEquals(
+        k.split?.origin,
+        `train --eval: stratified 50/50, seed ${cfg.seed} (${join(dir, "val")} carries no ` +
+          "train/test split)",
+      );
+      assertEquals(k.split?.rows, { test: 100, train: 100 });
+    }
     // Measured here: 45–46 % at step 0 → 54–72 % after 50–100 steps (5 classes, chance 20 %).
     assert(
       after.accuracy >= before.accuracy + 0.05,

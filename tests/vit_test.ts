@@ -19,9 +19,8 @@ import { Params } from "../graph/params.ts";
 import { vitForward, type VitOutputs } from "../graph/vit.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { hasPython } from "./helpers.ts";
+import { gpuTest, hasPython } from "./helpers.ts";
 import { type OracleArgs, type OracleRun, relErr, runVitOracle } from "./vit_oracle.ts";
-import { getGpu } from "../kernels/runtime.ts";
 import { openTensorFile } from "../data/open.ts";
 
 const TOL = 1e-4;
@@ -33,18 +32,9 @@ const TOL_F16 = 1e-3;
 const torch = await hasPython("torch", "numpy");
 const OUTPUTS = ["clsNorm", "patchNorm", "cls", "patch"] as const;
 
+/** A GPU test that needs the PyTorch oracle (skipped without it). */
 function oracleTest(name: string, fn: (gpu: Gpu) => Promise<void>) {
-  Deno.test({
-    name,
-    ignore: !torch,
-    sanitizeOps: false,
-    sanitizeResources: false,
-    fn: async () => {
-      const gpu = await getGpu();
-      await fn(gpu);
-      await gpu.sync();
-    },
-  });
+  gpuTest(name, fn, { ignore: !torch });
 }
 
 /** Loads `file` from an oracle run, runs forward (and backward), compares with torch. */

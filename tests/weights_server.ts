@@ -3,7 +3,8 @@
  * raw TCP so a test controls every byte: it answers Range requests or not,
  * cuts connections mid-file, returns 404/500, serves altered bytes, streams
  * slowly, and also acts as a forward proxy (an absolute-form request target
- * is served the same way and logged as proxied).
+ * is served the same way and logged as proxied; a CONNECT request is
+ * tunnelled to its target, as HTTPS_PROXY needs). With `tls` it speaks HTTPS.
  */
 
 /** How one path is served. */
@@ -46,9 +47,20 @@ export interface TestServer {
 
 const enc = new TextEncoder();
 
-/** Starts a server; `routes` can be changed while it runs. */
-export function startServer(routes: Record<string, Route> = {}): TestServer {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+/** A certificate and its key, PEM (tests/weights_test.ts makes them with openssl). */
+export interface TlsFiles {
+  cert: string;
+  key: string;
+}
+
+/** Starts a server (HTTPS with `tls`); `routes` can be changed while it runs. */
+export function startServer(
+  routes: Record<string, Route> = {},
+  opts: { tls?: TlsFiles } = {},
+): TestServer {
+  const listener: Deno.Listener = opts.tls
+    ? Deno.listenTls({ hostname: "127.0.0.1", port: 0, ...opts.tls })
+    : Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   const map = new Map(Object.entries(routes));
   const seen: Seen[] = [];
@@ -56,12 +68,30 @@ export function startServer(routes: Record<string, Route> = {}): TestServer {
   const conns = new Set<Deno.Conn>();
   const handlers = new Set<Promise<void>>();
 
+  /** A proxy's CONNECT: the bytes both ways between the client and `target` (host:port). */
+  const tunnel = async (conn: Deno.Conn, target: string) => {
+    seen.push({ path: `CONNECT ${target}`, proxied: true });
+    const i = target.lastIndexOf(":");
+    const upstream = await Deno.connect({
+      hostname: target.slice(0, i),
+      port: Number(target.slice(i + 1)),
+    });
+    conns.add(upstream);
+    await writeAll(conn, enc.encode("HTTP/1.1 200 Connection Established\r\n\r\n"));
+    await Promise.all([
+      conn.readable.pipeTo(upstream.writable).catch(() => {}),
+      upstream.readable.pipeTo(conn.writable).catch(() => {}),
+    ]);
+    conns.delete(upstream);
+  };
+
   const handle = async (conn: Deno.Conn) => {
     try {
       const head = await readHead(conn);
       if (!head) return;
       const [requestLine, ...lines] = head.split("\r\n");
-      const target = requestLine.split(" ")[1] ?? "/";
+      const [method, target = "/"] = requestLine.split(" ");
+      if (method === "CONNECT") return await tunnel(conn, target);
       const proxied = /^https?:\/\//.test(target);
       const path = proxied ? new URL(target).pathname : target.split("?")[0];
       const headers = new Map<string, string>();
@@ -150,7 +180,7 @@ export function startServer(routes: Record<string, Route> = {}): TestServer {
 
   return {
     port,
-    base: `http://127.0.0.1:${port}`,
+    base: `${opts.tls ? "https" : "http"}://127.0.0.1:${port}`,
     routes: map,
     seen,
     count: (path) => seen.filter((s) => s.path === path).length,

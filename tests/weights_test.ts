@@ -34,7 +34,7 @@ import { gpuTest } from "./helpers.ts";
 import { fmtBytes } from "../kernels/pool.ts";
 import { Model } from "../pipelines/model.ts";
 import { Progress } from "../pipelines/progress.ts";
-import { startServer, type TestServer } from "./weights_server.ts";
+import { startServer, type TestServer, type TlsFiles } from "./weights_server.ts";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
@@ -523,6 +523,100 @@ Deno.test("weights download: HTTP_PROXY is honoured, NO_PROXY bypasses it", asyn
   }
 });
 
+/** Whether openssl is installed (it makes the HTTPS test's certificates). */
+const HAVE_OPENSSL = await new Deno.Command("openssl", { args: ["version"], stdout: "null" })
+  .output().then((o) => o.success, () => false);
+
+/** A throwaway CA and a certificate for 127.0.0.1 that it signed; `ca`: the CA's PEM file. */
+async function testCertificates(dir: string): Promise<TlsFiles & { ca: string }> {
+  const f = (name: string) => join(dir, name);
+  await Deno.writeTextFile(
+    f("leaf.ext"),
+    "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+  );
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  for (
+    const args of [
+      [
+        "req",
+        "-x509",
+        ...ec,
+        "-keyout",
+        f("ca.key"),
+        "-out",
+        f("ca.pem"),
+        "-subj",
+        "/CN=bloom test CA",
+        "-days",
+        "1",
+      ],
+      ["req", ...ec, "-keyout", f("leaf.key"), "-out", f("leaf.csr"), "-subj", "/CN=127.0.0.1"],
+      [
+        "x509",
+        "-req",
+        "-in",
+        f("leaf.csr"),
+        "-CA",
+        f("ca.pem"),
+        "-CAkey",
+        f("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        f("leaf.pem"),
+        "-days",
+        "1",
+        "-extfile",
+        f("leaf.ext"),
+      ],
+    ]
+  ) {
+    const out = await new Deno.Command("openssl", { args, stdout: "null", stderr: "piped" })
+      .output();
+    assert(out.success, `openssl ${args[0]}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return {
+    cert: await Deno.readTextFile(f("leaf.pem")),
+    key: await Deno.readTextFile(f("leaf.key")),
+    ca: f("ca.pem"),
+  };
+}
+
+Deno.test({
+  name: "weights download: HTTPS_PROXY carries an https download through a CONNECT tunnel",
+  ignore: !HAVE_OPENSSL,
+  fn: async () => {
+    const f = await fixture();
+    const tls = await testCertificates(f.dir);
+    const secure = startServer({ "/tiny.pth": { body: f.body } }, { tls });
+    const proxy = startServer();
+    try {
+      const arg = {
+        name: "tiny",
+        table: f.table({ url: `${secure.base}/tiny.pth` }),
+        cacheDir: f.cache,
+      };
+      // DENO_CERT: the child trusts the test CA (as a lab trusts its proxy's or mirror's CA).
+      const via = await child(arg, { HTTPS_PROXY: proxy.base, DENO_CERT: tls.ca });
+      assertEquals(via.path, join(f.cache, "tiny.pth"), JSON.stringify(via));
+      assertEquals(await Deno.readFile(via.path!), f.body);
+      assertEquals(proxy.seen.map((s) => [s.path, s.proxied]), [[
+        `CONNECT 127.0.0.1:${secure.port}`,
+        true,
+      ]]);
+      assertEquals(secure.count("/tiny.pth"), 1);
+      // HTTP_PROXY alone is for http:// URLs: the https download goes direct.
+      await Deno.remove(f.cache, { recursive: true });
+      const direct = await child(arg, { HTTP_PROXY: proxy.base, DENO_CERT: tls.ca });
+      assertEquals(direct.path, join(f.cache, "tiny.pth"), JSON.stringify(direct));
+      assertEquals([proxy.seen.length, secure.count("/tiny.pth")], [1, 2]);
+    } finally {
+      await secure.close();
+      await proxy.close();
+      await f.close();
+    }
+  },
+});
+
 gpuTest(
   "weights: Model.load takes a name, downloads it once and loads the cached file",
   async (gpu) => {
@@ -584,6 +678,97 @@ Deno.test("weights CLI: fetch from a mirror, list, path, verify (a damaged file 
     assert(typo.stderr.includes("did you mean dinobloom-"), typo.stderr);
   } finally {
     await f.close();
+  }
+});
+
+Deno.test("weights: predict --weights takes a name too (a typo gets the nearest names)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "bloom-weights-predict-" });
+  try {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("../cli/predict.ts", import.meta.url).pathname,
+        ...[
+          "--head",
+          join(dir, "heads"),
+          "--input",
+          join(dir, "cells"),
+          "--out",
+          join(dir, "p.csv"),
+        ],
+        ...["--weights", "dinobloom-sx"],
+      ],
+      env: { BLOOM_CACHE_DIR: join(dir, "cache"), BLOOM_OFFLINE: "1", NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const err = new TextDecoder().decode(out.stderr);
+    assertEquals(out.code, 2, err);
+    assert(err.includes("'dinobloom-sx' is neither a file nor a known model name"), err);
+    assert(err.includes("did you mean dinobloom-s"), err);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("weights: --offline on embed and train uses the cache only", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "bloom-weights-offline-" });
+  // Were --offline ignored, the download would meet a proxy that refuses: never the internet.
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const closed = `http://127.0.0.1:${(l.addr as Deno.NetAddr).port}`;
+  l.close();
+  try {
+    await Deno.mkdir(join(dir, "cells"));
+    const cli = async (file: string, ...args: string[]) => {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", new URL(`../cli/${file}`, import.meta.url).pathname, ...args],
+        env: { BLOOM_CACHE_DIR: join(dir, "cache"), HTTPS_PROXY: closed, NO_COLOR: "1" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      return { code: out.code, err: new TextDecoder().decode(out.stderr) };
+    };
+    const cells = join(dir, "cells");
+    for (
+      const [name, r] of [
+        [
+          "dinobloom-s",
+          await cli(
+            "embed.ts",
+            "--weights",
+            "dinobloom-s",
+            "--offline",
+            "--input",
+            cells,
+            "--out",
+            join(dir, "e.safetensors"),
+          ),
+        ],
+        [
+          "dinov2-vits14",
+          await cli(
+            "train.ts",
+            "--init",
+            "dinov2-vits14",
+            "--offline",
+            "--data",
+            cells,
+            "--out",
+            join(dir, "run"),
+          ),
+        ],
+      ] as const
+    ) {
+      assertEquals(r.code, 1, r.err);
+      assert(r.err.includes(`${name} is not in the weights cache`), r.err);
+      assert(r.err.includes("offline mode (--offline or BLOOM_OFFLINE=1) forbids downloading"));
+    }
+    assertEquals(await Array.fromAsync(Deno.readDir(dir)).then((e) => e.map((x) => x.name)), [
+      "cells",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
 

@@ -8,6 +8,7 @@
  * `shift` elements in; the price is up to alignment − 4 bytes of slack.
  */
 import { GpuLimitError } from "../errors.ts";
+import { fmtBytes } from "../pool.ts";
 import type { Gpu, GpuLimits } from "../runtime.ts";
 import type { BufferView, GpuTensor } from "../tensor.ts";
 import { fmtShape } from "./shape.ts";
@@ -49,6 +50,26 @@ export function bindWindow(
 export function bindableElements(gpu: Pick<Gpu, "limits">): number {
   return Math.floor(gpu.limits.maxStorageBufferBindingSize / 4) -
     gpu.limits.minStorageBufferOffsetAlignment / 4;
+}
+
+/**
+ * Throws `GpuLimitError` naming `op` unless `bytes` (of `what`, which cannot
+ * be split) fit one binding; `fix` ends the message with what the caller can do.
+ */
+export function checkBindingBytes(
+  gpu: Pick<Gpu, "limits">,
+  op: string,
+  what: string,
+  bytes: number,
+  fix: string,
+): void {
+  const max = gpu.limits.maxStorageBufferBindingSize;
+  if (bytes > max) {
+    throw new GpuLimitError(
+      `${op}: ${what} take ${bytes} B, over the ${fmtBytes(max)} of ` +
+        `maxStorageBufferBindingSize; ${fix}`,
+    );
+  }
 }
 
 /** Throws `GpuLimitError` naming `op` and `what` unless `t` fits one window. */

@@ -2,9 +2,10 @@
  * The matmul backward: gradients of out = alpha·op(A)·op(B) for both
  * operands, summed over the batch dims an operand was broadcast along.
  */
+import { broadcastShapes, sameShape } from "../common/shape.ts";
 import type { Gpu } from "../runtime.ts";
-import { type GpuTensor, retag } from "../tensor.ts";
-import { broadcastBatch, matDims, matmul, matmulStrided } from "./dispatch.ts";
+import { type GpuTensor, numel, retag } from "../tensor.ts";
+import { matDims, matmul, matmulStrided } from "./dispatch.ts";
 import type { MatmulInternal } from "./variants.ts";
 
 /**
@@ -30,9 +31,13 @@ export function matmulBackward(
   const transB = opts.transB ?? false;
   const alpha = opts.alpha ?? 1;
   const { M, N } = matDims(a, b, transA, transB);
-  const outBatch = broadcastBatch(a.shape.slice(0, -2), b.shape.slice(0, -2));
+  const outBatch = broadcastShapes(
+    "matmulBackward (batch dims)",
+    a.shape.slice(0, -2),
+    b.shape.slice(0, -2),
+  );
   const outShape = [...outBatch, M, N];
-  if (dy.shape.length !== outShape.length || dy.shape.some((d, i) => d !== outShape[i])) {
+  if (!sameShape(dy.shape, outShape)) {
     throw new RangeError(
       `matmulBackward: dy has shape [${dy.shape}] but the forward output was [${outShape}]`,
     );
@@ -65,7 +70,11 @@ function gradFor(
   o: { transA: boolean; transB: boolean; alpha: number },
   internal: MatmulInternal,
 ): GpuTensor {
-  const full = broadcastBatch(x.shape.slice(0, -2), y.shape.slice(0, -2));
+  const full = broadcastShapes(
+    "matmulBackward (batch dims)",
+    x.shape.slice(0, -2),
+    y.shape.slice(0, -2),
+  );
   const likeBatch = like.shape.slice(0, -2);
   const padded = [...new Array(full.length - likeBatch.length).fill(1), ...likeBatch];
   if (padded.every((d, i) => d === full[i])) {
@@ -77,9 +86,9 @@ function gradFor(
   if (likeBatch.every((d) => d === 1) && o.transA && !o.transB) {
     const xb = x.shape.slice(0, -2);
     const yb = y.shape.slice(0, -2);
-    const nb = full.reduce((p, q) => p * q, 1);
-    const xn = xb.reduce((p, q) => p * q, 1);
-    const yn = yb.reduce((p, q) => p * q, 1);
+    const nb = numel(full);
+    const xn = numel(xb);
+    const yn = numel(yb);
     if (xn === nb && yn === nb) {
       // xᵀ·y summed over batches = [x_1; x_2; …]ᵀ·[y_1; y_2; …] with the batches stacked as rows.
       const kx = x.shape[x.shape.length - 2];
@@ -113,9 +122,9 @@ function sumBatchTo(
     if (shape[d] === to[d]) continue;
     let e = d;
     while (e + 1 < shape.length && shape[e + 1] !== to[e + 1]) e++;
-    const outer = shape.slice(0, d).reduce((p, q) => p * q, 1);
-    const r = shape.slice(d, e + 1).reduce((p, q) => p * q, 1);
-    const inner = shape.slice(e + 1).reduce((p, q) => p * q, 1) * mat;
+    const outer = numel(shape.slice(0, d));
+    const r = numel(shape.slice(d, e + 1));
+    const inner = numel(shape.slice(e + 1)) * mat;
     const ones = gpu.tensor(new Float32Array(r).fill(1), [r, 1]);
     const next = gpu.empty([outer, inner, 1]);
     // cur[outer] stored [r, inner] read transposed, times ones [r, 1] → [inner, 1] per outer.

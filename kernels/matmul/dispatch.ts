@@ -4,6 +4,7 @@
  * strided multiply, picks the variant, splits K (split-K variants) and the
  * dispatch (`plan.ts`), and packs the uniforms.
  */
+import { broadcastShapes, broadcastStrides, checkTensor, sameShape } from "../common/shape.ts";
 import { bindWindow } from "../common/window.ts";
 import { GpuLimitError } from "../errors.ts";
 import type { Gpu } from "../runtime.ts";
@@ -94,8 +95,7 @@ function checkInt(name: string, v: number, min = 0): void {
 }
 
 function checkF32(name: string, t: GpuTensor): void {
-  if (t.dtype !== "f32") throw new TypeError(`matmul: '${name}' must be f32, got ${t.dtype}`);
-  if (t.released) throw new Error(`matmul: '${name}' [${t.shape}] was already released`);
+  checkTensor("matmul", `'${name}'`, t, "f32");
 }
 
 /**
@@ -386,38 +386,13 @@ function texOperands(
   return { a, b };
 }
 
-/** Batch dims broadcast numpy-style; throws naming both shapes when they do not. */
-export function broadcastBatch(a: readonly number[], b: readonly number[]): number[] {
-  const n = Math.max(a.length, b.length);
-  const out: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const x = a[a.length - n + i] ?? 1;
-    const y = b[b.length - n + i] ?? 1;
-    if (x !== y && x !== 1 && y !== 1) {
-      throw new RangeError(
-        `matmul: batch dims [${a}] and [${b}] do not broadcast (dim ${i}: ${x} vs ${y})`,
-      );
-    }
-    out.push(Math.max(x, y));
-  }
-  return out;
-}
-
 /** Element strides of a contiguous operand's batch dims within `outBatch` (0 = broadcast). */
 export function batchStrides(
   batch: readonly number[],
   outBatch: readonly number[],
   mat: number,
 ): number[] {
-  const n = outBatch.length;
-  const strides = new Array<number>(n).fill(0);
-  let s = mat;
-  for (let i = n - 1; i >= 0; i--) {
-    const d = batch[batch.length - n + i] ?? 1;
-    strides[i] = d === 1 ? 0 : s;
-    s *= d;
-  }
-  return strides;
+  return broadcastStrides(batch, outBatch).map((s) => s * mat);
 }
 
 /** Dims of the matrices of a and b after transposition flags: M, K (from a), N (from b). */
@@ -464,10 +439,10 @@ export function matmul(
   const { M, K, N } = matDims(a, b, transA, transB);
   const aBatch = a.shape.slice(0, -2);
   const bBatch = b.shape.slice(0, -2);
-  const outBatch = broadcastBatch(aBatch, bBatch);
+  const outBatch = broadcastShapes("matmul (batch dims)", aBatch, bBatch);
   const outShape = [...outBatch, M, N];
   for (const [name, t] of [["residual", opts.residual], ["accumulate", opts.accumulate]] as const) {
-    if (t && (t.shape.length !== outShape.length || t.shape.some((d, i) => d !== outShape[i]))) {
+    if (t && !sameShape(t.shape, outShape)) {
       throw new RangeError(
         `matmul: ${name} has shape [${t.shape}] but the output is [${outShape}]`,
       );

@@ -3,8 +3,9 @@
  * broadcasting and the same epilogue, with GELU from `../gelu.ts`.
  */
 import { geluRef } from "../gelu.ts";
+import { broadcastShapes } from "../common/shape.ts";
 import { numel } from "../tensor.ts";
-import { batchStrides, broadcastBatch } from "./dispatch.ts";
+import { batchStrides } from "./dispatch.ts";
 
 /** Host-side options of `matmulRef` (the same epilogue on plain arrays). */
 export interface MatmulRefOptions {
@@ -43,10 +44,14 @@ export function matmulRef(
   if ((transB ? b1 : b0) !== K) {
     throw new RangeError(`matmulRef: K mismatch between [${aShape}] and [${bShape}]`);
   }
-  const outBatch = broadcastBatch(aShape.slice(0, -2), bShape.slice(0, -2));
+  const outBatch = broadcastShapes(
+    "matmulRef (batch dims)",
+    aShape.slice(0, -2),
+    bShape.slice(0, -2),
+  );
   const sA = batchStrides(aShape.slice(0, -2), outBatch, M * K);
   const sB = batchStrides(bShape.slice(0, -2), outBatch, K * N);
-  const nb = outBatch.reduce((p, q) => p * q, 1);
+  const nb = numel(outBatch);
   const out = new Float32Array(nb * M * N);
   for (let bi = 0; bi < nb; bi++) {
     let rem = bi;

@@ -86,6 +86,7 @@ export async function readManifest(dir: string): Promise<Manifest> {
     );
   }
   checkFields(path, m);
+  m.params ??= {}; // hand-made manifests may leave it out
   return m;
 }
 
@@ -102,6 +103,9 @@ function checkFields(path: string, m: Manifest): void {
   const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
   if (!Array.isArray(m.shards)) throw bad("shards", "a list of shards");
   if (!isObject(m.counts)) throw bad("counts", "an object of per-split counts");
+  if (m.params !== undefined && !isObject(m.params)) {
+    throw bad("params", "an object of the ingest's parameters");
+  }
   if (!Array.isArray(m.classes) || !m.classes.every((c) => typeof c === "string")) {
     throw bad("classes", "a list of class names");
   }

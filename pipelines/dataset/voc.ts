@@ -43,7 +43,7 @@ export interface VocAnnotation {
 export const MAX_ANNOTATION_BYTES = 16 << 20;
 
 /** Deepest element nesting accepted (a VOC annotation is 4 deep). */
-const MAX_XML_DEPTH = 64;
+export const MAX_XML_DEPTH = 64;
 
 const ENTITIES: Record<string, string> = { lt: "<", gt: ">", amp: "&", quot: '"', apos: "'" };
 

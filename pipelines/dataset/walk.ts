@@ -9,7 +9,7 @@
  * recorded as an item error and not followed. Directory cycles through links
  * are cut by real path.
  */
-import { join, sep } from "node:path";
+import { basename, dirname, join, resolve, sep } from "node:path";
 import { InputError } from "../../data/errors.ts";
 import { byCodeUnit, isImageName, type ItemError } from "./sample.ts";
 
@@ -41,6 +41,25 @@ export async function walkScope(
 /** Whether real path `p` is `root` or inside it. */
 export function isInside(p: string, root: string): boolean {
   return p === root || p.startsWith(root.endsWith(sep) ? root : root + sep);
+}
+
+/**
+ * `p` resolved through links: the real path of its deepest existing ancestor
+ * plus the rest (an output path need not exist yet).
+ */
+export async function realPathOf(p: string): Promise<string> {
+  let base = resolve(p);
+  const rest: string[] = [];
+  while (true) {
+    try {
+      return join(await Deno.realPath(base), ...rest.reverse());
+    } catch {
+      const up = dirname(base);
+      if (up === base) return resolve(p);
+      rest.push(basename(base));
+      base = up;
+    }
+  }
 }
 
 /** Sorted entries of one directory, split into subdirectories and files. */

@@ -42,18 +42,22 @@ export async function buildManifest(
   errorCount: number,
   split: SplitParams,
 ): Promise<Manifest> {
-  const counts: Record<string, SplitCounts> = {};
-  const splits: Record<string, string[]> = {};
+  // Maps, not objects: split and class names come from the dataset (a class folder may be
+  // called "constructor"), so they must never meet Object.prototype.
+  const perSplit = new Map<string, { samples: number; perClass: Map<string, number> }>();
+  const keysBySplit = new Map<string, string[]>();
   const shards: ManifestShard[] = [];
   let samples = 0;
   for (const r of records) {
-    const c = counts[r.split] ??= { samples: 0, perClass: {} };
-    const keys = splits[r.split] ??= [];
+    let c = perSplit.get(r.split);
+    if (!c) perSplit.set(r.split, c = { samples: 0, perClass: new Map() });
+    let keys = keysBySplit.get(r.split);
+    if (!keys) keysBySplit.set(r.split, keys = []);
     for (let i = 0; i < r.keys.length; i++) {
       keys.push(r.keys[i]);
       if (r.cls[i] >= 0) {
         const name = classes[r.cls[i]];
-        c.perClass[name] = (c.perClass[name] ?? 0) + 1;
+        c.perClass.set(name, (c.perClass.get(name) ?? 0) + 1);
       }
     }
     c.samples += r.keys.length;
@@ -69,14 +73,18 @@ export async function buildManifest(
     }
   }
   // Per-class counts listed in class-index order, whatever order samples came in.
-  for (const c of Object.values(counts)) {
-    c.perClass = Object.fromEntries(
-      classes.filter((n) => n in c.perClass).map((n) => [n, c.perClass[n]]),
-    );
-  }
-  const names = Object.keys(splits).sort();
-  const keys = names.flatMap((n) => splits[n]);
-  const splitOf = names.flatMap((n) => splits[n].map(() => n));
+  const counts: Record<string, SplitCounts> = Object.fromEntries(
+    [...perSplit].map(([split, c]) => [split, {
+      samples: c.samples,
+      perClass: Object.fromEntries(
+        classes.filter((n) => c.perClass.has(n)).map((n) => [n, c.perClass.get(n)!]),
+      ),
+    }]),
+  );
+  const splits: Record<string, string[]> = Object.fromEntries(keysBySplit);
+  const names = [...keysBySplit.keys()].sort();
+  const keys = names.flatMap((n) => keysBySplit.get(n)!);
+  const splitOf = names.flatMap((n) => keysBySplit.get(n)!.map(() => n));
   return {
     format: MANIFEST_FORMAT,
     version: MANIFEST_VERSION,

@@ -17,7 +17,7 @@
  *   input among them), an unusable input root or an I/O failure of the
  *   output stop the run.
  */
-import { basename, dirname, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { InputError } from "../../data/errors.ts";
 import {
   encodeCell,
@@ -52,7 +52,7 @@ import {
 import { squareCrop, VOC_CROP } from "../dataset/voc.ts";
 import { lockOutput } from "../output_lock.ts";
 import { replacedShards, replacementWarning } from "./replaced.ts";
-import { isInside } from "../dataset/walk.ts";
+import { isInside, realPathOf } from "../dataset/walk.ts";
 
 /** Everything `deno task ingest` takes. */
 export interface IngestOptions {
@@ -299,22 +299,6 @@ async function decodeSample(s: PlannedSample, r: Resolved): Promise<Decoded> {
   }
 }
 
-/** `p` resolved through links: the real path of its deepest existing ancestor plus the rest. */
-async function realPathOf(p: string): Promise<string> {
-  let base = resolve(p);
-  const rest: string[] = [];
-  while (true) {
-    try {
-      return join(await Deno.realPath(base), ...rest.reverse());
-    } catch {
-      const up = dirname(base);
-      if (up === base) return resolve(p);
-      rest.push(basename(base));
-      base = up;
-    }
-  }
-}
-
 /**
  * Refuses an --out inside a folder --input (imagefolder, voc, mil). Refused
  * rather than left out of the walk: every other command that reads the
@@ -417,7 +401,7 @@ export async function runIngest(
     : new Progress(total, { unit: "images", label: "ingest", ...hooks.progress });
   const skippedSamples = plan.filter((s) => records.has(s.name))
     .reduce((n, s) => n + s.samples.length, 0);
-  if (skippedSamples > 0) progress.tick(skippedSamples, `resumed ${records.size} shards`);
+  if (skippedSamples > 0) progress.resumed(skippedSamples, `resumed ${records.size} shards`);
 
   const prevThreads = setImageThreads(r.workers > 1 ? 1 : 0);
   const tRun = performance.now();

@@ -41,13 +41,13 @@ export async function loadFinished(
   name: string,
   planHash: string,
 ): Promise<ShardRecord | null> {
-  let rec: ShardRecord;
+  let rec: unknown;
   try {
     rec = JSON.parse(await Deno.readTextFile(join(outDir, STATE_DIR, `${name}.json`)));
   } catch {
     return null;
   }
-  if (rec.planHash !== planHash || rec.name !== name) return null;
+  if (!wellFormed(rec) || rec.planHash !== planHash || rec.name !== name) return null;
   if (rec.samples === 0) return rec;
   try {
     const st = await Deno.stat(join(outDir, name));
@@ -55,6 +55,27 @@ export async function loadFinished(
   } catch {
     return null;
   }
+}
+
+/**
+ * Whether `rec` has every field the manifest is built from, with its type
+ * (a record damaged on disk is redone, never trusted into a TypeError).
+ */
+function wellFormed(rec: unknown): rec is ShardRecord {
+  if (typeof rec !== "object" || rec === null) return false;
+  const r = rec as Record<string, unknown>;
+  const strings = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === "string");
+  const count = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
+  return typeof r.name === "string" && typeof r.split === "string" &&
+    typeof r.planHash === "string" && typeof r.sha256 === "string" && count(r.samples) &&
+    count(r.bytes) && strings(r.keys) && r.samples === (r.keys as string[]).length &&
+    Array.isArray(r.cls) &&
+    r.cls.length === (r.keys as string[]).length && r.cls.every(Number.isSafeInteger) &&
+    Array.isArray(r.errors) &&
+    r.errors.every((e) =>
+      typeof e === "object" && e !== null && typeof e.path === "string" &&
+      typeof e.reason === "string"
+    );
 }
 
 /** Names of shards that have a record (made by an earlier run of the ingest). */

@@ -14,7 +14,7 @@ import { sha256File } from "../../data/hash.ts";
 import type { Gpu } from "../../kernels/runtime.ts";
 import type { GpuTensor } from "../../kernels/tensor.ts";
 import { walkImages, walkScope } from "../dataset/walk.ts";
-import type { Comm } from "./comm.ts";
+import { allgatherJson, type Comm } from "./comm.ts";
 import { collective } from "./world.ts";
 
 /** What ranks must agree on: a name (config, data, weights, …) → its value as text. */
@@ -102,12 +102,7 @@ function isObject(v: unknown): v is Record<string, unknown> {
  */
 export async function agree(comm: Comm, facts: Facts, what: string): Promise<void> {
   if (comm.size === 1) return;
-  const enc = new TextEncoder();
-  const dec = new TextDecoder();
-  const all = (await comm.allgather(enc.encode(JSON.stringify(facts)))).map((b) =>
-    JSON.parse(dec.decode(b)) as Facts
-  );
-  const diffs = compareFacts(all);
+  const diffs = compareFacts(await allgatherJson(comm, facts));
   if (!diffs.length) return;
   throw collective(
     new DisagreementError(

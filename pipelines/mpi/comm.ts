@@ -259,16 +259,17 @@ function libraryVersion(lib: MpiLibrary): string {
   return text.split(/[\n,]/)[0].replace(/\0/g, "").replace(/\s+/g, " ").trim() || "an MPI library";
 }
 
+/** Every rank's `value` (JSON-serialisable), by rank. */
+export async function allgatherJson<T>(comm: Comm, value: T): Promise<T[]> {
+  if (comm.size === 1) return [value];
+  const all = await comm.allgather(new TextEncoder().encode(JSON.stringify(value)));
+  const dec = new TextDecoder();
+  return all.map((b) => JSON.parse(dec.decode(b)) as T);
+}
+
 /** Rank 0's `value` (JSON-serialisable) on every rank. */
 export async function shareFromRoot<T>(comm: Comm, value: T): Promise<T> {
   if (comm.size === 1) return value;
-  const mine = comm.rank === 0 ? new TextEncoder().encode(JSON.stringify(value)) : new Uint8Array();
-  const all = await comm.allgather(mine);
-  return JSON.parse(new TextDecoder().decode(all[0])) as T;
-}
-
-/** Whether `flag` holds on every rank (an allreduce of one int). */
-export async function onEveryRank(comm: Comm, flag: boolean): Promise<boolean> {
-  if (comm.size === 1) return flag;
-  return (await comm.allreduce(Int32Array.of(flag ? 1 : 0), "min"))[0] === 1;
+  // Only rank 0's bytes matter: the others send `null`.
+  return (await allgatherJson(comm, comm.rank === 0 ? value : null))[0] as T;
 }

@@ -11,7 +11,9 @@
  * - Before aborting, the rank removes the `.tmp` twin of any file it is
  *   writing (checkpoints are written to `PATH.tmp` and renamed when whole, so
  *   the previous checkpoint is untouched) and says which checkpoint is the last
- *   good one.
+ *   good one. Then its main thread runs no more JavaScript: a write that had
+ *   not created its `.tmp` yet (still reading the GPU) would otherwise finish
+ *   while MPI_Abort takes effect and make that message stale.
  * - `BLOOM_INJECT_FAULT=KIND@RANK:STEP` makes rank RANK fail at step STEP, for
  *   the fault tests: `nonfinite` poisons its crops (a non-finite loss on that
  *   rank only), `crash` throws as a bug would.
@@ -104,6 +106,10 @@ export function abortOnSignals(
           (removed.length ? `; removed the partial ${removed.join(", ")}` : ""),
       );
       comm.abort(128 + number);
+      // MPI_Abort runs on a helper thread and ends this process too; until then nothing else runs
+      // here. If it has not within 10 s (the runtime is gone), leave anyway.
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10_000);
+      Deno.exit(128 + number);
     };
     Deno.addSignalListener(name as Deno.Signal, handler);
     return [name as Deno.Signal, handler] as const;

@@ -27,6 +27,7 @@ import { writeSafetensors } from "../../data/safetensors.ts";
 import { KNeighborsClassifier } from "../../eval/knn.ts";
 import { matrix } from "../../eval/matrix.ts";
 import { accuracy, balancedAccuracy } from "../../eval/metrics.ts";
+import { trainedCheckpointMeta } from "../../graph/checkpoint.ts";
 import { mulberry32 } from "../../graph/random.ts";
 import { expectedMaskedTokens, tuneForVit } from "../../graph/tune.ts";
 import type { Gpu } from "../../kernels/runtime.ts";
@@ -46,7 +47,7 @@ import { SPLIT_ORIGIN_KEY, splitOriginOf } from "../dataset/split_origin.ts";
 import type { TrainConfig } from "./config.ts";
 import { batchMasks, MaskingGenerator } from "./masking.ts";
 import { NonFiniteLossError, type StepMetrics, Trainer } from "./trainer.ts";
-import { type Comm, onEveryRank, shareFromRoot, SoloComm } from "../mpi/comm.ts";
+import { allgatherJson, type Comm, shareFromRoot, SoloComm } from "../mpi/comm.ts";
 import { agree, dataFingerprint, tensorsDigest } from "../mpi/agree.ts";
 import { localMasks, rankBatch } from "../mpi/shard.ts";
 import { abortOnSignals, injectedFault, removeStalePartials, RunGuard } from "../mpi/stop.ts";
@@ -227,8 +228,9 @@ export async function checkRunInputs(
   opts: Pick<RunOptions, "out" | "resume" | "evalData"> & { data?: RunOptions["data"] },
 ): Promise<RunStart> {
   const start = await runStart(opts.out, Boolean(opts.resume));
-  if (opts.data !== undefined) await checkSource(opts.data, "--data");
-  if (opts.evalData !== undefined) await checkSource(opts.evalData, "--eval");
+  const output = { path: opts.out, flag: "--out" };
+  if (opts.data !== undefined) await checkSource(opts.data, "--data", output);
+  if (opts.evalData !== undefined) await checkSource(opts.evalData, "--eval", output);
   return start;
 }
 
@@ -277,7 +279,8 @@ export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummar
   }, "training run");
   const metricsPath = join(out, "metrics.jsonl");
   const resumePath = join(out, RESUME);
-  const bad = new ErrorLog(join(out, "errors.jsonl"), log);
+  // Rank 0 writes errors.jsonl; the other ranks' skipped images reach it through `gate` below.
+  const bad = new ErrorLog(join(out, "errors.jsonl"), log, !root);
   let trainer: Trainer;
   let position = { pass: 0, batch: 0 };
   const knn: KnnScore[] = [];
@@ -383,6 +386,7 @@ export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummar
       if (format === "pth") await trainer.saveTeacher(path);
       else {await writeSafetensors(path, await trainer.teacherStateDict(), {
           "bloom.config": JSON.stringify(cfg),
+          ...trainedCheckpointMeta(cfg.vit, cfg.imageSize),
         });}
     }, () => guard.lastCheckpoint = { path, step });
     await guard.writing(
@@ -391,6 +395,26 @@ export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummar
       () => guard.resumeStep = step,
     );
     return path;
+  };
+  /**
+   * Every rank's state at a step boundary, the same array on every rank: whether it has a batch (a
+   * step starts only when every rank has one: the ranks' shares can end a batch apart where images
+   * fail), whether its data pass gave no batch at all, and its loader's counts. It carries the
+   * images the other ranks skipped since the last call to rank 0, which writes them to
+   * errors.jsonl. One process: its own state, nothing sent.
+   */
+  const gate = async (has: boolean, empty = false) => {
+    const { decoded, failed, failedShards } = loader.stats;
+    const notes = await allgatherJson(comm, {
+      has,
+      empty,
+      decoded,
+      failed,
+      failedShards,
+      skipped: bad.drain(),
+    });
+    if (root) notes.forEach((n, r) => bad.receive(n.skipped, r));
+    return notes;
   };
   // A signal on any rank stops every rank at once (see pipelines/mpi/stop.ts).
   const unwatch = comm.size > 1 ? abortOnSignals(comm, guard) : null;
@@ -408,16 +432,16 @@ export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummar
   try {
     outer: while (trainer.iteration < total) {
       let skip = position.batch;
-      let passEnded = false;
+      let notes: Awaited<ReturnType<typeof gate>> | null = null;
       const stepsBefore = trainer.iteration;
       for await (const batch of loader.batches(position.pass)) {
         if (skip > 0) {
           skip--;
           continue;
         }
-        // Ranks' shares can end a batch apart (failed images): all step only while all have one.
-        if (!(await onEveryRank(comm, true))) {
-          passEnded = true;
+        const now = await gate(true);
+        if (!now.every((n) => n.has)) {
+          notes = now; // another rank's share of this pass has ended
           break;
         }
         const t0 = performance.now();
@@ -501,16 +525,18 @@ export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummar
         }
         if (it >= total) break outer;
       }
-      if (!passEnded) await onEveryRank(comm, false);
-      // A pass that neither stepped nor skipped a batch will not do better next time:
-      // decoding failures left fewer good images than one batch (the same on every rank).
-      if (trainer.iteration === stepsBefore && skip === position.batch) {
-        const st = loader.stats;
+      notes ??= await gate(false, skip === position.batch);
+      // A pass that stepped nowhere, where a rank neither stepped nor skipped a batch, will not do
+      // better next time: decoding failures left fewer good images than one batch on that rank.
+      if (trainer.iteration === stepsBefore && notes.some((n) => !n.has && n.empty)) {
+        const sum = (k: "decoded" | "failed" | "failedShards") =>
+          notes!.reduce((a, n) => a + n[k], 0);
+        const shards = sum("failedShards");
         const e = new InputError(
           `${[opts.data].flat().join(", ")}: data pass ${position.pass} gave no full batch ` +
-            `of ${rb.local} images (${st.decoded} decoded, ${st.failed} failed` +
-            `${st.failedShards ? `, ${st.failedShards} shards unreadable` : ""}; see ` +
-            `${bad.path}), so training cannot go on; fix or remove the bad images, add ` +
+            `of ${rb.local} images${comm.size > 1 ? " on a rank" : ""} (${sum("decoded")} ` +
+            `decoded, ${sum("failed")} failed${shards ? `, ${shards} shards unreadable` : ""}; ` +
+            `see ${bad.path}), so training cannot go on; fix or remove the bad images, add ` +
             `data, or lower --batch`,
         );
         throw comm.size > 1 ? collective(e) : e;
@@ -520,6 +546,8 @@ export async function runTraining(gpu: Gpu, opts: RunOptions): Promise<RunSummar
   } finally {
     progress.done();
   }
+  // What the other ranks skipped after the last step's gate reaches errors.jsonl too.
+  await gate(true);
   if (interrupted) {
     const path = await save(false);
     log(
@@ -544,18 +572,24 @@ function pct(x: number): string {
 /**
  * The run's `errors.jsonl`: every image or shard the loaders skipped, once
  * (a pass or an evaluation that meets it again adds nothing), logged once.
- * Lines wait in memory until the run directory exists (`open`).
+ * Lines wait in memory until the run directory exists (`open`). Under MPI only
+ * rank 0 writes: another rank's log (`forward`) keeps its lines for `drain`,
+ * and rank 0 records them with `receive` (the log line names the rank; the
+ * record is the one a single process writes, so one image is listed once
+ * whichever ranks met it).
  */
 class ErrorLog {
   readonly path: string;
   #seen = new Set<string>();
   #pending: string[] = [];
+  #outbox: string[] | null;
   #open = false;
   #log: (line: string) => void;
 
-  constructor(path: string, log: (line: string) => void) {
+  constructor(path: string, log: (line: string) => void, forward = false) {
     this.path = path;
     this.#log = log;
+    this.#outbox = forward ? [] : null;
   }
 
   /** Remembers what a resumed run already recorded. */
@@ -577,13 +611,33 @@ class ErrorLog {
 
   /** Records one skipped item (a loader's onError). */
   add = (where: string, reason: string): void => {
-    const line = JSON.stringify({ path: where, reason });
+    this.#record(JSON.stringify({ path: where, reason }), `skipped ${where}: ${reason}`);
+  };
+
+  /** Records the lines rank `rank` drained (rank 0). */
+  receive(lines: readonly string[], rank: number): void {
+    for (const line of lines) {
+      const { path, reason } = JSON.parse(line) as { path: string; reason: string };
+      this.#record(line, `skipped ${path} (rank ${rank}): ${reason}`);
+    }
+  }
+
+  /** A forwarding log's lines since the last call (none for rank 0's). */
+  drain(): string[] {
+    return this.#outbox?.splice(0) ?? [];
+  }
+
+  #record(line: string, message: string): void {
     if (this.#seen.has(line)) return;
     this.#seen.add(line);
-    this.#log(`skipped ${where}: ${reason}`);
+    if (this.#outbox) {
+      this.#outbox.push(line);
+      return;
+    }
+    this.#log(message);
     if (this.#open) Deno.writeTextFileSync(this.path, line + "\n", { append: true });
     else this.#pending.push(line + "\n");
-  };
+  }
 }
 
 async function appendLine(path: string, obj: unknown): Promise<void> {

@@ -17,7 +17,7 @@ import { InputError } from "../../data/errors.ts";
 import { writePth } from "../../data/pth_writer.ts";
 import { openSafetensors, writeSafetensors } from "../../data/safetensors.ts";
 import type { TensorData } from "../../data/record.ts";
-import { openCheckpoint, resamplePosEmbed } from "../../graph/checkpoint.ts";
+import { openCheckpoint, resamplePosEmbed, trainedCheckpointMeta } from "../../graph/checkpoint.ts";
 import { ParamArena, type ParamSpec } from "../../graph/arena.ts";
 import { Graph } from "../../graph/graph.ts";
 import { initialValue } from "../../graph/init.ts";
@@ -650,9 +650,15 @@ export class Trainer {
     return out;
   }
 
-  /** Writes `{"teacher": state_dict}` as DinoBloom's PyTorch loader expects (atomic). */
+  /**
+   * Writes `{"teacher": state_dict}` as DinoBloom's PyTorch loader expects (atomic), with
+   * bloom's heads and image side beside it (trainedCheckpointMeta).
+   */
   async saveTeacher(path: string): Promise<void> {
-    await writePth(path, { teacher: await this.teacherStateDict() });
+    await writePth(path, {
+      teacher: await this.teacherStateDict(),
+      ...trainedCheckpointMeta(this.cfg.vit, this.cfg.imageSize),
+    });
   }
 
   /** Optimiser state chunks, for the resume file. */

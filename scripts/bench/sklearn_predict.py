@@ -6,23 +6,21 @@ linear-probe head; both safetensors, parsed here without the safetensors package
 features (.npy), then times what bloom's `predict` row times: a brute-force
 KNeighborsClassifier(n_neighbors=k, algorithm="brute") fitted on the reference, its
 predict_proba on the queries, and a multinomial LogisticRegression carrying the probe's
-coef_/intercept_ giving predict_proba on the queries. The thread count is set by the caller
-(OMP_NUM_THREADS, OPENBLAS_NUM_THREADS). Times `--iters` runs after `--warmup` untimed ones and
-prints one JSON line (the protocol of bench/peers.ts):
-
-  {"peer": "sklearn_predict", "ms": [...], "items": n_queries, "sklearn": "1.2.1", "threads": N}
-
-or {"peer": "sklearn_predict", "unavailable": "..."} where scikit-learn cannot be imported.
+coef_/intercept_ giving predict_proba on the queries. Threads: `--threads N` sets
+OMP_NUM_THREADS and OPENBLAS_NUM_THREADS before numpy loads (scikit-learn's kNN runs its
+OpenMP threads over query chunks, each calling single-threaded BLAS). Iterations are timed by
+the protocol of serve.py (bench/peers.ts); items are query rows. Where scikit-learn cannot be
+imported it prints {"peer": "sklearn_predict", "unavailable": "..."}.
 
 Usage: /usr/bin/python3 scripts/bench/sklearn_predict.py --knn knn.safetensors
-       --probe probe.safetensors --queries queries.npy [--warmup 1] [--iters 1]
+       --probe probe.safetensors --queries queries.npy [--threads N] [--serve]
 """
 import argparse
 import json
 import os
-import resource
 import struct
-import time
+
+import serve
 
 DTYPES = {"F32": "<f4", "F64": "<f8", "I32": "<i4", "I64": "<i8"}
 
@@ -47,16 +45,19 @@ def main():
     ap.add_argument("--knn", required=True)
     ap.add_argument("--probe", required=True)
     ap.add_argument("--queries", required=True)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--iters", type=int, default=1)
+    serve.add_args(ap, warmup=1, iters=1)
     args = ap.parse_args()
+    threads = serve.threads(args)
+    # Before numpy and scikit-learn load their BLAS and OpenMP runtimes.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
     try:
         import numpy as np
         import sklearn
         from sklearn.linear_model import LogisticRegression
         from sklearn.neighbors import KNeighborsClassifier
     except ImportError as e:
-        print(json.dumps({"peer": "sklearn_predict", "unavailable": f"sklearn missing: {e}"}))
+        serve.emit({"peer": "sklearn_predict", "unavailable": f"sklearn missing: {e}"})
         return
     knn_t, knn_meta = read_safetensors(args.knn)
     probe_t, probe_meta = read_safetensors(args.probe)
@@ -72,25 +73,11 @@ def main():
 
     def once():
         clf = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(reference, labels)
-        p_knn = clf.predict_proba(queries)
-        p_probe = lr.predict_proba(queries)
-        return p_knn, p_probe
+        clf.predict_proba(queries)
+        lr.predict_proba(queries)
 
-    for _ in range(args.warmup):
-        once()
-    ms = []
-    for _ in range(args.iters):
-        t0 = time.perf_counter()
-        once()
-        ms.append((time.perf_counter() - t0) * 1000)
-    print(json.dumps({
-        "peer": "sklearn_predict",
-        "ms": ms,
-        "items": int(queries.shape[0]),
-        "sklearn": sklearn.__version__,
-        "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)),
-        "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
-    }))
+    facts = {"sklearn": sklearn.__version__, "threads": threads}
+    serve.run("sklearn_predict", lambda: serve.timed(once), int(queries.shape[0]), facts, args)
 
 
 if __name__ == "__main__":

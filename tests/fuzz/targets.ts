@@ -20,7 +20,8 @@ import { vitConfigProblems } from "../../graph/vit.ts";
 import { BmpError, decodeBmp } from "../../pipelines/dataset/bmp.ts";
 import { enumerateCsv } from "../../pipelines/dataset/csv.ts";
 import { readManifest } from "../../pipelines/dataset/manifest.ts";
-import { parseVocXml } from "../../pipelines/dataset/voc.ts";
+import { SPLIT_ORIGIN_KEY, splitOriginOf } from "../../pipelines/dataset/split_origin.ts";
+import { parseVocXml, VocError } from "../../pipelines/dataset/voc.ts";
 import { parseConfig } from "../../pipelines/train/config.ts";
 import { chunks, memorySource } from "./build.ts";
 import {
@@ -83,23 +84,6 @@ async function readAllTensors(f: TensorFile): Promise<void> {
 
 const isCheckpointError = (e: unknown) => e instanceof CheckpointError;
 const isInputError = (e: unknown) => e instanceof InputError;
-
-/** The JavaScript engine's own error classes: never a reader's answer to a bad file. */
-const BUILTIN_ERRORS: unknown[] = [
-  RangeError,
-  TypeError,
-  SyntaxError,
-  ReferenceError,
-  URIError,
-  EvalError,
-  AggregateError,
-];
-
-/** An Error of bloom's (or a plain Error with a message), not one the engine threw. */
-export function isDeliberateError(e: unknown): boolean {
-  return e instanceof Error && !BUILTIN_ERRORS.includes(e.constructor) &&
-    !(e instanceof FuzzPropertyError);
-}
 
 const dec = new TextDecoder();
 
@@ -225,6 +209,9 @@ export const TARGETS: readonly FuzzTarget[] = [
           `shard ${JSON.stringify(s.name)} leaves the dataset`,
         );
       }
+      // What embed, train and predict read of an accepted manifest besides its shards.
+      const origin = await splitOriginOf(dir);
+      property(typeof origin[SPLIT_ORIGIN_KEY] === "string", "no split origin for a manifest");
     },
     typed: isInputError,
     namesFile: false,
@@ -254,8 +241,8 @@ export const TARGETS: readonly FuzzTarget[] = [
       parseVocXml(dec.decode(bytes));
       return Promise.resolve();
     },
-    // parseVocXml throws plain Errors with the reason (enumerateVoc records them per file).
-    typed: isDeliberateError,
+    // enumerateVoc records a VocError's reason per file.
+    typed: (e) => e instanceof VocError,
     namesFile: false,
     weight: 2,
   },
