@@ -1039,16 +1039,24 @@ pageTest(
 
     // Progress with rate and time left; Cancel stops after the batch in flight; the rest resumes.
     await dropFolder("more", 12, 6);
-    await page.waitForFunction(
+    // Cancel from inside the page the moment a first cell is in: a click from here can come
+    // after a fast machine has embedded all 24.
+    const running = await (await page.waitForFunction(
       () => {
         const w = globalThis as unknown as PageWindow;
-        return w.bloom.snapshot().cells.some((c) => c.path.startsWith("more/") && c.embedded);
+        const doc = (globalThis as unknown as {
+          document: { getElementById(id: string): { click(): void; textContent: string | null } };
+        }).document;
+        if (!w.bloom.snapshot().cells.some((c) => c.path.startsWith("more/") && c.embedded)) {
+          return false;
+        }
+        const text = doc.getElementById("progress-text").textContent;
+        doc.getElementById("cancel").click();
+        return text;
       },
       null,
       { polling: 20 },
-    );
-    const running = await page.textContent("#progress-text");
-    await page.click("#cancel");
+    )).jsonValue() as string;
     await page.waitForFunction(() =>
       (globalThis as unknown as PageWindow).document.body.dataset.job === "idle"
     );
