@@ -210,7 +210,9 @@ export const embedSuite: BenchSuite = {
       );
       // A new user's first run, in a fresh process with empty caches (bench/first_run.ts).
       await makeFolder(join(dir, "first"), 2 * batch);
-      const first = await firstRunRow(batch, join(dir, "first"));
+      const first = await firstRunRow(batch, join(dir, "first"), {
+        quietWaitMs: quick ? 0 : QUIET_WAIT_MS,
+      });
       return [vsForward, torchRow, first];
     } finally {
       await Deno.remove(dir, { recursive: true });

@@ -19,6 +19,7 @@ import { vitConfig } from "../graph/vit.ts";
 import { getGpu } from "../kernels/runtime.ts";
 import { runEmbed } from "../pipelines/embed_run.ts";
 import type { BenchRow } from "./harness.ts";
+import { awaitQuiet, cpuSample, othersCores } from "./load.ts";
 import { randomVit } from "./model.ts";
 
 /** What the fresh process reports (milliseconds since the process started, or spans). */
@@ -45,12 +46,18 @@ export const FIRST_RUN_TARGET_S = 15;
  * Runs the first-run process for ViT-S at `batch` over the JPEGs in `input` (two batches' worth:
  * tuning runs after the first) and returns its row.
  */
-export async function firstRunRow(batch: number, input: string): Promise<BenchRow> {
+export async function firstRunRow(
+  batch: number,
+  input: string,
+  opts: { quietWaitMs?: number } = {},
+): Promise<BenchRow> {
   const cache = await Deno.makeTempDir({ prefix: "bloom-bench-first-run-" });
   const name = `first run: vit_small b${batch}, empty tuning and shader caches`;
   const peak = FIRST_RUN_TARGET_S * 1000;
   const peakName = `${FIRST_RUN_TARGET_S} s to first result (target)`;
   try {
+    await awaitQuiet({ maxMs: opts.quietWaitMs ?? 0 });
+    const before = cpuSample();
     const t0 = performance.now();
     const out = await new Deno.Command(Deno.execPath(), {
       args: [
@@ -65,6 +72,7 @@ export async function firstRunRow(batch: number, input: string): Promise<BenchRo
       stderr: "piped",
     }).output();
     const wallMs = performance.now() - t0;
+    const others = othersCores(before, cpuSample());
     const text = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
     if (!out.success) {
       const err = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-3).join(" | ");
@@ -83,7 +91,8 @@ export async function firstRunRow(batch: number, input: string): Promise<BenchRo
         `batch ${s(r.firstResultMs - r.startMs)} (decode, cold pipeline compiles, forward, ` +
         `write); no tuning before it; then tuning ${s(r.tuneMs)} (${r.measured} kernel shapes ` +
         `measured, ${r.deferred} left for later runs) and the rest: all ${r.rows} rows at ` +
-        `${s(r.doneMs)}, the process gone at ${s(wallMs)}`,
+        `${s(r.doneMs)}, the process gone at ${s(wallMs)}` +
+        (others === null ? "" : `; other processes used ${others.toFixed(2)} cores meanwhile`),
     };
   } catch (e) {
     return {

@@ -96,7 +96,7 @@ export function othersCores(a: CpuSample | null, b: CpuSample | null): number | 
 }
 
 /** How long a full benchmark's round may wait for a quiet machine (`awaitQuiet`). */
-export const QUIET_WAIT_MS = 20_000;
+export const QUIET_WAIT_MS = 30_000;
 
 /**
  * Waits (up to `maxMs`, default `QUIET_WAIT_MS`; 0: not at all) until other processes used at

@@ -395,8 +395,9 @@ export interface Rounds {
   ours: number[];
   theirs: number[];
   /**
-   * Cores other processes used during each round (both sides), null where not measurable
-   * (bench/load.ts); absent when not recorded.
+   * Cores other processes used during each round: the larger of the two sides' averages (a
+   * burst during one side skews the round's ratio), null where not measurable (bench/load.ts);
+   * absent when not recorded.
    */
   load?: (number | null)[];
   /** Why the peer's side is empty or short (it failed, or was skipped). */
@@ -448,14 +449,19 @@ export async function interleave(
     await awaitQuiet({ maxMs: opts.quietWaitMs ?? 0, pids });
     const a = cpu(pids);
     r.ours.push(await ours());
+    const m = cpu(pids);
+    // Each side's own share: a burst during one side only is what skews a round's ratio.
+    const halves = [othersCores(a, m)];
     if (side && r.peerError === undefined) {
       try {
         r.theirs.push(await side.run());
+        halves.push(othersCores(m, cpu(pids)));
       } catch (e) {
         r.peerError = (e as Error).message;
       }
     }
-    load.push(othersCores(a, cpu(pids)));
+    const known = halves.filter((c): c is number => c !== null);
+    load.push(known.length ? Math.max(...known) : null);
   }
   return r;
 }

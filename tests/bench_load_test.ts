@@ -87,13 +87,14 @@ Deno.test("bench load: a comparison row takes its ratio and rates from the quiet
 
 Deno.test("bench load: interleave runs extra rounds while too few were quiet", async () => {
   const side = { name: "x", run: () => Promise.resolve(1) };
-  // A fake clock: each round takes 1 s; others use `busy[round]` cores meanwhile.
+  // A fake clock: each side of a round takes 1 s; others use `busy[round]` cores meanwhile
+  // (three reads a round: before ours, between the sides, after the peer's).
   const fake = (busy: number[]) => {
     let reads = 0;
     let machine = 0;
     return () => {
-      const round = reads >> 1;
-      if (reads++ % 2 === 1) machine += busy[round] ?? 0;
+      const round = Math.floor(reads / 3);
+      if (reads++ % 3 !== 0) machine += busy[round] ?? 0;
       return { atMs: reads * 1000, machine, ours: 0 };
     };
   };
@@ -106,4 +107,13 @@ Deno.test("bench load: interleave runs extra rounds while too few were quiet", a
   assertEquals([r.ours.length, r.theirs.length, r.load], [5, 5, [1, 0, 2, 0, 0]]);
   // Never more than maxRounds.
   assertEquals((await run([1, 1, 1, 1, 1, 1], 4)).ours.length, 4);
+  // A burst during one side only counts for the round: the larger side's load.
+  let reads = 0;
+  const oneSide = () => {
+    const at = reads++;
+    // Round 0: 0.9 cores of others during ours (reads 0 → 1), none during the peer's.
+    return { atMs: at * 1000, machine: at >= 1 ? 0.9 : 0, ours: 0 };
+  };
+  const b = await interleave(1, () => Promise.resolve(1), side, { cpu: oneSide });
+  assertEquals(b.load, [0.9]);
 });
