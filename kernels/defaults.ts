@@ -104,6 +104,17 @@ const TILED_T64: AttentionVariant = {
   dot: "vec",
 };
 
+/** Cost model of a CPU rasteriser (llvmpipe measured; SwiftShader runs the same kernels). */
+const CPU_COST: MatmulCostModel = {
+  reg: { slope: 0.05, cap: 0.42 },
+  tex: { slope: 0.045, cap: 0.62 },
+  tiled: 0.04,
+  // ~6 GB/s of copy against ~40 GFLOP/s: one 4-byte element costs ~27 FLOPs.
+  texCopyFlops: 27,
+  // 32×24 compiles in ~2–3 s, 32×32 in 4–5 s, 16×16 in ~1 s (cold Mesa cache).
+  compileMsPerOutput: 4,
+};
+
 /** GPU cost model: every family at full speed (nothing measured), copies cheap, compiles fast. */
 const GPU_COST: MatmulCostModel = {
   reg: { slope: 0.1, cap: 0.5 },
@@ -149,15 +160,7 @@ export const KERNEL_DEFAULTS: { readonly [C in AdapterClass]: ClassDefaults } = 
       general: TEX_32x24,
       weightGrad: REG16_SPLITK,
       candidates: [TEX_32x24, TEX_32x32, TEX_24x32, REG16, REG16_SPLITK, REG8, TILED_64],
-      cost: {
-        reg: { slope: 0.05, cap: 0.42 },
-        tex: { slope: 0.045, cap: 0.62 },
-        tiled: 0.04,
-        // ~6 GB/s of copy against ~40 GFLOP/s: one 4-byte element costs ~27 FLOPs.
-        texCopyFlops: 27,
-        // 32×24 compiles in ~2–3 s, 32×32 in 4–5 s, 16×16 in ~1 s (cold Mesa cache).
-        compileMsPerOutput: 4,
-      },
+      cost: CPU_COST,
     },
     attention: {
       // Rows 8 runs dQ / dK-dV 13 % / 19 % faster than rows 4 but compiles for ~7 s each on
@@ -182,13 +185,7 @@ export const KERNEL_DEFAULTS: { readonly [C in AdapterClass]: ClassDefaults } = 
       general: TEX_32x24,
       weightGrad: REG16_SPLITK,
       candidates: [TEX_32x24, TEX_24x32, REG16, REG16_SPLITK, REG8],
-      cost: {
-        reg: { slope: 0.05, cap: 0.42 },
-        tex: { slope: 0.045, cap: 0.62 },
-        tiled: 0.04,
-        texCopyFlops: 27,
-        compileMsPerOutput: 4,
-      },
+      cost: CPU_COST,
     },
     attention: {
       plan: { forward: ROWS4, dq: ROWS4, dkv: ROWS4 },
